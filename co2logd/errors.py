@@ -1,0 +1,27 @@
+"""The one error type every transport turns into its own reply."""
+
+
+class IngestError(Exception):
+    """
+    An upload that was refused; nothing of it was stored.
+
+    ``status`` is the HTTP status that describes it (400, 403, 413, 415, 503),
+    ``reason`` a short token for counters and logs (``"parse"``,
+    ``"auth-missing"``, ``"auth-invalid"``, ``"too-large"``,
+    ``"content-type"``, ``"bad-column"``, ``"limit"``, ``"busy"``), and
+    ``message`` one sentence for the sender.
+    """
+
+    def __init__(self, status: int, reason: str, message: str):
+        super().__init__(message)
+        self.status = status
+        self.reason = reason
+        self.message = message
+
+    def __repr__(self) -> str:
+        return "IngestError({!r}, {!r}, {!r})".format(self.status, self.reason, self.message)
+
+
+def bad_request(message: str, reason: str = "parse") -> IngestError:
+    """A 400: the payload cannot be understood or has bad names."""
+    return IngestError(400, reason, message)

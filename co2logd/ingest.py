@@ -1,0 +1,247 @@
+"""
+The ingest service: the one place every transport hands its uploads to.
+
+``ingest(body, content_type, headers, transport)`` parses, authenticates,
+normalises and stores one upload and fires with a :class:`Receipt` once the
+rows are committed, or fails with an :class:`~co2logd.errors.IngestError`
+and stores nothing.  It knows no transport: ``transport`` is only the label
+written to the transport column.
+"""
+
+from __future__ import annotations
+
+import collections
+import datetime
+import json
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
+
+from twisted.application.service import Service
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from co2logd import payloads
+from co2logd.auth import Authenticator, Headers
+from co2logd.errors import IngestError, bad_request
+from co2logd.names import is_safe_identifier
+from co2logd.store import sql_type, sql_value
+
+log = Logger()
+
+
+class Receipt:
+    """What an upload stored: rows, and measurements queued for the OpenSenseMap."""
+
+    def __init__(self, rows: int, osem_queued: Optional[int] = None):
+        self.rows = rows
+        self.osem_queued = osem_queued
+
+    def as_dict(self) -> Dict[str, int]:
+        """The co2logserver response body: ``{"saved-in-db": N}`` (+ ``osem-queued``)."""
+        body = {"saved-in-db": self.rows}
+        if self.osem_queued is not None:
+            body["osem-queued"] = self.osem_queued
+        return body
+
+    def __repr__(self) -> str:
+        return "Receipt(rows={!r}, osem_queued={!r})".format(self.rows, self.osem_queued)
+
+
+def json_default(value: Any) -> Any:
+    """JSON encoding for outbox entries and downloads: datetimes as ISO text."""
+    if isinstance(value, (datetime.datetime, datetime.date)):
+        return value.isoformat()
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return str(value)
+
+
+class IngestService(Service):
+    """
+    Parse → authenticate → normalise → store, for every transport.
+
+    :param settings: :class:`co2logd.settings.Settings`
+    :param store: a :class:`co2logd.store.Store` (or its verified fake)
+    :param clock: provides ``seconds()``; the upload time comes from it
+    :param outbox_entries: row dicts → outbox entries (JSON strings) and the
+        number of measurements in them; set when forwarding is on
+    """
+
+    name = "ingest"
+
+    def __init__(
+        self,
+        settings,
+        store,
+        clock,
+        outbox_entries: Optional[Callable[[List[Dict[str, Any]]], "tuple[List[str], int]"]] = None,
+    ):
+        self.settings = settings
+        self.store = store
+        self.clock = clock
+        self.authenticator = Authenticator.from_settings(settings)
+        self.outbox_entries = outbox_entries
+        self.automatic = set(settings.automatic_columns)
+        self.counters: Dict[str, collections.Counter] = {
+            "uploads": collections.Counter(),
+            "rows": collections.Counter(),
+            "rejects": collections.Counter(),
+        }
+
+    # -- the entry point ------------------------------------------------------
+
+    def ingest(
+        self,
+        body: bytes,
+        content_type: Optional[str],
+        headers: Headers,
+        transport: str,
+        extra_columns: Optional[Mapping[str, Any]] = None,
+    ) -> defer.Deferred:
+        """
+        Store one upload atomically; fire with a Receipt after the commit.
+
+        ``content_type`` None means: detect the format.  ``extra_columns``
+        are set on every row (e.g. a node id a radio gateway put in front).
+        """
+        kind = transport.split(":", 1)[0]
+        try:
+            write = self._prepare(body, content_type, headers, transport, extra_columns or {})
+        except IngestError as e:
+            self.counters["rejects"][(kind, e.reason)] += 1
+            return defer.fail(e)
+        if write is None:
+            self.counters["uploads"][kind] += 1
+            return defer.succeed(Receipt(0, 0 if self.outbox_entries else None))
+        columns, rows, new_columns, outbox, queued = write
+        d = self.store.write(columns, rows, new_columns, outbox, self.clock.seconds())
+
+        def stored(count: int) -> Receipt:
+            self.counters["uploads"][kind] += 1
+            self.counters["rows"][kind] += count
+            log.debug("Stored {rows} rows from {transport}", rows=count, transport=transport)
+            return Receipt(count, queued if self.outbox_entries else None)
+
+        def failed(failure):
+            self.counters["rejects"][(kind, "store")] += 1
+            log.failure("Could not store {rows} rows from {transport}", failure, rows=len(rows), transport=transport)
+            raise IngestError(503, "store", "The upload could not be stored; nothing was saved, try again")
+
+        return d.addCallbacks(stored, failed)
+
+    def check_auth(self, payload: bytes, headers: Headers, required: bool) -> Dict[str, Optional[str]]:
+        """Salted-checksum matches for a payload (also used for downloads)."""
+        return self.authenticator.check(payload, headers, required)
+
+    # -- the steps ------------------------------------------------------------
+
+    def _prepare(self, body, content_type, headers, transport, extra_columns):
+        settings = self.settings
+        if len(body) > settings.MAX_BODY_SIZE:
+            raise IngestError(
+                413, "too-large", "The payload is {} bytes; the limit is {}".format(len(body), settings.MAX_BODY_SIZE)
+            )
+        matches = self.authenticator.check(body, headers, settings.UPLOAD_REQUIRES_AUTH)
+        table = payloads.parse(body, content_type)
+        table = self.normalise(table, extra_columns)
+        nrows = payloads.row_count(table)
+        if nrows > settings.MAX_ROWS_PER_UPLOAD:
+            raise bad_request(
+                "The upload has {} rows; the limit is {}".format(nrows, settings.MAX_ROWS_PER_UPLOAD), "limit"
+            )
+        new_columns = self._new_columns(table)
+        if not table and not settings.ALLOW_EMPTY_ROWS:
+            log.info("Upload from {transport} held no data columns; nothing stored", transport=transport)
+            return None
+        if not table:
+            nrows = max(nrows, 1)
+        matched, failed = self.authenticator.columns(matches)
+        upload_time = datetime.datetime.fromtimestamp(self.clock.seconds(), datetime.timezone.utc)
+        names = list(table)
+        columns = settings.automatic_columns + names
+        automatic = (sql_value(upload_time), matched, failed, transport)
+        data = [table[name] for name in names]
+        rows = [automatic + tuple(sql_value(col[i]) for col in data) for i in range(nrows)]
+        outbox: List[str] = []
+        queued = 0
+        if self.outbox_entries is not None:
+            row_dicts = [dict(zip(names, (col[i] for col in data))) for i in range(nrows)]
+            outbox, queued = self.outbox_entries(row_dicts)
+        return columns, rows, new_columns, outbox, queued
+
+    def normalise(self, table: payloads.Table, extra_columns: Mapping[str, Any]) -> payloads.Table:
+        """
+        Lower-case and check column names, add extra columns, convert time
+        columns.  Raises a 400 IngestError for a name that is not safe.
+        """
+        settings = self.settings
+        out: payloads.Table = {}
+        for raw, values in table.items():
+            name = raw.lower() if isinstance(raw, str) else raw
+            if not is_safe_identifier(name, settings.MAX_COLUMN_NAME_LENGTH):
+                raise bad_request(
+                    "Invalid column name {!r}: use up to {} letters, digits and '_', "
+                    "not starting with a digit".format(raw, settings.MAX_COLUMN_NAME_LENGTH),
+                    "bad-column",
+                )
+            if name in out:
+                raise bad_request("The column {!r} is given twice (names are case-insensitive)".format(name), "bad-column")
+            if name in self.automatic:
+                raise bad_request("The column {!r} is filled by the server and cannot be uploaded".format(name), "bad-column")
+            out[name] = values
+        nrows = payloads.row_count(out)
+        for name, value in extra_columns.items():
+            out[name] = [value] * nrows
+        converter = settings.TIME_CONVERTER
+        for name in settings.TIME_COLS:
+            values = out.get(name.lower())
+            if values is None:
+                continue
+            for i, value in enumerate(values):
+                if value is None:
+                    continue
+                try:
+                    values[i] = converter(value, name)
+                except Exception as e:
+                    log.warn(
+                        "TIME_CONVERTER failed on {column}={value!r} ({error}); keeping the value",
+                        column=name,
+                        value=value,
+                        error=e,
+                    )
+        return out
+
+    def _new_columns(self, table: payloads.Table) -> Dict[str, str]:
+        """
+        Columns to add (name → SQL type).  Columns ``ACCEPT_NEW_COLUMN``
+        refuses are dropped from ``table``, as co2logserver does.
+        """
+        settings = self.settings
+        known = self.store.columns
+        new: Dict[str, str] = {}
+        for name in list(table):
+            if name in known:
+                continue
+            try:
+                accepted = settings.ACCEPT_NEW_COLUMN(name)
+            except Exception:
+                log.failure("ACCEPT_NEW_COLUMN raised for {column}; refusing it", column=name)
+                accepted = False
+            if not accepted:
+                log.info("Ignoring new column {column} (ACCEPT_NEW_COLUMN)", column=name)
+                del table[name]
+                continue
+            first = next((v for v in table[name] if v is not None), None)
+            new[name] = sql_type(first)
+        if len(new) > settings.MAX_NEW_COLUMNS_PER_UPLOAD:
+            raise bad_request(
+                "The upload adds {} new columns; the limit is {} per upload".format(
+                    len(new), settings.MAX_NEW_COLUMNS_PER_UPLOAD
+                ),
+                "limit",
+            )
+        if len(known) + len(new) > settings.MAX_COLUMNS:
+            raise bad_request(
+                "The table would have {} columns; the limit is {}".format(len(known) + len(new), settings.MAX_COLUMNS),
+                "limit",
+            )
+        return new

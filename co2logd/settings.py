@@ -1,0 +1,420 @@
+"""
+Settings: every co2logserver 0.1.2 key with its default, plus co2logd's own.
+
+A co2logserver configuration file is a Python file of ``CO2LOGSERVER_*``
+assignments (plain values or hook functions).  It is executed, its upper-case
+``CO2LOGSERVER_*`` (or ``CO2LOGD_*``) names are validated against the table
+below, and the result is one immutable-by-convention :class:`Settings`.
+Unknown names and values of the wrong type raise :class:`SettingsError` with
+one sentence that names the problem.
+"""
+
+from __future__ import annotations
+
+import datetime
+import difflib
+import logging
+import os
+import re
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional
+
+PREFIXES = ("CO2LOGSERVER_", "CO2LOGD_")
+
+
+class SettingsError(ValueError):
+    """A configuration value or file that co2logd cannot use."""
+
+
+# -- default hooks, with co2logserver 0.1.2's behaviour ---------------------
+
+
+def default_auth_checker(matches: Mapping[str, Optional[str]]) -> bool:
+    """At least one checksum given, and every given checksum matched."""
+    return bool(len(matches)) and all(matches.values())
+
+
+def utc_datetime_from_unix_timestamp(seconds: Any) -> datetime.datetime:
+    """UNIX seconds (whole seconds, as co2logserver) as an aware UTC datetime."""
+    return datetime.datetime(
+        1970, 1, 1, tzinfo=datetime.timezone.utc
+    ) + datetime.timedelta(seconds=int(seconds))
+
+
+def default_time_converter(val: Any, col: str) -> datetime.datetime:
+    """Convert UNIX seconds in a time column to a UTC datetime."""
+    return utc_datetime_from_unix_timestamp(val)
+
+
+def accept_every_column(col: str) -> bool:
+    """Accept every new column."""
+    return True
+
+
+def redirect_everything(_: Any) -> bool:
+    """Forward every column / box to the OpenSenseMap."""
+    return True
+
+
+def round_to_three_places(box: Any, col: str, val: Any) -> Any:
+    """Round values to three decimal places before forwarding."""
+    return round(val, 3)
+
+
+def no_default_position(box: Any) -> None:
+    """No fallback position for a new senseBox."""
+    return None
+
+
+def exposure_from_box_name(box: Any) -> str:
+    """co2logserver's rule: the first of indoor/outdoor/mobile containing the box value."""
+    return next((x for x in ("indoor", "outdoor", "mobile") if str(box) in x), "mobile")
+
+
+def unit_converter(unit: str) -> str:
+    """Map short unit names to the OpenSenseMap's (c → °C, percent → %)."""
+    return {"c": "°C", "percent": "%", "perc": "%"}.get(unit.lower(), unit)
+
+
+OSEM_ICONS = [
+    "osem-moisture",
+    "osem-temperature-celsius",
+    "osem-temperature-fahrenheit",
+    "osem-thermometer",
+    "osem-windspeed",
+    "osem-sprinkles",
+    "osem-brightness",
+    "osem-barometer",
+    "osem-humidity",
+    "osem-not-available",
+    "osem-gauge",
+    "osem-umbrella",
+    "osem-clock",
+    "osem-shock",
+    "osem-fire",
+    "osem-volume-up",
+    "osem-cloud",
+    "osem-dashboard",
+    "osem-particulate-matter",
+    "osem-signal",
+    "osem-microphone",
+    "osem-wifi",
+    "osem-battery",
+    "osem-radioactive",
+]
+
+
+def icon_from_quantity(d: Mapping[str, str]) -> str:
+    """The first OpenSenseMap icon whose name contains the quantity."""
+    return next((icon for icon in OSEM_ICONS if d["quantity"] in icon), "osem-not-available")
+
+
+DEFAULT_COL_REGEX = re.compile(r"^(?P<type>[^_]+)_(?P<quantity>[^_]+)_(?P<unit>.*)$")
+
+
+# -- validators ---------------------------------------------------------------
+
+
+def _kind_str(value: Any) -> Any:
+    if not isinstance(value, str):
+        raise TypeError("a string")
+    return value
+
+
+def _kind_optional_str(value: Any) -> Any:
+    if value is not None and not isinstance(value, str):
+        raise TypeError("a string or None")
+    return value
+
+
+def _kind_bool(value: Any) -> Any:
+    if not isinstance(value, bool):
+        raise TypeError("True or False")
+    return value
+
+
+def _kind_positive_int(value: Any) -> Any:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise TypeError("a positive whole number")
+    return value
+
+
+def _kind_non_negative_number(value: Any) -> Any:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        raise TypeError("a number of at least 0")
+    return value
+
+
+def _kind_str_list(value: Any) -> Any:
+    if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
+        raise TypeError("a list of strings")
+    if not all(isinstance(v, str) for v in value):
+        raise TypeError("a list of strings")
+    return list(value)
+
+
+def _kind_callable(value: Any) -> Any:
+    if not callable(value):
+        raise TypeError("a function")
+    return value
+
+
+def _kind_loglevel(value: Any) -> Any:
+    if isinstance(value, str):
+        level = logging.getLevelName(value.upper())
+        if isinstance(level, int):
+            return level
+    elif isinstance(value, int) and not isinstance(value, bool):
+        return value
+    raise TypeError("a logging level (a number or a name like 'INFO')")
+
+
+def _kind_regex(value: Any) -> Any:
+    if isinstance(value, str):
+        try:
+            value = re.compile(value)
+        except re.error as e:
+            raise TypeError("a valid regular expression ({})".format(e))
+    if not isinstance(value, re.Pattern):
+        raise TypeError("a regular expression")
+    return value
+
+
+def _kind_osem_regex(value: Any) -> Any:
+    value = _kind_regex(value)
+    missing = {"type", "quantity", "unit"} - set(value.groupindex)
+    if missing:
+        raise TypeError(
+            "a regular expression with the named groups type, quantity and unit"
+        )
+    return value
+
+
+def _kind_identifier(value: Any) -> Any:
+    from co2logd.names import is_safe_identifier
+
+    if not isinstance(value, str) or not is_safe_identifier(value.lower()):
+        raise TypeError(
+            "a column or table name of letters, digits and '_' not starting with a digit"
+        )
+    return value.lower()
+
+
+def _kind_synchronous(value: Any) -> Any:
+    if not isinstance(value, str) or value.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
+        raise TypeError("one of 'OFF', 'NORMAL', 'FULL', 'EXTRA'")
+    return value.upper()
+
+
+def _env(name: str) -> Callable[[Mapping[str, str]], Optional[str]]:
+    def default(environ: Mapping[str, str]) -> Optional[str]:
+        return environ.get(name)
+
+    default.__doc__ = "taken from ${}".format(name)
+    return default
+
+
+class Key:
+    """One setting: its default (or a function of the environment) and its kind."""
+
+    def __init__(self, default: Any, kind: Callable[[Any], Any], doc: str, from_env: bool = False):
+        self.default = default
+        self.kind = kind
+        self.doc = doc
+        self.from_env = from_env
+
+
+# name → Key.  co2logserver 0.1.2 keys first, then co2logd's own.
+KEYS: Dict[str, Key] = {
+    "NAME": Key("co2logserver", _kind_str, "name of this server"),
+    "DB": Key("co2.sqlite", _kind_str, "SQLite database file"),
+    "LOGLEVEL": Key(logging.WARNING, _kind_loglevel, "log level"),
+    "SENSEMAPI_LOGLEVEL": Key(logging.WARNING, _kind_loglevel, "log level of sensemapi"),
+    "CHECKSUM_SALTS": Key([], _kind_str_list, "pre-shared salts for the salted checksums"),
+    "UPLOAD_REQUIRES_AUTH": Key(False, _kind_bool, "uploads need a matching salted checksum"),
+    "DOWNLOAD_REQUIRES_AUTH": Key(False, _kind_bool, "downloads need a salted checksum of the path"),
+    "UPLOAD_HELP": Key(True, _kind_bool, "serve /uploadhelp"),
+    "AUTH_CHECKER": Key(default_auth_checker, _kind_callable, "matches → granted?"),
+    "DATA_TABLE_NAME": Key("data", _kind_identifier, "table holding the data"),
+    "MATCHED_CHECKSUMS_COL": Key("matched_checksums", _kind_identifier, "column of matched algorithms"),
+    "FAILED_CHECKSUMS_COL": Key("failed_checksums", _kind_identifier, "column of failed algorithms"),
+    "UPLOAD_TIME_COL": Key("time_upload_utc", _kind_identifier, "column of the upload time (UTC)"),
+    "TIME_COLS": Key(["time"], _kind_str_list, "columns converted by TIME_CONVERTER"),
+    "TIME_CONVERTER": Key(default_time_converter, _kind_callable, "(val, col) → datetime"),
+    "MAX_LIMIT_OF_ROWS": Key(1000, _kind_positive_int, "default and ceiling of /download?number="),
+    "ACCEPT_NEW_COLUMN": Key(accept_every_column, _kind_callable, "col → create it?"),
+    "ALLOW_EMPTY_ROWS": Key(False, _kind_bool, "store rows holding only automatic columns"),
+    "OSEM_UPLOAD": Key(False, _kind_bool, "forward data to the OpenSenseMap"),
+    "OSEM_API": Key(_env("SENSEMAP_API"), _kind_optional_str, "OpenSenseMap API URL", True),
+    "OSEM_USERNAME": Key(_env("SENSEMAP_USERNAME"), _kind_optional_str, "OpenSenseMap user", True),
+    "OSEM_EMAIL": Key(_env("SENSEMAP_EMAIL"), _kind_optional_str, "OpenSenseMap e-mail", True),
+    "OSEM_PASSWORD": Key(_env("SENSEMAP_PASSWORD"), _kind_optional_str, "OpenSenseMap password", True),
+    "OSEM_AUTH_CACHE": Key(True, _kind_bool, "cache OpenSenseMap tokens"),
+    "OSEM_REQUEST_CACHE": Key(True, _kind_bool, "cache OpenSenseMap GET requests"),
+    "OSEM_CACHE_PASSWORD": Key(False, _kind_bool, "cache the OpenSenseMap password"),
+    "OSEM_COL_REDIRECT": Key(redirect_everything, _kind_callable, "col → forward it?"),
+    "OSEM_BOX_REDIRECT": Key(redirect_everything, _kind_callable, "box → forward it?"),
+    "OSEM_VALUE_FILTER": Key(round_to_three_places, _kind_callable, "(box, col, val) → value"),
+    "OSEM_BOX_COL": Key("box", _kind_str, "column naming the senseBox"),
+    "OSEM_BOX_COL_DEFAULT": Key("generic", _kind_str, "box when the column is missing"),
+    "OSEM_LAT_COL": Key("lat", _kind_str, "latitude column"),
+    "OSEM_LON_COL": Key("lon", _kind_str, "longitude column"),
+    "OSEM_HEIGHT_COL": Key("height", _kind_str, "height column"),
+    "DEFAULT_LAT": Key(no_default_position, _kind_callable, "box → latitude of a new box"),
+    "DEFAULT_LON": Key(no_default_position, _kind_callable, "box → longitude of a new box"),
+    "OSEM_TIME_COL": Key(None, _kind_optional_str, "measurement time column (default: first of TIME_COLS)"),
+    "OSEM_MIN_SECONDS_BETWEEN_UPLOADS": Key(0, _kind_non_negative_number, "throttle per sensor"),
+    "OSEM_EXPOSURE_DETERMINER": Key(exposure_from_box_name, _kind_callable, "box → exposure"),
+    "OSEM_DEFAULT_WEBLINK": Key(
+        "https://gitlab.com/tue-umphy/co2mofetten/python3-co2logserver",
+        _kind_str,
+        "weblink of every senseBox",
+    ),
+    "OSEM_DEFAULT_DESCRIPTION": Key(
+        "This senseBox was automatically created by an instance of co2logserver, "
+        "a simple Python HTTP data logging server, named '{servername}'.",
+        _kind_str,
+        "description of new senseBoxes ({servername} is replaced)",
+    ),
+    "OSEM_COL_REGEX": Key(DEFAULT_COL_REGEX, _kind_osem_regex, "sensor columns: type_quantity_unit"),
+    "OSEM_BOX_NAME_GENERATOR": Key(
+        "{servername} senseBox {box}".format, _kind_callable, "(servername, box) → box name"
+    ),
+    "OSEM_SENSOR_TITLE_GENERATOR": Key("{quantity}".format, _kind_callable, "groups → sensor title"),
+    "OSEM_UNIT_COVERTER": Key(unit_converter, _kind_callable, "unit → OpenSenseMap unit"),
+    "OSEM_ICONS": Key(list(OSEM_ICONS), _kind_str_list, "available icons"),
+    "OSEM_ICON_DETERMINER": Key(icon_from_quantity, _kind_callable, "groups → icon"),
+    "OSEM_MAX_POSITION_CHANGE": Key(float("inf"), _kind_non_negative_number, "max lat/lon change in degrees"),
+    "SALTED_CHECKSUM_HEADER_REGEX": Key(
+        re.compile(r"Content-(?P<algorithm>\w+)-Salted", re.IGNORECASE),
+        _kind_regex,
+        "header names carrying salted checksums",
+    ),
+    # co2logd's own
+    "TRANSPORT_COL": Key("transport", _kind_identifier, "column recording the transport of each row"),
+    "MAX_BODY_SIZE": Key(10 * 1024 * 1024, _kind_positive_int, "largest upload body in bytes"),
+    "MAX_ROWS_PER_UPLOAD": Key(100_000, _kind_positive_int, "most rows in one upload"),
+    "MAX_NEW_COLUMNS_PER_UPLOAD": Key(100, _kind_positive_int, "most new columns one upload may add"),
+    "MAX_COLUMNS": Key(1000, _kind_positive_int, "most columns the data table may have"),
+    "MAX_COLUMN_NAME_LENGTH": Key(64, _kind_positive_int, "longest column name"),
+    "DB_SYNCHRONOUS": Key("FULL", _kind_synchronous, "SQLite PRAGMA synchronous"),
+}
+
+
+def _closest(name: str) -> str:
+    close = difflib.get_close_matches(name, list(KEYS), n=1, cutoff=0.5)
+    return " (did you mean CO2LOGSERVER_{}?)".format(close[0]) if close else ""
+
+
+def strip_prefix(name: str) -> Optional[str]:
+    """``CO2LOGSERVER_DB`` → ``DB``; names without a known prefix → None."""
+    for prefix in PREFIXES:
+        if name.startswith(prefix):
+            return name[len(prefix):]
+    return None
+
+
+class Settings:
+    """
+    The validated configuration, one attribute per key (``settings.DB``).
+
+    Build it with :meth:`from_values` or :meth:`from_config_file`; pass it to
+    the objects that need it (nothing below the tap reads command-line options).
+    """
+
+    def __init__(self, values: Mapping[str, Any]):
+        self.__dict__.update(values)
+
+    @classmethod
+    def from_values(
+        cls, values: Optional[Mapping[str, Any]] = None, environ: Optional[Mapping[str, str]] = None
+    ) -> "Settings":
+        """
+        Defaults overridden by ``values`` (keys with or without prefix).
+
+        Raises :class:`SettingsError` for an unknown key or a value of the
+        wrong kind.
+        """
+        environ = os.environ if environ is None else environ
+        resolved: Dict[str, Any] = {}
+        for name, key in KEYS.items():
+            default = key.default(environ) if key.from_env else key.default
+            resolved[name] = default
+        for raw_name, value in (values or {}).items():
+            name = strip_prefix(raw_name) or raw_name
+            if name not in KEYS:
+                raise SettingsError(
+                    "Unknown setting {}{}".format(raw_name, _closest(name))
+                )
+            try:
+                resolved[name] = KEYS[name].kind(value)
+            except TypeError as e:
+                raise SettingsError(
+                    "Setting CO2LOGSERVER_{} must be {}, not {!r}".format(name, e, value)
+                )
+        if resolved["OSEM_TIME_COL"] is None:
+            resolved["OSEM_TIME_COL"] = next(iter(resolved["TIME_COLS"]), "time")
+        automatic = [resolved[k] for k in ("UPLOAD_TIME_COL", "MATCHED_CHECKSUMS_COL", "FAILED_CHECKSUMS_COL", "TRANSPORT_COL")]
+        if len(set(automatic)) != len(automatic):
+            raise SettingsError("The automatic columns must have different names: {}".format(", ".join(automatic)))
+        return cls(resolved)
+
+    @classmethod
+    def from_config_file(
+        cls,
+        path: str,
+        overrides: Optional[Mapping[str, Any]] = None,
+        environ: Optional[Mapping[str, str]] = None,
+    ) -> "Settings":
+        """Execute a co2logserver-style config file and validate what it sets."""
+        return cls.from_values(
+            dict(read_config_file(path), **(overrides or {})), environ=environ
+        )
+
+    def replace(self, **changes: Any) -> "Settings":
+        """A copy with some keys changed (validated again)."""
+        values = {k: getattr(self, k) for k in KEYS}
+        values.update(changes)
+        return Settings.from_values(values)
+
+    @property
+    def automatic_columns(self) -> List[str]:
+        """The columns co2logd fills itself, in table order."""
+        return [
+            self.UPLOAD_TIME_COL,
+            self.MATCHED_CHECKSUMS_COL,
+            self.FAILED_CHECKSUMS_COL,
+            self.TRANSPORT_COL,
+        ]
+
+
+def read_config_file(path: str) -> Dict[str, Any]:
+    """
+    The ``CO2LOGSERVER_*``/``CO2LOGD_*`` names a Python config file assigns.
+
+    Like Flask's ``from_pyfile`` (which co2logserver uses), other names (imports,
+    lower-case helpers) are left out.  Raises :class:`SettingsError` when the
+    file cannot be read or fails to execute.
+    """
+    try:
+        with open(path, "rb") as f:
+            source = f.read()
+    except OSError as e:
+        raise SettingsError("Cannot read config file {}: {}".format(path, e.strerror or e))
+    namespace: Dict[str, Any] = {"__file__": os.path.abspath(path), "__name__": "co2logd_config"}
+    try:
+        code = compile(source, path, "exec")
+        exec(code, namespace)
+    except Exception as e:
+        raise SettingsError(
+            "Config file {} failed: {}: {}".format(path, type(e).__name__, e)
+        )
+    return {k: v for k, v in namespace.items() if strip_prefix(k) is not None}
+
+
+def describe_keys() -> Iterable[str]:
+    """One line per key for documentation: name, default, meaning."""
+    for name, key in KEYS.items():
+        default = key.default.__doc__ if key.from_env else key.default
+        if callable(default) and not isinstance(default, str):
+            default = getattr(default, "__name__", "function")
+        yield "CO2LOGSERVER_{} = {!r}  # {}".format(name, default, key.doc)

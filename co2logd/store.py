@@ -1,0 +1,420 @@
+"""
+The store: one SQLite file behind ``twisted.enterprise.adbapi``.
+
+* ``prepare_database`` runs once, synchronously, before the reactor starts:
+  it creates or upgrades the schema (a version table, upgrade steps kept as
+  data) and reads the data table's columns.  A co2logserver 0.1.2 database is
+  used as it is; co2logd only adds its transport column and its own tables.
+* :class:`Store` writes uploads (new columns, rows and outbox entries in one
+  transaction, committed before the Deferred fires) and answers queries.
+  The column cache means no schema query per upload.
+
+All SQL lives here.  Identifiers come from :func:`co2logd.names.quote_identifier`
+(checked names only); values are always bound parameters.
+"""
+
+from __future__ import annotations
+
+import datetime
+import sqlite3
+import threading
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+
+from twisted.application.service import Service
+from twisted.enterprise import adbapi
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+
+from co2logd.names import quote_identifier
+
+log = Logger()
+
+SCHEMA_VERSION_TABLE = "co2logd_schema_version"
+OUTBOX_TABLE = "co2logd_osem_outbox"
+DEAD_LETTER_TABLE = "co2logd_osem_dead_letter"
+
+# Upgrade steps as data: version → statements.  Never edit a released step;
+# append a new one.
+UPGRADES: List[Tuple[int, List[str]]] = [
+    (
+        1,
+        [
+            "CREATE TABLE IF NOT EXISTS {} (id INTEGER PRIMARY KEY AUTOINCREMENT, "
+            "queued_at REAL NOT NULL, entry TEXT NOT NULL)".format(OUTBOX_TABLE),
+            "CREATE TABLE IF NOT EXISTS {} (id INTEGER PRIMARY KEY, queued_at REAL NOT NULL, "
+            "failed_at REAL NOT NULL, entry TEXT NOT NULL, reason TEXT NOT NULL)".format(
+                DEAD_LETTER_TABLE
+            ),
+        ],
+    ),
+]
+SCHEMA_VERSION = UPGRADES[-1][0]
+
+SQL_TYPES = {
+    bool: "INTEGER",
+    int: "INTEGER",
+    float: "REAL",
+    str: "TEXT",
+    datetime.datetime: "DATETIME",
+}
+
+
+class StoreError(Exception):
+    """The database cannot be opened, upgraded or written."""
+
+
+def sql_type(value: Any) -> str:
+    """The declared SQL type for a new column, from its first value (co2logserver's rule)."""
+    return SQL_TYPES.get(type(value), "")
+
+
+def sql_value(value: Any) -> Any:
+    """A Python value as it is bound: datetimes as sqlite3's own adapter writes them."""
+    if isinstance(value, datetime.datetime):
+        return value.isoformat(" ")
+    if isinstance(value, bool):
+        return int(value)
+    return value
+
+
+def configure_connection(connection: sqlite3.Connection, synchronous: str = "FULL") -> None:
+    """WAL, a busy timeout and the chosen durability; explicit transactions."""
+    connection.isolation_level = None  # we BEGIN/COMMIT ourselves, DDL included
+    connection.execute("PRAGMA journal_mode=WAL")
+    connection.execute("PRAGMA busy_timeout=5000")
+    connection.execute("PRAGMA synchronous={}".format(synchronous))
+
+
+def prepare_database(path: str, settings) -> Dict[str, str]:
+    """
+    Create or upgrade the schema; return the data table's columns (name → type).
+
+    Synchronous on purpose: it runs before the reactor, so a database that
+    cannot be opened or upgraded stops start-up with a clear error.
+    """
+    try:
+        connection = sqlite3.connect(path)
+    except sqlite3.Error as e:
+        raise StoreError("Cannot open database {}: {}".format(path, e))
+    try:
+        configure_connection(connection, settings.DB_SYNCHRONOUS)
+        connection.execute("BEGIN IMMEDIATE")
+        table = quote_identifier(settings.DATA_TABLE_NAME)
+        columns = _table_columns(connection, settings.DATA_TABLE_NAME)
+        if not columns:
+            connection.execute(
+                "CREATE TABLE {} ({} DATETIME, {} TEXT, {} TEXT, {} TEXT)".format(
+                    table,
+                    quote_identifier(settings.UPLOAD_TIME_COL),
+                    quote_identifier(settings.MATCHED_CHECKSUMS_COL),
+                    quote_identifier(settings.FAILED_CHECKSUMS_COL),
+                    quote_identifier(settings.TRANSPORT_COL),
+                )
+            )
+        else:
+            wanted = [
+                (settings.UPLOAD_TIME_COL, "DATETIME"),
+                (settings.MATCHED_CHECKSUMS_COL, "TEXT"),
+                (settings.FAILED_CHECKSUMS_COL, "TEXT"),
+                (settings.TRANSPORT_COL, "TEXT"),
+            ]
+            for name, declared in wanted:
+                if name not in columns:
+                    connection.execute(
+                        "ALTER TABLE {} ADD COLUMN {} {}".format(table, quote_identifier(name), declared)
+                    )
+        connection.execute(
+            "CREATE TABLE IF NOT EXISTS {} (version INTEGER NOT NULL)".format(SCHEMA_VERSION_TABLE)
+        )
+        row = connection.execute("SELECT max(version) FROM {}".format(SCHEMA_VERSION_TABLE)).fetchone()
+        current = row[0] or 0
+        if current > SCHEMA_VERSION:
+            raise StoreError(
+                "Database {} has schema version {}, newer than this co2logd ({}); upgrade co2logd".format(
+                    path, current, SCHEMA_VERSION
+                )
+            )
+        for version, statements in UPGRADES:
+            if version > current:
+                for statement in statements:
+                    connection.execute(statement)
+                connection.execute(
+                    "INSERT INTO {} (version) VALUES (?)".format(SCHEMA_VERSION_TABLE), (version,)
+                )
+        connection.execute("COMMIT")
+        return _table_columns(connection, settings.DATA_TABLE_NAME)
+    except sqlite3.Error as e:
+        raise StoreError("Cannot prepare database {}: {}".format(path, e))
+    finally:
+        connection.close()
+
+
+def _table_columns(connection: sqlite3.Connection, table: str) -> Dict[str, str]:
+    rows = connection.execute("SELECT name, type FROM pragma_table_info(?)", (table,)).fetchall()
+    return {name.lower(): declared for name, declared in rows}
+
+
+class Store(Service):
+    """
+    Writes and reads the data table through one adbapi connection.
+
+    ``columns`` is the cached schema of the data table (name → declared type),
+    kept current by :meth:`write`; readers on the reactor thread may use it
+    without a query.
+    """
+
+    name = "store"
+
+    def __init__(self, path: str, settings, columns: Mapping[str, str], pool_factory: Callable[..., adbapi.ConnectionPool] = adbapi.ConnectionPool):
+        self.path = path
+        self.settings = settings
+        self.columns: Dict[str, str] = dict(columns)
+        self.table = quote_identifier(settings.DATA_TABLE_NAME)
+        self._schema_lock = threading.Lock()
+        synchronous = settings.DB_SYNCHRONOUS
+        self.pool = pool_factory(
+            "sqlite3",
+            path,
+            check_same_thread=False,
+            cp_min=1,
+            cp_max=1,
+            cp_openfun=lambda connection: configure_connection(connection, synchronous),
+            cp_noisy=False,
+        )
+
+    @classmethod
+    def open(cls, path: str, settings) -> "Store":
+        """Prepare the schema synchronously, then return a store on it."""
+        return cls(path, settings, prepare_database(path, settings))
+
+    def stopService(self) -> None:
+        super().stopService()
+        self.pool.close()
+
+    # -- writing ------------------------------------------------------------
+
+    def write(
+        self,
+        columns: Sequence[str],
+        rows: Sequence[Sequence[Any]],
+        new_columns: Mapping[str, str],
+        outbox: Sequence[str] = (),
+        queued_at: float = 0.0,
+    ) -> Deferred:
+        """
+        Add ``new_columns`` (name → SQL type), insert ``rows`` and queue
+        ``outbox`` entries in one transaction; fire with the number of rows
+        once committed.  On any error nothing of it is kept.
+        """
+        return self.pool.runWithConnection(self._write, list(columns), rows, dict(new_columns), list(outbox), queued_at)
+
+    def _write(self, connection, columns, rows, new_columns, outbox, queued_at) -> int:
+        cursor = connection.cursor()
+        added = {}
+        try:
+            cursor.execute("BEGIN IMMEDIATE")
+            for name, declared in new_columns.items():
+                if name in self.columns:
+                    continue  # another upload added it since this one was normalised
+                cursor.execute(
+                    "ALTER TABLE {} ADD COLUMN {} {}".format(self.table, quote_identifier(name), declared)
+                )
+                added[name] = declared
+            if rows:
+                cursor.executemany(
+                    "INSERT INTO {} ({}) VALUES ({})".format(
+                        self.table,
+                        ", ".join(quote_identifier(c) for c in columns),
+                        ", ".join("?" * len(columns)),
+                    ),
+                    rows,
+                )
+            if outbox:
+                cursor.executemany(
+                    "INSERT INTO {} (queued_at, entry) VALUES (?, ?)".format(OUTBOX_TABLE),
+                    [(queued_at, entry) for entry in outbox],
+                )
+            cursor.execute("COMMIT")
+        except BaseException:
+            if connection.in_transaction:
+                connection.rollback()
+            raise
+        finally:
+            cursor.close()
+        if added:
+            with self._schema_lock:
+                self.columns = dict(self.columns, **added)
+        return len(rows)
+
+    # -- reading ------------------------------------------------------------
+
+    def count(self) -> Deferred:
+        """Number of rows in the data table."""
+        return self._query_one("SELECT count(*) FROM {}".format(self.table))
+
+    def _query_one(self, sql: str, params: Sequence[Any] = ()) -> Deferred:
+        def run(connection):
+            cursor = connection.execute(sql, params)
+            try:
+                return cursor.fetchone()[0]
+            finally:
+                cursor.close()
+
+        return self.pool.runWithConnection(run)
+
+    def select(self, query: "Query", chunk_rows: int = 500) -> Deferred:
+        """
+        Fire with (header, chunks): ``chunks()`` returns a Deferred of the next
+        list of rows, an empty list at the end.  Rows are fetched a chunk at a
+        time, so an export is never held in memory whole.
+        """
+        sql, params = query.sql(self.table)
+        state: Dict[str, Any] = {}
+
+        def start(connection):
+            cursor = connection.execute(sql, params)
+            state["cursor"] = cursor
+            return [d[0] for d in cursor.description]
+
+        def fetch(connection):
+            cursor = state.get("cursor")
+            if cursor is None:
+                return []
+            rows = cursor.fetchmany(chunk_rows)
+            if len(rows) < chunk_rows:
+                cursor.close()
+                state.pop("cursor", None)
+            return rows
+
+        def chunks() -> Deferred:
+            return self.pool.runWithConnection(fetch)
+
+        return self.pool.runWithConnection(start).addCallback(lambda header: (header, chunks))
+
+    # -- the OpenSenseMap outbox --------------------------------------------
+
+    def outbox_fetch(self, limit: int) -> Deferred:
+        """The oldest ``limit`` outbox entries as [(id, queued_at, entry)]."""
+        return self.pool.runWithConnection(
+            _fetch_all,
+            "SELECT id, queued_at, entry FROM {} ORDER BY id LIMIT ?".format(OUTBOX_TABLE),
+            (limit,),
+        )
+
+    def outbox_delete(self, ids: Iterable[int]) -> Deferred:
+        """Remove delivered entries."""
+        return self.pool.runWithConnection(
+            _execute_many, "DELETE FROM {} WHERE id = ?".format(OUTBOX_TABLE), [(i,) for i in ids]
+        )
+
+    def outbox_dead_letter(self, failures: Iterable[Tuple[int, str]], failed_at: float) -> Deferred:
+        """Move entries that the OpenSenseMap refused for good, with the reason."""
+        failures = list(failures)
+
+        def move(connection):
+            connection.execute("BEGIN IMMEDIATE")
+            try:
+                connection.executemany(
+                    "INSERT OR REPLACE INTO {dead} (id, queued_at, failed_at, entry, reason) "
+                    "SELECT id, queued_at, ?, entry, ? FROM {outbox} WHERE id = ?".format(
+                        dead=DEAD_LETTER_TABLE, outbox=OUTBOX_TABLE
+                    ),
+                    [(failed_at, reason, i) for i, reason in failures],
+                )
+                connection.executemany(
+                    "DELETE FROM {} WHERE id = ?".format(OUTBOX_TABLE), [(i,) for i, _ in failures]
+                )
+                connection.execute("COMMIT")
+            except BaseException:
+                if connection.in_transaction:
+                    connection.rollback()
+                raise
+            return len(failures)
+
+        return self.pool.runWithConnection(move)
+
+    def outbox_stats(self) -> Deferred:
+        """{"depth", "oldest_queued_at", "dead_letters"} of the outbox."""
+
+        def stats(connection):
+            depth, oldest = connection.execute(
+                "SELECT count(*), min(queued_at) FROM {}".format(OUTBOX_TABLE)
+            ).fetchone()
+            (dead,) = connection.execute("SELECT count(*) FROM {}".format(DEAD_LETTER_TABLE)).fetchone()
+            return {"depth": depth, "oldest_queued_at": oldest, "dead_letters": dead}
+
+        return self.pool.runWithConnection(stats)
+
+    def dead_letters(self, limit: int = 100) -> Deferred:
+        """The newest dead letters as [(id, queued_at, failed_at, entry, reason)]."""
+        return self.pool.runWithConnection(
+            _fetch_all,
+            "SELECT id, queued_at, failed_at, entry, reason FROM {} ORDER BY failed_at DESC LIMIT ?".format(
+                DEAD_LETTER_TABLE
+            ),
+            (limit,),
+        )
+
+
+def _fetch_all(connection, sql, params):
+    cursor = connection.execute(sql, params)
+    try:
+        return cursor.fetchall()
+    finally:
+        cursor.close()
+
+
+def _execute_many(connection, sql, params):
+    connection.execute("BEGIN IMMEDIATE")
+    try:
+        connection.executemany(sql, params)
+        connection.execute("COMMIT")
+    except BaseException:
+        if connection.in_transaction:
+            connection.rollback()
+        raise
+    return len(params)
+
+
+class Query:
+    """
+    A validated download query: columns, bounds, order and limit.
+
+    Every name must be a column of the table (checked by the caller against
+    the store's column cache); values are bound.
+    """
+
+    def __init__(
+        self,
+        columns: Optional[Sequence[str]] = None,
+        bounds: Sequence[Tuple[str, str, Any]] = (),
+        order_by: Optional[Tuple[str, str]] = None,
+        limit: Optional[int] = None,
+    ):
+        self.columns = list(columns or [])
+        self.bounds = list(bounds)
+        self.order_by = order_by
+        self.limit = limit
+
+    def sql(self, table: str) -> Tuple[str, List[Any]]:
+        """The SELECT statement and its parameters."""
+        cols = ", ".join(quote_identifier(c) for c in self.columns) if self.columns else "*"
+        sql = "SELECT {} FROM {}".format(cols, table)
+        params: List[Any] = []
+        if self.bounds:
+            clauses = []
+            for column, op, value in self.bounds:
+                if op not in (">=", "<=", "="):
+                    raise ValueError("bad comparison {!r}".format(op))
+                clauses.append("{} {} ?".format(quote_identifier(column), op))
+                params.append(value)
+            sql += " WHERE " + " AND ".join(clauses)
+        if self.order_by:
+            column, direction = self.order_by
+            if direction.upper() not in ("ASC", "DESC"):
+                raise ValueError("bad direction {!r}".format(direction))
+            sql += " ORDER BY {} {}".format(quote_identifier(column), direction.upper())
+        if self.limit is not None:
+            sql += " LIMIT ?"
+            params.append(int(self.limit))
+        return sql, params

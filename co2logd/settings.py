@@ -213,6 +213,19 @@ def _env(name: str) -> Callable[[Mapping[str, str]], Optional[str]]:
     return default
 
 
+def _kind_positive_number(value: Any) -> Any:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise TypeError("a number greater than 0")
+    return value
+
+
+def _kind_osem_batch_size(value: Any) -> Any:
+    # the OpenSenseMap refuses more than 2500 measurements per request
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 2500:
+        raise TypeError("a whole number from 1 to 2500")
+    return value
+
+
 class Key:
     """One setting: its default (or a function of the environment) and its kind."""
 
@@ -297,6 +310,17 @@ KEYS: Dict[str, Key] = {
     "MAX_COLUMNS": Key(1000, _kind_positive_int, "most columns the data table may have"),
     "MAX_COLUMN_NAME_LENGTH": Key(64, _kind_positive_int, "longest column name"),
     "DB_SYNCHRONOUS": Key("FULL", _kind_synchronous, "SQLite PRAGMA synchronous"),
+    # OpenSenseMap uploader (issue 4)
+    "OSEM_BATCH_SIZE": Key(2500, _kind_osem_batch_size, "most measurements per OpenSenseMap request (≤ 2500)"),
+    "OSEM_REQUEST_TIMEOUT": Key(30.0, _kind_positive_number, "seconds to connect / to wait for each OpenSenseMap reply"),
+    "OSEM_REQUESTS_PER_MINUTE": Key(10.0, _kind_positive_number, "write requests (POST/PUT) per minute to the OpenSenseMap"),
+    "OSEM_REQUEST_BURST": Key(4, _kind_positive_int, "write requests allowed at once after a quiet spell"),
+    "OSEM_BACKOFF_BASE": Key(5.0, _kind_positive_number, "first retry delay in seconds after a failure"),
+    "OSEM_BACKOFF_MAX": Key(900.0, _kind_positive_number, "longest retry delay in seconds"),
+    "OSEM_AUTH_RETRY_SECONDS": Key(900.0, _kind_positive_number, "retry delay after the OpenSenseMap refused the credentials"),
+    "OSEM_POLL_SECONDS": Key(5.0, _kind_positive_number, "how often an idle uploader looks at the outbox"),
+    "OSEM_STATS_SECONDS": Key(300.0, _kind_positive_number, "how often outbox depth, age and dead letters are logged"),
+    "OSEM_CACHE_DIR": Key(None, _kind_optional_str, "token/request cache directory (default $XDG_CACHE_HOME/co2logd)"),
 }
 
 

@@ -67,6 +67,7 @@ class IngestService(Service):
     """
 
     name = "ingest"
+    verbose = False
 
     def __init__(
         self,
@@ -118,7 +119,8 @@ class IngestService(Service):
         def stored(count: int) -> Receipt:
             self.counters["uploads"][kind] += 1
             self.counters["rows"][kind] += count
-            log.debug("Stored {rows} rows from {transport}", rows=count, transport=transport)
+            if self.verbose:
+                log.info("Stored {rows} rows from {transport}", rows=count, transport=transport)
             return Receipt(count, queued if self.outbox_entries else None)
 
         def failed(failure):

@@ -49,11 +49,12 @@ def media_type(content_type: Optional[str]) -> str:
 def format_of(content_type: Optional[str], body: bytes) -> str:
     """
     The payload format named by the content type, or detected from the body
-    when there is none.  An unknown content type is a 415.
+    when the transport has none (``None``).  An unknown or empty content type
+    is a 415.
     """
-    mtype = media_type(content_type)
-    if not mtype:
+    if content_type is None:
         return detect_format(body)
+    mtype = media_type(content_type)
     try:
         return MEDIA_TYPES[mtype]
     except KeyError:

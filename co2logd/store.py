@@ -264,32 +264,18 @@ class Store(Service):
 
     def select(self, query: "Query", chunk_rows: int = 500) -> Deferred:
         """
-        Fire with (header, chunks): ``chunks()`` returns a Deferred of the next
-        list of rows, an empty list at the end.  Rows are fetched a chunk at a
-        time, so an export is never held in memory whole.
+        Fire with a :class:`RowStream` over the query's rows, fetched a chunk
+        at a time so an export is never held in memory whole.
         """
         sql, params = query.sql(self.table)
-        state: Dict[str, Any] = {}
+        stream = RowStream(self.pool, chunk_rows)
 
         def start(connection):
-            cursor = connection.execute(sql, params)
-            state["cursor"] = cursor
-            return [d[0] for d in cursor.description]
+            stream.cursor = connection.execute(sql, params)
+            stream.header = [d[0] for d in stream.cursor.description]
+            return stream
 
-        def fetch(connection):
-            cursor = state.get("cursor")
-            if cursor is None:
-                return []
-            rows = cursor.fetchmany(chunk_rows)
-            if len(rows) < chunk_rows:
-                cursor.close()
-                state.pop("cursor", None)
-            return rows
-
-        def chunks() -> Deferred:
-            return self.pool.runWithConnection(fetch)
-
-        return self.pool.runWithConnection(start).addCallback(lambda header: (header, chunks))
+        return self.pool.runWithConnection(start)
 
     # -- the OpenSenseMap outbox --------------------------------------------
 
@@ -374,6 +360,37 @@ def _execute_many(connection, sql, params):
             connection.rollback()
         raise
     return len(params)
+
+
+class RowStream:
+    """The rows of one SELECT, fetched a chunk at a time on the store's connection."""
+
+    def __init__(self, pool, chunk_rows: int):
+        self.pool = pool
+        self.chunk_rows = chunk_rows
+        self.header: List[str] = []
+        self.cursor = None
+
+    def next_chunk(self) -> Deferred:
+        """The next list of rows; an empty list at the end (the cursor is then closed)."""
+        return self.pool.runWithConnection(self._fetch)
+
+    def _fetch(self, connection):
+        if self.cursor is None:
+            return []
+        rows = self.cursor.fetchmany(self.chunk_rows)
+        if len(rows) < self.chunk_rows:
+            self._close(connection)
+        return rows
+
+    def close(self) -> Deferred:
+        """Stop early (the client went away); releases the read snapshot."""
+        return self.pool.runWithConnection(self._close)
+
+    def _close(self, connection) -> None:
+        if self.cursor is not None:
+            self.cursor.close()
+            self.cursor = None
 
 
 class Query:

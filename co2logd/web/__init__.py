@@ -1,0 +1,1 @@
+"""twisted.web resources: upload, download, pages; ``make_site`` builds the tree."""

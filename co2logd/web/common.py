@@ -1,0 +1,62 @@
+"""Small helpers shared by the resources: JSON replies, HTML escaping, query args."""
+
+from __future__ import annotations
+
+import html
+import json
+from typing import Any, Dict, List, Optional, Tuple
+
+from twisted.web.server import Request
+
+
+def json_reply(request: Request, status: int, body: Any) -> bytes:
+    """Set status and JSON content type; return the encoded body."""
+    request.setResponseCode(status)
+    request.setHeader(b"content-type", b"application/json")
+    return json.dumps(body).encode("utf-8")
+
+
+def error_reply(request: Request, status: int, message: str) -> bytes:
+    """co2logd's error shape: ``{"error": "…"}`` with the given status."""
+    return json_reply(request, status, {"error": message})
+
+
+def escape(value: Any) -> str:
+    """HTML-escape any value (None as empty)."""
+    return html.escape("" if value is None else str(value))
+
+
+def header_pairs(request: Request) -> List[Tuple[bytes, bytes]]:
+    """Every request header as a (name, value) pair, repeated names kept."""
+    return [(name, value) for name, values in request.requestHeaders.getAllRawHeaders() for value in values]
+
+
+def query_args(request: Request) -> Dict[str, str]:
+    """The query string as text, first value of each name."""
+    return {
+        k.decode("utf-8", "replace"): v[0].decode("utf-8", "replace")
+        for k, v in (request.args or {}).items()
+        if v
+    }
+
+
+def page(title: str, body: str, head: str = "") -> bytes:
+    """A minimal, phone-readable HTML page."""
+    return (
+        "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\">"
+        "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
+        "<title>{title}</title>"
+        "<style>body{{font-family:sans-serif;margin:1em;max-width:70em}}"
+        "table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:2px 6px}}"
+        "pre{{background:#eee;padding:10px;overflow-x:auto}}</style>{head}</head>"
+        "<body>{body}</body></html>\n"
+    ).format(title=escape(title), body=body, head=head).encode("utf-8")
+
+
+def finish_quietly(request: Request, data: Optional[bytes] = None) -> None:
+    """Write and finish unless the client has already gone away."""
+    if getattr(request, "_disconnected", False) or request.finished:
+        return
+    if data:
+        request.write(data)
+    request.finish()

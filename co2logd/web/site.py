@@ -1,0 +1,81 @@
+"""The resource tree and the Site, with a request that refuses oversized bodies early."""
+
+from __future__ import annotations
+
+import io
+import json
+
+from twisted.logger import Logger
+from twisted.web import server
+from twisted.web.resource import Resource
+
+from co2logd.web.download import DownloadResource
+from co2logd.web.pages import IndexResource, UploadHelpResource
+from co2logd.web.upload import UploadResource
+
+log = Logger()
+
+
+class BoundedRequest(server.Request):
+    """
+    A request whose body may not exceed ``max_body`` bytes.
+
+    A larger ``Content-Length`` is answered with 413 at once, before the body
+    is read; a chunked body is cut off (and answered 413) as soon as it
+    passes the limit.  Either way the connection is closed.
+    """
+
+    max_body = 10 * 1024 * 1024
+
+    def gotLength(self, length):
+        self._body_bytes = 0
+        self._refused = False
+        if length is not None and length > self.max_body:
+            self._refuse(length)
+            self.content = io.BytesIO()
+            return
+        super().gotLength(length)
+
+    def handleContentChunk(self, data):
+        if self._refused:
+            return
+        self._body_bytes += len(data)
+        if self._body_bytes > self.max_body:
+            self._refuse(self._body_bytes)
+            return
+        super().handleContentChunk(data)
+
+    def _refuse(self, size):
+        self._refused = True
+        log.info("Refused a body of at least {size} bytes (limit {limit})", size=size, limit=self.max_body)
+        body = json.dumps(
+            {"error": "The payload is larger than the limit of {} bytes".format(self.max_body)}
+        ).encode("utf-8")
+        transport = self.channel.transport
+        transport.write(
+            b"HTTP/1.1 413 Payload Too Large\r\ncontent-type: application/json\r\n"
+            b"connection: close\r\ncontent-length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+        )
+        transport.loseConnection()
+
+
+def make_root(settings, ingest, store, clock, extra_children=None) -> Resource:
+    """The co2logserver routes (plus whatever later features add)."""
+    root = Resource()
+    index = IndexResource(settings, store, clock)
+    root.putChild(b"", index)
+    root.putChild(b"index", index)
+    root.putChild(b"upload", UploadResource(ingest))
+    root.putChild(b"download", DownloadResource(settings, store, ingest))
+    root.putChild(b"uploadhelp", UploadHelpResource(settings))
+    for name, child in (extra_children or {}).items():
+        root.putChild(name, child)
+    return root
+
+
+def make_site(settings, ingest, store, clock, extra_children=None) -> server.Site:
+    """A Site over :func:`make_root` whose requests honour ``MAX_BODY_SIZE``."""
+    request_factory = type("Request", (BoundedRequest,), {"max_body": settings.MAX_BODY_SIZE})
+    site = server.Site(make_root(settings, ingest, store, clock, extra_children), requestFactory=request_factory)
+    site.displayTracebacks = False
+    return site

@@ -1,0 +1,53 @@
+"""``POST /upload``: bytes and headers to the ingest service, its receipt back as JSON."""
+
+from __future__ import annotations
+
+from twisted.logger import Logger
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET
+
+from co2logd.errors import IngestError
+from co2logd.web.common import error_reply, finish_quietly, header_pairs, json_reply
+
+log = Logger()
+
+
+class UploadResource(Resource):
+    """Hands each POST body to ``ingest.ingest(..., transport="http")``."""
+
+    isLeaf = True
+
+    def __init__(self, ingest):
+        super().__init__()
+        self.ingest = ingest
+
+    def render_POST(self, request):
+        body = request.content.read()
+        content_type = request.getHeader(b"content-type")
+        d = self.ingest.ingest(
+            body,
+            content_type.decode("latin-1") if content_type is not None else "",
+            header_pairs(request),
+            "http",
+        )
+
+        def stored(receipt):
+            finish_quietly(request, json_reply(request, 200, receipt.as_dict()))
+
+        def refused(failure):
+            if failure.check(IngestError):
+                error = failure.value
+                log.info(
+                    "Refused upload from {peer}: {status} {reason}: {message}",
+                    peer=request.getClientAddress(),
+                    status=error.status,
+                    reason=error.reason,
+                    message=error.message,
+                )
+                finish_quietly(request, error_reply(request, error.status, error.message))
+            else:
+                log.failure("Upload failed", failure)
+                finish_quietly(request, error_reply(request, 500, "Internal error; nothing was saved"))
+
+        d.addCallbacks(stored, refused)
+        return NOT_DONE_YET

@@ -226,6 +226,36 @@ def _kind_osem_batch_size(value: Any) -> Any:
     return value
 
 
+# transports (issue 3)
+def _kind_udp_datagram(value: Any) -> Any:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65507:
+        raise TypeError("a whole number of bytes from 1 to 65507")
+    return value
+
+
+def _kind_transport_seconds(value: Any) -> Any:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise TypeError("a number of seconds greater than 0")
+    return value
+
+
+def _kind_optional_identifier(value: Any) -> Any:
+    return None if value is None else _kind_identifier(value)
+
+
+def _kind_gateway_pattern(value: Any) -> Any:
+    from co2logd.names import is_safe_identifier
+
+    if value is None:
+        return None
+    value = _kind_regex(value)
+    if not value.groupindex or not all(is_safe_identifier(name) for name in value.groupindex):
+        raise TypeError(
+            "a regular expression with named groups that are column names, like r'^(?:OK )?(?P<box>\\d+) '"
+        )
+    return value
+
+
 class Key:
     """One setting: its default (or a function of the environment) and its kind."""
 
@@ -310,6 +340,17 @@ KEYS: Dict[str, Key] = {
     "MAX_COLUMNS": Key(1000, _kind_positive_int, "most columns the data table may have"),
     "MAX_COLUMN_NAME_LENGTH": Key(64, _kind_positive_int, "longest column name"),
     "DB_SYNCHRONOUS": Key("FULL", _kind_synchronous, "SQLite PRAGMA synchronous"),
+    # transports (issue 3)
+    "UDP_MAX_DATAGRAM": Key(8192, _kind_udp_datagram, "largest UDP datagram (header block + body) in bytes; larger ones are refused"),
+    "UDP_ACK": Key(False, _kind_bool, "answer every UDP datagram with a JSON receipt or error"),
+    "UDP_MAX_PENDING": Key(1000, _kind_positive_int, "uploads per UDP listener waiting for the database before more are refused as busy"),
+    "SEQUENCE_FIELD": Key(None, _kind_optional_identifier, "column holding a per-node sequence number (UDP, serial): retries are not stored twice, gaps are counted"),
+    "SEQUENCE_MEMORY_SECONDS": Key(600, _kind_transport_seconds, "how long a sequence number is remembered for duplicate suppression"),
+    "SERIAL_MAX_LINE": Key(4096, _kind_positive_int, "longest serial line in bytes; longer lines are dropped"),
+    "SERIAL_GATEWAY_PATTERN": Key(None, _kind_gateway_pattern, "regex matching a gateway's prefix of each serial line; its named groups become columns"),
+    "SERIAL_WATCHDOG_SECONDS": Key(0, _kind_non_negative_number, "reopen a serial port that sent nothing for this long (0: off)"),
+    "SERIAL_RECONNECT_MAX_SECONDS": Key(60, _kind_transport_seconds, "longest wait between attempts to reopen a lost serial device"),
+    "TRANSPORT_LOG_INTERVAL": Key(60, _kind_transport_seconds, "at most one reject log line per source and reason in this many seconds (UDP, serial)"),
     # OpenSenseMap uploader (issue 4)
     "OSEM_BATCH_SIZE": Key(2500, _kind_osem_batch_size, "most measurements per OpenSenseMap request (≤ 2500)"),
     "OSEM_REQUEST_TIMEOUT": Key(30.0, _kind_positive_number, "seconds to connect / to wait for each OpenSenseMap reply"),

@@ -1,0 +1,257 @@
+"""
+The UDP listener: one datagram = one upload.
+
+A datagram is an optional HTTP-style header block, an empty line, and the
+body (see :mod:`co2logd.transports.framing`); it goes to
+``IngestService.ingest`` with the transport label ``udp:<sender address>``.
+Nothing a sender puts in a datagram stops the listener: every refusal is
+counted per source and reason, logged at most once per
+``TRANSPORT_LOG_INTERVAL`` per source and reason, and (with ``UDP_ACK``)
+answered with ``{"error": ...}`` so a node can retry.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Dict, Optional, Tuple
+
+from twisted.application.service import Service
+from twisted.internet import defer
+from twisted.internet.protocol import DatagramProtocol
+from twisted.logger import Logger
+
+from co2logd import payloads
+from co2logd.errors import IngestError
+from co2logd.transports.counters import Counters, RejectLog
+from co2logd.transports.framing import Frame, error_reply, split_message
+from co2logd.transports.sequence import IN_FLIGHT, NEW, SequenceTracker, sequence_number
+
+log = Logger()
+
+SPEC_HELP = "use PORT or udp:PORT[:interface=ADDR], e.g. 8125 or udp:8125:interface=127.0.0.1"
+
+
+def parse_udp_spec(text: str) -> Tuple[int, str]:
+    """
+    ``'8125'`` → ``(8125, '')``; ``'udp:8125:interface=127.0.0.1'`` →
+    ``(8125, '127.0.0.1')``.  The interface runs to the end, so IPv6
+    addresses (``interface=::1``) need no escaping; ``\\:`` is accepted too.
+    Raises ValueError with one sentence otherwise.
+    """
+    spec = text.strip()
+    rest = spec[4:] if spec.lower().startswith("udp:") else spec
+    port_text, _, options = rest.partition(":")
+    if port_text.lower().startswith("port="):
+        port_text = port_text[5:]
+    interface = ""
+    if options:
+        if not options.lower().startswith("interface="):
+            raise ValueError("Invalid --udp value {!r}: {}".format(text, SPEC_HELP))
+        interface = options[len("interface="):].replace("\\:", ":")
+        if not interface:
+            raise ValueError("Invalid --udp value {!r}: the interface is empty".format(text))
+    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ValueError("Invalid --udp value {!r}: {}".format(text, SPEC_HELP))
+    return int(port_text), interface
+
+
+class UDPIngestProtocol(DatagramProtocol):
+    """
+    Frames datagrams into uploads for the ingest service.
+
+    ``counters`` (per sender address), ``sequences`` (per node, when
+    ``SEQUENCE_FIELD`` is set) and ``pending`` (uploads waiting for the
+    database) are there for /metrics and tests.
+    """
+
+    def __init__(self, ingest, settings, clock):
+        self.ingest = ingest
+        self.settings = settings
+        self.clock = clock
+        self.counters = Counters()
+        self.reject_log = RejectLog(log, clock, settings.TRANSPORT_LOG_INTERVAL)
+        self.sequence_field: Optional[str] = settings.SEQUENCE_FIELD
+        self.sequences = SequenceTracker(clock, memory_seconds=settings.SEQUENCE_MEMORY_SECONDS)
+        self.pending = 0
+        self._idle: list = []
+        # callables given every outcome (the reply an ack would carry), for tests and metrics
+        self.observers: list = []
+
+    def datagramReceived(self, datagram: bytes, addr: Any) -> None:
+        """Hand one datagram to ingest; never let anything escape to the reactor."""
+        try:
+            self._received(datagram, addr)
+        except Exception:
+            log.failure("Unexpected error handling a datagram from {source}", source=addr[0])
+
+    def _received(self, datagram: bytes, addr: Any) -> None:
+        host = addr[0]
+        counters = self.counters.source(host)
+        counters.messages += 1
+        settings = self.settings
+        if len(datagram) > settings.UDP_MAX_DATAGRAM:
+            return self._refused(
+                IngestError(
+                    413,
+                    "too-large",
+                    "The datagram is larger than {} bytes (UDP_MAX_DATAGRAM)".format(settings.UDP_MAX_DATAGRAM),
+                ),
+                addr,
+            )
+        if self.pending >= settings.UDP_MAX_PENDING:
+            return self._refused(
+                IngestError(503, "busy", "Too many uploads are waiting for the database; try again"), addr
+            )
+        try:
+            frame = split_message(datagram)
+        except IngestError as e:
+            return self._refused(e, addr)
+        node_seq = self._sequence(frame, host) if self.sequence_field else None
+        if node_seq is not None:
+            node, seq = node_seq
+            verdict = self.sequences.begin(node, seq)
+            if verdict != NEW:
+                log.debug("Duplicate upload {seq} from {source}", seq=seq, source=host)
+                if verdict != IN_FLIGHT:  # the first copy's ack is still to come
+                    self._ack(addr, {"saved-in-db": 0, "duplicate": True, "seq": seq})
+                return None
+        self.pending += 1
+        d = defer.maybeDeferred(self.ingest.ingest, frame.body, frame.content_type, frame.headers, "udp:" + host)
+        d.addCallbacks(self._stored, self._failed, callbackArgs=(addr, node_seq), errbackArgs=(addr, node_seq))
+        d.addBoth(self._settled)
+        d.addErrback(lambda f: log.failure("Unexpected error acknowledging a datagram", f))
+        return None
+
+    def _sequence(self, frame: Frame, host: str) -> Optional[Tuple[Tuple[str, Any], int]]:
+        """(node, number) when the payload carries the sequence column."""
+        try:
+            table = payloads.parse(frame.body, frame.content_type)
+        except IngestError:
+            return None  # ingest refuses it the same way and says why
+        seq = sequence_number(table, self.sequence_field)
+        if seq is None:
+            return None
+        box_column = self.settings.OSEM_BOX_COL.lower()
+        box = next((v[0] for k, v in table.items() if k.lower() == box_column and v), None)
+        return (host, box), seq
+
+    def _stored(self, receipt, addr, node_seq) -> None:
+        self.counters.source(addr[0]).rows += receipt.rows
+        reply: Dict[str, Any] = receipt.as_dict()
+        if node_seq is not None:
+            self.sequences.done(node_seq[0], node_seq[1], stored=True)
+            reply["seq"] = node_seq[1]
+        self._ack(addr, reply)
+
+    def _failed(self, failure, addr, node_seq) -> None:
+        if node_seq is not None:
+            self.sequences.done(node_seq[0], node_seq[1], stored=False)
+        error = failure.value
+        if not isinstance(error, IngestError):
+            log.failure("Ingest failed on a datagram from {source}", failure, source=addr[0])
+            error = IngestError(500, "internal", "The server failed on this upload; nothing was saved")
+        self._refused(error, addr, None if node_seq is None else node_seq[1])
+
+    def _settled(self, _: Any) -> None:
+        self.pending -= 1
+        if self.pending == 0:
+            waiting, self._idle = self._idle, []
+            for d in waiting:
+                d.callback(None)
+
+    def _refused(self, error: IngestError, addr: Any, seq: Optional[int] = None) -> None:
+        host = addr[0]
+        self.counters.source(host).rejects[error.reason] += 1
+        self.reject_log.reject(host, error.reason, error.message, "udp")
+        reply = error_reply(error)
+        if seq is not None:
+            reply["seq"] = seq
+        self._ack(addr, reply)
+
+    def _ack(self, addr: Any, reply: Dict[str, Any]) -> None:
+        for observer in self.observers:
+            observer(addr, reply)
+        if not self.settings.UDP_ACK or self.transport is None:
+            return
+        try:
+            self.transport.write(json.dumps(reply, separators=(",", ":")).encode("utf-8"), addr)
+        except Exception as e:  # an unreachable sender must not matter to anyone else
+            log.debug("Cannot acknowledge to {source}: {error}", source=addr[0], error=e)
+
+    def idle(self) -> defer.Deferred:
+        """Fires once no upload is waiting for the database."""
+        if self.pending == 0:
+            return defer.succeed(None)
+        d = defer.Deferred()
+        self._idle.append(d)
+        return d
+
+    def stats(self) -> Dict[str, Any]:
+        """Counters per source and per node, for /metrics."""
+        return {"sources": self.counters.as_dict(), "nodes": self.sequences.as_dict(), "pending": self.pending}
+
+
+class UDPService(Service):
+    """
+    Listens on one UDP port while running.
+
+    The port is bound in ``privilegedStartService`` (or ``startService``), so
+    a port in use raises ``CannotListenError`` at start-up.  Stopping stops
+    listening and waits for uploads still on their way to the database.
+    """
+
+    def __init__(self, port: int, interface: str, ingest, reactor, settings):
+        self.port_number = port
+        self.interface = interface
+        self.reactor = reactor
+        self.settings = settings
+        self.protocol = UDPIngestProtocol(ingest, settings, reactor)
+        self.listening = None
+        self.setName("udp {}{}".format(port, ":" + interface if interface else ""))
+
+    def _listen(self) -> None:
+        if self.listening is None:
+            self.listening = self.reactor.listenUDP(
+                self.port_number,
+                self.protocol,
+                interface=self.interface,
+                # one more than allowed, so an oversize datagram shows as such
+                maxPacketSize=self.settings.UDP_MAX_DATAGRAM + 1,
+            )
+            log.info(
+                "Listening for UDP uploads on {interface}:{port}",
+                interface=self.interface or "*",
+                port=self.listening.getHost().port,
+            )
+
+    def privilegedStartService(self) -> None:
+        self._listen()
+        super().privilegedStartService()
+
+    def startService(self) -> None:
+        self._listen()
+        super().startService()
+
+    def stopService(self) -> defer.Deferred:
+        super().stopService()
+        listening, self.listening = self.listening, None
+        stopped = defer.maybeDeferred(listening.stopListening) if listening is not None else defer.succeed(None)
+        return defer.gatherResults([stopped, self.protocol.idle()]).addCallback(lambda _: None)
+
+    @property
+    def port(self) -> Optional[int]:
+        """The bound port number (useful with port 0), or None when not listening."""
+        return self.listening.getHost().port if self.listening is not None else None
+
+    def stats(self) -> Dict[str, Any]:
+        """The protocol's counters."""
+        return self.protocol.stats()
+
+
+def udp_service(spec, ingest, reactor, settings) -> UDPService:
+    """
+    The service for one ``--udp`` value: a spec string (see
+    :func:`parse_udp_spec`) or an already parsed ``(port, interface)``.
+    """
+    port, interface = parse_udp_spec(spec) if isinstance(spec, str) else spec
+    return UDPService(port, interface, ingest, reactor, settings)

@@ -53,8 +53,8 @@ class StoreMixin:
         self.addCleanup(self.store.stopService)
         return self.store
 
-    def make_ingest(self, settings=None, clock=None, **kwargs):
-        store = self.make_store(settings)
+    def make_ingest(self, settings=None, clock=None, path=None, **kwargs):
+        store = self.make_store(settings, path)
         self.clock = clock or task.Clock()
         if clock is None:
             self.clock.advance(1_700_000_000)
@@ -65,8 +65,8 @@ class StoreMixin:
 class SiteMixin(StoreMixin):
     """A real HTTP site on 127.0.0.1 over a real store; ``self.url``."""
 
-    def start_site(self, settings=None):
-        ingest = self.make_ingest(settings, clock=reactor)
+    def start_site(self, settings=None, path=None):
+        ingest = self.make_ingest(settings, clock=reactor, path=path)
         self.site = make_site(self.settings, ingest, self.store, reactor)
         self.port = reactor.listenTCP(0, self.site, interface="127.0.0.1")
         self.addCleanup(self.port.stopListening)

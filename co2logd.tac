@@ -2,7 +2,8 @@
 An example of composing co2logd in Python: ``twistd -ny co2logd.tac``.
 
 The same daemon as ``twistd -n co2logd``: settings from $CO2LOGSERVER_CONFIG
-(if set), HTTP on port 8080, ./co2.sqlite.  Edit the calls below to taste.
+(if set), HTTP on $CO2LOGD_HTTP (default tcp:8080), ./co2.sqlite.  Edit the
+calls below to taste.
 """
 
 import os
@@ -20,7 +21,7 @@ application = Application("co2logd")
 build_service(
     settings,
     reactor,
-    http=["tcp:8080"],
+    http=[os.environ.get("CO2LOGD_HTTP", "tcp:8080")],
     # udp=["udp:9999"],
     # serial=["/dev/ttyACM0:9600"],
 ).setServiceParent(application)

@@ -1,0 +1,235 @@
+"""The command line: Options, makeService, and the daemon started as a user starts it."""
+
+import json
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+import urllib.request
+
+from twisted.internet import defer, reactor, threads
+from twisted.python import usage
+from twisted.trial import unittest
+
+from co2logd.service import Co2logdService, StartupError, build_service
+from co2logd.tap import Options, makeService
+from tests.helpers import README_JSON, make_settings
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def parse(*argv):
+    options = Options()
+    options.parseOptions(list(argv))
+    return options
+
+
+class OptionsTests(unittest.TestCase):
+    """Options check the command line's syntax."""
+
+    def test_defaults(self):
+        """No options: HTTP on tcp:8080, no UDP, no serial."""
+        options = parse()
+        self.assertEqual((options["http"], options["udp"], options["serial"]), (["tcp:8080"], [], []))
+
+    def test_repeated_http(self):
+        """--http is repeatable."""
+        self.assertEqual(parse("--http", "tcp:1", "--http", "tcp:2")["http"], ["tcp:1", "tcp:2"])
+
+    def test_http_none(self):
+        """--http none disables HTTP."""
+        self.assertEqual(parse("--http", "none")["http"], [])
+
+    def test_bad_endpoint(self):
+        """A bad endpoint string is a usage error naming it; a bare port gets a hint."""
+        e = self.assertRaises(usage.UsageError, parse, "--http", "nonsense:1")
+        self.assertIn("nonsense:1", str(e))
+        e = self.assertRaises(usage.UsageError, parse, "--http", "8080")
+        self.assertIn("tcp:8080", str(e))
+
+
+class MakeServiceTests(unittest.TestCase):
+    """makeService turns every start-up problem into one line and SystemExit."""
+
+    def write_config(self, text):
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write(text)
+        return path
+
+    def test_bad_config_is_one_line(self):
+        """An unknown key ends start-up with one line naming it and the closest key."""
+        options = parse("--config", self.write_config("CO2LOGSERVER_SALTS = []\n"), "--db", self.mktemp())
+        e = self.assertRaises(SystemExit, makeService, options)
+        self.assertIn("CO2LOGSERVER_SALTS", str(e))
+        self.assertIn("CHECKSUM_SALTS", str(e))
+        self.assertNotIn("\n", str(e))
+
+    def test_config_from_environment(self):
+        """$CO2LOGSERVER_CONFIG names the config file; --config wins over it."""
+        from co2logd.tap import load_settings
+
+        env_file = self.write_config("CO2LOGSERVER_NAME = 'from-env'\n")
+        cli_file = self.write_config("CO2LOGSERVER_NAME = 'from-cli'\n")
+        env = {"CO2LOGSERVER_CONFIG": env_file}
+        self.assertEqual(load_settings(parse(), environ=env).NAME, "from-env")
+        self.assertEqual(load_settings(parse("--config", cli_file), environ=env).NAME, "from-cli")
+        self.assertEqual(load_settings(parse("--config", cli_file, "--name", "n"), environ=env).NAME, "n")
+
+    def test_port_in_use_is_one_line(self):
+        """A port in use: SystemExit naming the port, not a traceback."""
+        blocker = socket.socket()
+        blocker.bind(("127.0.0.1", 0))
+        blocker.listen(1)
+        self.addCleanup(blocker.close)
+        port = blocker.getsockname()[1]
+        service = makeService(parse("--http", "tcp:{}:interface=127.0.0.1".format(port), "--db", self.mktemp()))
+        self.addCleanup(lambda: service.running and service.stopService())
+        e = self.assertRaises(SystemExit, service.privilegedStartService)
+        self.assertIn(str(port), str(e))
+        self.assertIn("in use", str(e))
+        for child in service:  # the store's pool was created; close it
+            if child.name == "store":
+                child.pool.close()
+
+    def test_service_order(self):
+        """Store first, listeners last: on shutdown listeners stop before the database closes."""
+        service = build_service(make_settings(DB=self.mktemp()), reactor, http=["tcp:0:interface=127.0.0.1"])
+        names = [child.name for child in service]
+        self.assertEqual(names[:2], ["store", "ingest"])
+        self.assertTrue(names[-1].startswith("http "))
+        self.assertIsInstance(service, Co2logdService)
+        service.privilegedStartService()
+        service.startService()
+        return service.stopService()
+
+    def test_startup_error_without_exit(self):
+        """Outside twistd a failing child raises StartupError with the same line."""
+        service = Co2logdService()
+
+        class Broken(Co2logdService):
+            def startService(self):
+                raise OSError(2, "No such file or directory", "/dev/ttyACM9")
+
+        Broken().setServiceParent(service)
+        e = self.assertRaises(StartupError, service.startService)
+        self.assertEqual(str(e), "co2logd: No such file or directory (/dev/ttyACM9)")
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def run_daemon(argv, cwd, port, env=None):
+    """
+    Start a daemon process, upload the README example, read it back, stop it
+    with SIGTERM.  Blocking: runs in a thread.  Returns (upload reply, exit code, output).
+    """
+    environment = dict(os.environ, PYTHONPATH=REPO, **(env or {}))
+    environment.pop("CO2LOGSERVER_CONFIG", None)
+    process = subprocess.Popen(argv, cwd=cwd, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise AssertionError("daemon did not start: " + process.stdout.read().decode())
+                time.sleep(0.1)
+        request = urllib.request.Request(
+            "http://127.0.0.1:{}/upload".format(port), data=README_JSON, headers={"Content-Type": "application/json"}
+        )
+        reply = json.loads(urllib.request.urlopen(request, timeout=10).read())
+    finally:
+        process.send_signal(signal.SIGTERM)
+        output = process.communicate(timeout=30)[0].decode()
+    return reply, process.returncode, output
+
+
+class DaemonProcessTests(unittest.TestCase):
+    """The daemon as users start it: python -m co2logd, twistd, twist, the .tac file."""
+
+    @defer.inlineCallbacks
+    def check_daemon(self, argv, env=None):
+        cwd = self.mktemp()
+        os.makedirs(cwd)
+        port = free_port()
+        argv = [a.replace("PORT", str(port)) for a in argv]
+        env = {k: v.replace("PORT", str(port)) for k, v in (env or {}).items()}
+        reply, code, output = yield threads.deferToThread(run_daemon, argv, cwd, port, env)
+        self.assertEqual(reply, {"saved-in-db": 2}, output)
+        # twistd ends itself with the signal it got, as a well-behaved daemon does
+        self.assertIn(code, (0, -signal.SIGTERM), output)
+        self.assertNotIn("Traceback", output)
+        connection = sqlite3.connect(os.path.join(cwd, "co2.sqlite"))
+        self.assertEqual(connection.execute("SELECT co2 FROM data").fetchall(), [(1223,), (2351,)])
+        connection.close()
+
+    def test_python_m_co2logd(self):
+        """python -m co2logd serves HTTP and writes ./co2.sqlite."""
+        return self.check_daemon([sys.executable, "-m", "co2logd", "--http", "tcp:PORT:interface=127.0.0.1"])
+
+    def test_twistd_plugin(self):
+        """twistd -n co2logd finds the plugin."""
+        return self.check_daemon(
+            [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile=",
+             "co2logd", "--http", "tcp:PORT:interface=127.0.0.1"]
+        )
+
+    def test_twist_plugin(self):
+        """twist co2logd works the same."""
+        return self.check_daemon([sys.executable, "-m", "twisted", "co2logd", "--http", "tcp:PORT:interface=127.0.0.1"])
+
+    def test_tac_file(self):
+        """twistd -ny co2logd.tac runs the example composition."""
+        return self.check_daemon(
+            [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile=", "-y",
+             os.path.join(REPO, "co2logd.tac")],
+            env={"CO2LOGD_HTTP": "tcp:PORT:interface=127.0.0.1"},
+        )
+
+    @defer.inlineCallbacks
+    def test_port_in_use_exits_with_one_line(self):
+        """A port in use ends the process with status 1 and a line naming the port, no traceback."""
+        blocker = socket.socket()
+        blocker.bind(("127.0.0.1", 0))
+        blocker.listen(1)
+        self.addCleanup(blocker.close)
+        port = blocker.getsockname()[1]
+        cwd = self.mktemp()
+        os.makedirs(cwd)
+        result = yield threads.deferToThread(
+            subprocess.run,
+            [sys.executable, "-m", "co2logd", "--http", "tcp:{}:interface=127.0.0.1".format(port)],
+            cwd=cwd, env=dict(os.environ, PYTHONPATH=REPO), capture_output=True, timeout=60,
+        )
+        output = (result.stdout + result.stderr).decode()
+        self.assertNotEqual(result.returncode, 0)
+        self.assertIn("cannot listen on 127.0.0.1:{}".format(port), output)
+        self.assertNotIn("Traceback", output)
+
+    @defer.inlineCallbacks
+    def test_bad_config_exits_with_one_line(self):
+        """A config file with a wrong type ends the process with one line on stderr."""
+        cwd = self.mktemp()
+        os.makedirs(cwd)
+        with open(os.path.join(cwd, "bad.py"), "w") as f:
+            f.write("CO2LOGSERVER_UPLOAD_REQUIRES_AUTH = 'yes'\n")
+        result = yield threads.deferToThread(
+            subprocess.run, [sys.executable, "-m", "co2logd", "--config", "bad.py"],
+            cwd=cwd, env=dict(os.environ, PYTHONPATH=REPO), capture_output=True, timeout=60,
+        )
+        self.assertEqual(result.returncode, 1)
+        self.assertEqual(
+            result.stderr.decode().strip(),
+            "co2logd: Setting CO2LOGSERVER_UPLOAD_REQUIRES_AUTH must be True or False, not 'yes'",
+        )

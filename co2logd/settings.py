@@ -16,7 +16,7 @@ import difflib
 import logging
 import os
 import re
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional
+from typing import Any, Callable, Dict, List, Mapping, Optional
 
 PREFIXES = ("CO2LOGSERVER_", "CO2LOGD_")
 
@@ -476,10 +476,28 @@ def read_config_file(path: str) -> Dict[str, Any]:
     return {k: v for k, v in namespace.items() if strip_prefix(k) is not None}
 
 
-def describe_keys() -> Iterable[str]:
-    """One line per key for documentation: name, default, meaning."""
+def describe_default(key: Key) -> str:
+    """A key's default as documentation shows it."""
+    if key.from_env:
+        return key.default.__doc__
+    default = key.default
+    if isinstance(default, re.Pattern):
+        return "r'{}'".format(default.pattern)
+    if callable(default):
+        return "(built-in function)"
+    return repr(default)
+
+
+def markdown_table() -> str:
+    """The settings table README carries (``python -m co2logd.settings``)."""
+    lines = ["| setting | default | meaning |", "|---|---|---|"]
     for name, key in KEYS.items():
-        default = key.default.__doc__ if key.from_env else key.default
-        if callable(default) and not isinstance(default, str):
-            default = getattr(default, "__name__", "function")
-        yield "CO2LOGSERVER_{} = {!r}  # {}".format(name, default, key.doc)
+        default = describe_default(key).replace("|", "\\|")
+        if len(default) > 60:
+            default = default[:57] + "…"
+        lines.append("| `CO2LOGSERVER_{}` | `{}` | {} |".format(name, default, key.doc.replace("|", "\\|")))
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(markdown_table())

@@ -1,0 +1,504 @@
+"""
+The serial listener: lines from a USB-attached board, one upload per line.
+
+Each line (``\\n`` or ``\\r\\n``, at most ``SERIAL_MAX_LINE`` bytes) is, in
+this order of recognition:
+
+* empty: ignored;
+* ``# ...``: a comment for humans, counted and logged at debug level;
+* ``Name: value`` with a hyphen in the name (``Content-Type``,
+  ``Content-MD5-Salted``): a header for the next body line (an empty line
+  may end the header block, as in HTTP, but need not); after a
+  ``Content-Type`` header the next line goes to ingest as it is, in that
+  format, and the rules below do not apply to it;
+* ``{...}`` or ``[...]``: JSON (an object of columns, of single values, or
+  a list of row objects);
+* ``name,name,...`` where every cell is a column name (a letter or ``_``,
+  then letters, digits, ``_``) and there is at least one comma: a **CSV
+  header**, remembered until the next header (or until the port is
+  reopened); it stores nothing itself;
+* ``key:value,key:value`` or ``key=value,key=value`` (emonTx style);
+* ``key=value&key=value``: a form-encoded record;
+* a line with as many comma-separated cells as the current CSV header: a
+  CSV row of it;
+* anything else: counted and logged (rate-limited) as ``unparseable``.
+
+Column names never contain a hyphen, so a ``key:value`` record is never
+taken for a header.  Salted checksums are computed by the device over the
+exact line (the row line for CSV); when co2logd turns a line into another
+body for the ingest service (CSV rows, key:value pairs), the checksums that
+matched the line are carried over to the new body with the same salt, so
+``matched_checksums``/``failed_checksums`` and ``AUTH_CHECKER`` see what the
+device sent.
+
+With ``SERIAL_GATEWAY_PATTERN`` (a regex matched at the start of every
+line, e.g. ``^(?:OK )?(?P<box>\\d+) ``) the named groups become columns of
+the line's rows, and headers and CSV header lines are kept per node.
+"""
+
+from __future__ import annotations
+
+import collections
+import csv
+import io
+import os
+import re
+from typing import Any, Callable, Dict, List, Optional, Tuple
+from urllib.parse import urlencode
+
+from twisted.application.service import Service
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.protocols.basic import LineReceiver
+
+from co2logd.auth import salted_checksum
+from co2logd.errors import IngestError, bad_request
+from co2logd.payloads import text_value
+from co2logd.transports.counters import Counters, RejectLog
+from co2logd.transports.framing import MAX_HEADER_LINES, error_reply, header_value, parse_header_line
+
+log = Logger()
+
+DEFAULT_BAUD = 9600
+RECONNECT_FIRST_DELAY = 1.0
+MAX_NODES = 256
+
+NAME = rb"[A-Za-z_][A-Za-z0-9_]*"
+CSV_HEADER = re.compile(rb"\s*" + NAME + rb"\s*(,\s*" + NAME + rb"\s*)+\Z")
+PAIR = rb"\s*" + NAME + rb"\s*[:=]\s*[^,:=&]*"
+KEY_VALUE = re.compile(PAIR + rb"(," + PAIR + rb")*\Z")
+KEY_VALUE_ITEM = re.compile(rb"\s*(" + NAME + rb")\s*[:=]\s*([^,:=&]*?)\s*(?:,|\Z)")
+
+
+def parse_serial_spec(text: str) -> Tuple[str, int]:
+    """
+    ``'/dev/ttyUSB0:115200'`` → ``('/dev/ttyUSB0', 115200)``; without a
+    baud rate 9600.  Only a trailing ``:DIGITS`` is a baud rate, and not
+    when the whole value names an existing file, so ``/dev/serial/by-id/``
+    and ``by-path`` names (which contain colons) work.  Raises ValueError
+    with one sentence otherwise.
+    """
+    spec = text.strip()
+    device, baud = spec, DEFAULT_BAUD
+    match = re.fullmatch(r"(.+):([0-9]+)", spec)
+    if match and not os.path.exists(spec):
+        device, baud = match.group(1), int(match.group(2))
+    if not device or device.startswith(":"):
+        raise ValueError("Invalid --serial value {!r}: use DEVICE[:BAUD], e.g. /dev/ttyACM0:115200".format(text))
+    if not 50 <= baud <= 4_000_000:
+        raise ValueError("Invalid --serial value {!r}: the baud rate {} is not between 50 and 4000000".format(text, baud))
+    return device, baud
+
+
+class SerialDeviceError(Exception):
+    """A serial device that cannot be opened at start-up; the message is one line."""
+
+
+class NodeState:
+    """Per-node line state: headers waiting for a body line, the current CSV header."""
+
+    __slots__ = ("headers", "csv_header", "csv_cells")
+
+    def __init__(self) -> None:
+        self.headers: List[Tuple[str, str]] = []
+        self.csv_header: Optional[bytes] = None
+        self.csv_cells = 0
+
+
+def _cells(line: bytes) -> List[str]:
+    """A CSV line's cells, trimmed."""
+    rows = list(csv.reader(io.StringIO(line.decode("utf-8"))))
+    return [cell.strip() for cell in rows[0]] if rows else []
+
+
+def _csv_line(cells: List[str]) -> bytes:
+    out = io.StringIO()
+    csv.writer(out, lineterminator="").writerow(cells)
+    return out.getvalue().encode("utf-8")
+
+
+class SerialIngestProtocol(LineReceiver):
+    """
+    Turns serial lines into uploads for the ingest service.
+
+    One instance serves a device across reopenings; per-connection state
+    (line buffer, headers, CSV header) is reset on every ``connectionMade``.
+    ``counters`` are per node (the device itself without a gateway pattern).
+    """
+
+    delimiter = b"\n"
+
+    def __init__(self, ingest, settings, clock, device: str):
+        self.ingest = ingest
+        self.settings = settings
+        self.clock = clock
+        self.device = device
+        self.label = "serial:" + device
+        self.MAX_LENGTH = settings.SERIAL_MAX_LINE
+        self.gateway = settings.SERIAL_GATEWAY_PATTERN
+        self.checksum_header = settings.SALTED_CHECKSUM_HEADER_REGEX
+        self.counters = Counters()
+        self.ignored: collections.Counter = collections.Counter()
+        self.reject_log = RejectLog(log, clock, settings.TRANSPORT_LOG_INTERVAL)
+        self.nodes: "collections.OrderedDict[Any, NodeState]" = collections.OrderedDict()
+        self.last_data = clock.seconds()
+        self.pending = 0
+        self._idle: List[defer.Deferred] = []
+        self._discarding = False
+        self._refeed: Optional[bytes] = None
+        self.on_lost: Optional[Callable[[Any], None]] = None
+        # callables given (node, reply) for every upload's outcome, for tests and metrics
+        self.observers: List[Callable[[str, Dict[str, Any]], None]] = []
+
+    # -- connection ---------------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        """A freshly opened port: forget what was half-read on the last one."""
+        self.clearLineBuffer()
+        self.nodes.clear()
+        self._discarding = False
+        self.last_data = self.clock.seconds()
+
+    def connectionLost(self, reason: Any = None) -> None:
+        """Tell the service, which reopens the port."""
+        if self.on_lost is not None:
+            self.on_lost(reason)
+
+    def dataReceived(self, data: bytes) -> None:
+        """Split into lines; go on after a line that was too long."""
+        self.last_data = self.clock.seconds()
+        super().dataReceived(data)
+        while self._refeed is not None:
+            rest, self._refeed = self._refeed, None
+            super().dataReceived(rest)
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        """Drop the long line (counted), not the connection, and read on."""
+        if not self._discarding:
+            self._rejected(self.device, bad_request(
+                "A line is longer than {} bytes (SERIAL_MAX_LINE)".format(self.MAX_LENGTH), "too-long"
+            ))
+        end = line.find(self.delimiter)
+        if end < 0:
+            self._discarding = True  # its end is still to come
+        else:
+            self._discarding = False
+            self._refeed = line[end + 1:]
+
+    # -- lines --------------------------------------------------------------------
+
+    def lineReceived(self, line: bytes) -> None:
+        """One line; nothing in it may stop the listener."""
+        if self._discarding:
+            self._discarding = False  # the tail of a line that was too long
+            return
+        try:
+            self._line(line.strip())
+        except Exception:
+            log.failure("Unexpected error handling a line from {device}", device=self.device)
+
+    def _line(self, line: bytes) -> None:
+        if not line:
+            return  # an empty line ends a header block; headers wait for the body line anyway
+        if line.startswith(b"#"):
+            return self._comment(self.device, line)
+        node, extra = None, {}
+        if self.gateway is not None:
+            match = self.gateway.match(line.decode("latin-1"))  # latin-1: one char per byte
+            if match is None:
+                return self._rejected(self.device, bad_request(
+                    "The line does not start with the gateway prefix (SERIAL_GATEWAY_PATTERN)", "no-gateway-prefix"
+                ))
+            extra = {k: text_value(v) for k, v in match.groupdict().items() if v is not None}
+            node = tuple(sorted(extra.items()))
+            line = line[match.end():].strip()
+            if not line:
+                return None
+            if line.startswith(b"#"):
+                return self._comment(self._source(node), line)
+        source = self._source(node)
+        state = self._state(node)
+        self.counters.source(source).messages += 1
+        header = parse_header_line(line)
+        if header is not None and "-" in header[0]:
+            if len(state.headers) >= MAX_HEADER_LINES:
+                state.headers = []
+                return self._rejected(source, bad_request("More than {} header lines".format(MAX_HEADER_LINES), "header"))
+            state.headers.append(header)
+            return None
+        try:
+            declared = header_value(state.headers, "content-type")
+            upload = (line, declared) if declared is not None else self._body(line, state)
+        except (IngestError, UnicodeDecodeError, csv.Error) as e:
+            state.headers = []
+            if not isinstance(e, IngestError):
+                e = bad_request("The line is not valid text ({})".format(e), "unparseable")
+            return self._rejected(source, e)
+        if upload is None:
+            return None  # a CSV header line
+        body, content_type = upload
+        headers, state.headers = state.headers, []
+        if body != line:
+            headers = self._carry_checksums(line, body, headers)
+        self._ingest(source, body, content_type, headers, extra)
+        return None
+
+    def _body(self, line: bytes, state: NodeState) -> Optional[Tuple[bytes, Optional[str]]]:
+        """(body, content type) for the ingest service, or None for a CSV header line."""
+        if line[:1] in (b"{", b"["):
+            return line, "application/json"
+        if CSV_HEADER.match(line):
+            cells = _cells(line)
+            state.csv_header = _csv_line(cells)
+            state.csv_cells = len(cells)
+            return None
+        if KEY_VALUE.match(line) and (b"," in line or b":" in line):
+            pairs = [(m.group(1).decode("ascii"), m.group(2).decode("utf-8")) for m in KEY_VALUE_ITEM.finditer(line)]
+            return urlencode(pairs).encode("ascii"), "application/x-www-form-urlencoded"
+        if b"=" in line and b"," not in line:
+            return line, "application/x-www-form-urlencoded"
+        if state.csv_header is not None and b"," in line:
+            cells = _cells(line)
+            if len(cells) != state.csv_cells:
+                raise bad_request(
+                    "The CSV row has {} cells, the CSV header line has {}".format(len(cells), state.csv_cells),
+                    "csv-columns",
+                )
+            return state.csv_header + b"\n" + _csv_line(cells), "text/csv"
+        raise bad_request(
+            "The line is not JSON, a CSV header or row, key:value pairs or form data", "unparseable"
+        )
+
+    def _carry_checksums(self, line: bytes, body: bytes, headers: List[Tuple[str, str]]) -> List[Tuple[str, str]]:
+        """Checksums that match the line as sent, recomputed over the body ingest gets."""
+        if not headers:
+            return headers
+        matches = self.ingest.check_auth(line, headers, False)
+        carried = []
+        for name, value in headers:
+            m = self.checksum_header.fullmatch(name)
+            algorithm = (m.groupdict().get("algorithm") or "").lower() if m else ""
+            salt = matches.get(algorithm)
+            carried.append((name, salted_checksum(body, salt, algorithm) if salt is not None else value))
+        return carried
+
+    def _ingest(self, source, body, content_type, headers, extra) -> None:
+        self.pending += 1
+        d = defer.maybeDeferred(
+            self.ingest.ingest, body, content_type, headers, self.label, extra_columns=extra or None
+        )
+        d.addCallbacks(self._stored, self._failed, callbackArgs=(source,), errbackArgs=(source,))
+        d.addBoth(self._settled)
+        d.addErrback(lambda f: log.failure("Unexpected error after a serial upload", f))
+
+    def _stored(self, receipt, source) -> None:
+        self.counters.source(source).rows += receipt.rows
+        self._notify(source, receipt.as_dict())
+
+    def _failed(self, failure, source) -> None:
+        error = failure.value
+        if not isinstance(error, IngestError):
+            log.failure("Ingest failed on a line from {device}", failure, device=self.device)
+            error = IngestError(500, "internal", "The server failed on this line; nothing was saved")
+        self._rejected(source, error)
+
+    def _settled(self, _: Any) -> None:
+        self.pending -= 1
+        if self.pending == 0:
+            waiting, self._idle = self._idle, []
+            for d in waiting:
+                d.callback(None)
+
+    def _comment(self, source: str, line: bytes) -> None:
+        self.ignored["comment"] += 1
+        log.debug("{device} says: {line}", device=source, line=line.decode("utf-8", "replace"))
+
+    def _rejected(self, source: str, error: IngestError) -> None:
+        self.counters.source(source).rejects[error.reason] += 1
+        self.reject_log.reject(source, error.reason, error.message, "serial")
+        self._notify(source, error_reply(error))
+
+    def _notify(self, source: str, reply: Dict[str, Any]) -> None:
+        for observer in self.observers:
+            observer(source, reply)
+
+    def _source(self, node) -> str:
+        if node is None:
+            return self.device
+        return "{} {}".format(self.device, " ".join("{}={}".format(k, v) for k, v in node))
+
+    def _state(self, node) -> NodeState:
+        state = self.nodes.get(node)
+        if state is None:
+            if len(self.nodes) >= MAX_NODES:
+                self.nodes.popitem(last=False)
+            state = self.nodes[node] = NodeState()
+        else:
+            self.nodes.move_to_end(node)
+        return state
+
+    def idle(self) -> defer.Deferred:
+        """Fires once no upload is waiting for the database."""
+        if self.pending == 0:
+            return defer.succeed(None)
+        d: defer.Deferred = defer.Deferred()
+        self._idle.append(d)
+        return d
+
+
+def open_serial_port(protocol, device: str, reactor, baudrate: int):
+    """The real port factory: ``twisted.internet.serialport.SerialPort``."""
+    from twisted.internet.serialport import SerialPort
+
+    return SerialPort(protocol, device, reactor, baudrate=baudrate)
+
+
+def describe_open_error(error: BaseException) -> str:
+    """pyserial's ``[Errno 2] could not open port ...`` as a short reason."""
+    errno = getattr(error, "errno", None)
+    if not isinstance(errno, int) and getattr(error, "args", None) and isinstance(error.args[0], int):
+        errno = error.args[0]
+    if isinstance(errno, int):
+        return os.strerror(errno)
+    return str(error) or type(error).__name__
+
+
+class SerialService(Service):
+    """
+    Keeps one serial device open while running.
+
+    The port is opened in ``startService``: a device that cannot be opened
+    then raises :class:`SerialDeviceError`.  When the device goes away later
+    (USB unplugged), it is reopened with exponential backoff (1 s doubling
+    up to ``SERIAL_RECONNECT_MAX_SECONDS``) at the same path, so it is
+    found again when it comes back.  With ``SERIAL_WATCHDOG_SECONDS`` a port
+    that sends nothing for that long is closed and reopened.
+    """
+
+    def __init__(self, device: str, baud: int, ingest, reactor, settings, port_factory=open_serial_port):
+        self.device = device
+        self.baud = baud
+        self.reactor = reactor
+        self.settings = settings
+        self.port_factory = port_factory
+        self.protocol = SerialIngestProtocol(ingest, settings, reactor, device)
+        self.protocol.on_lost = self._lost
+        self.port = None
+        self.opened = 0  # how often the port was (re)opened
+        self.watchdog_reopens = 0
+        self.reconnect_first_delay = RECONNECT_FIRST_DELAY
+        self._delay = RECONNECT_FIRST_DELAY
+        self._retry = None
+        self._watchdog = None
+        self._closed: Optional[defer.Deferred] = None
+        self.setName("serial {}".format(device))
+
+    def startService(self) -> None:
+        try:
+            self._open()
+        except Exception as e:
+            raise SerialDeviceError(
+                "cannot open serial device {}: {}".format(self.device, describe_open_error(e))
+            ) from e
+        super().startService()
+        log.info("Reading serial device {device} at {baud} baud", device=self.device, baud=self.baud)
+
+    def _open(self) -> None:
+        self.port = self.port_factory(self.protocol, self.device, self.reactor, baudrate=self.baud)
+        self.opened += 1
+        self._delay = self.reconnect_first_delay
+        self._arm_watchdog(self.settings.SERIAL_WATCHDOG_SECONDS)
+
+    def _lost(self, reason: Any) -> None:
+        self.port = None
+        self._cancel("_watchdog")
+        if not self.running:
+            closed, self._closed = self._closed, None
+            if closed is not None:
+                closed.callback(None)
+            return
+        log.warn(
+            "Serial device {device} went away ({reason}); reopening it in {delay}s",
+            device=self.device,
+            reason=getattr(reason, "value", reason),
+            delay=self._delay,
+        )
+        self._schedule_reopen()
+
+    def _schedule_reopen(self) -> None:
+        self._retry = self.reactor.callLater(self._delay, self._reopen)
+        self._delay = min(self._delay * 2, self.settings.SERIAL_RECONNECT_MAX_SECONDS)
+
+    def _reopen(self) -> None:
+        self._retry = None
+        if not self.running:
+            return
+        try:
+            self._open()
+        except Exception as e:
+            log.info(
+                "Serial device {device} still cannot be opened ({reason}); next try in {delay}s",
+                device=self.device,
+                reason=describe_open_error(e),
+                delay=self._delay,
+            )
+            self._schedule_reopen()
+            return
+        log.info("Serial device {device} reopened", device=self.device)
+
+    def _arm_watchdog(self, delay: float) -> None:
+        if self.settings.SERIAL_WATCHDOG_SECONDS > 0:
+            self._cancel("_watchdog")
+            self._watchdog = self.reactor.callLater(delay, self._check_silence)
+
+    def _check_silence(self) -> None:
+        self._watchdog = None
+        limit = self.settings.SERIAL_WATCHDOG_SECONDS
+        silent = self.reactor.seconds() - self.protocol.last_data
+        if silent < limit:
+            self._arm_watchdog(limit - silent)
+            return
+        if self.port is not None:
+            log.warn(
+                "Serial device {device} sent nothing for {seconds}s; reopening it",
+                device=self.device,
+                seconds=silent,
+            )
+            self.watchdog_reopens += 1
+            self.port.loseConnection()
+
+    def _cancel(self, name: str) -> None:
+        call = getattr(self, name)
+        setattr(self, name, None)
+        if call is not None and call.active():
+            call.cancel()
+
+    def stopService(self) -> defer.Deferred:
+        super().stopService()
+        self._cancel("_retry")
+        self._cancel("_watchdog")
+        waits = [self.protocol.idle()]
+        if self.port is not None:
+            self._closed = defer.Deferred()
+            waits.append(self._closed)
+            self.port.loseConnection()
+        return defer.gatherResults(waits).addCallback(lambda _: None)
+
+    def stats(self) -> Dict[str, Any]:
+        """Counters per node, comments ignored, how often the port was opened."""
+        return {
+            "sources": self.protocol.counters.as_dict(),
+            "ignored": dict(self.protocol.ignored),
+            "opened": self.opened,
+            "watchdog_reopens": self.watchdog_reopens,
+            "connected": self.port is not None,
+        }
+
+
+def serial_service(spec, ingest, reactor, settings, port_factory=open_serial_port) -> SerialService:
+    """
+    The service for one ``--serial`` value: a spec string (see
+    :func:`parse_serial_spec`) or an already parsed ``(device, baud)``.
+    """
+    device, baud = parse_serial_spec(spec) if isinstance(spec, str) else spec
+    return SerialService(device, baud, ingest, reactor, settings, port_factory=port_factory)

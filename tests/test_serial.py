@@ -253,6 +253,23 @@ class SerialLineTests(PtyMixin, TransportHarness, unittest.TestCase):
         self.assertEqual(sources[self.link + " box=12"]["rows"], 2)
 
     @defer.inlineCallbacks
+    def test_sequence_numbers_drop_retransmissions_per_node(self):
+        """A gateway passing on a packet twice stores it once; nodes count separately."""
+        yield self.start(SERIAL_GATEWAY_PATTERN=r"^(?P<box>\d+) ", SEQUENCE_FIELD="seq")
+        self.write(b'12 {"seq":1,"co2":1}\n')
+        self.assertEqual((yield self.outcome()), {"saved-in-db": 1})
+        self.write(b'12 {"seq":1,"co2":1}\n')
+        self.assertEqual((yield self.outcome()), {"saved-in-db": 0, "duplicate": True})
+        self.write(b'13 seq:1,co2:2\n')
+        self.assertEqual((yield self.outcome()), {"saved-in-db": 1})
+        self.write(b'12 seq=3,co2=3\n')
+        self.assertEqual((yield self.outcome()), {"saved-in-db": 1})
+        nodes = self.service.stats()["nodes"]
+        self.assertEqual(nodes[self.link + " box=12"], {"last": 3, "stored": 2, "duplicates": 1, "lost": 1, "restarts": 0})
+        rows = yield self.rows()
+        self.assertEqual([r[0] for r in rows], [1, 2, 3])
+
+    @defer.inlineCallbacks
     def test_device_vanishes_and_reappears_at_the_same_path(self):
         """Pty closed (unplugged): HTTP keeps serving; a new pty at the symlink is reopened."""
         import treq

@@ -34,6 +34,10 @@ device sent.
 With ``SERIAL_GATEWAY_PATTERN`` (a regex matched at the start of every
 line, e.g. ``^(?:OK )?(?P<box>\\d+) ``) the named groups become columns of
 the line's rows, and headers and CSV header lines are kept per node.
+
+With ``SEQUENCE_FIELD`` a line whose sequence number was stored before
+(from the same node) is not stored again: radio gateways pass on
+retransmitted packets.
 """
 
 from __future__ import annotations
@@ -50,12 +54,15 @@ from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.protocols.basic import LineReceiver
+from twisted.python.failure import Failure
 
 from co2logd.auth import salted_checksum
 from co2logd.errors import IngestError, bad_request
+from co2logd import payloads
 from co2logd.payloads import text_value
 from co2logd.transports.counters import Counters, RejectLog
 from co2logd.transports.framing import MAX_HEADER_LINES, error_reply, header_value, parse_header_line
+from co2logd.transports.sequence import NEW, SequenceTracker, sequence_number
 
 log = Logger()
 
@@ -141,6 +148,8 @@ class SerialIngestProtocol(LineReceiver):
         self.ignored: collections.Counter = collections.Counter()
         self.reject_log = RejectLog(log, clock, settings.TRANSPORT_LOG_INTERVAL)
         self.nodes: "collections.OrderedDict[Any, NodeState]" = collections.OrderedDict()
+        self.sequence_field: Optional[str] = settings.SEQUENCE_FIELD
+        self.sequences = SequenceTracker(clock, memory_seconds=settings.SEQUENCE_MEMORY_SECONDS)
         self.last_data = clock.seconds()
         self.pending = 0
         self._idle: List[defer.Deferred] = []
@@ -283,13 +292,30 @@ class SerialIngestProtocol(LineReceiver):
         return carried
 
     def _ingest(self, source, body, content_type, headers, extra) -> None:
+        seq = self._sequence(body, content_type) if self.sequence_field else None
+        if seq is not None and self.sequences.begin(source, seq) != NEW:
+            # a radio gateway passing on a retransmitted packet
+            self._notify(source, {"saved-in-db": 0, "duplicate": True})
+            return
         self.pending += 1
         d = defer.maybeDeferred(
             self.ingest.ingest, body, content_type, headers, self.label, extra_columns=extra or None
         )
+        if seq is not None:
+            d.addBoth(self._sequence_done, source, seq)
         d.addCallbacks(self._stored, self._failed, callbackArgs=(source,), errbackArgs=(source,))
         d.addBoth(self._settled)
         d.addErrback(lambda f: log.failure("Unexpected error after a serial upload", f))
+
+    def _sequence(self, body: bytes, content_type: Optional[str]) -> Optional[int]:
+        try:
+            return sequence_number(payloads.parse(body, content_type), self.sequence_field)
+        except IngestError:
+            return None  # ingest refuses it the same way and says why
+
+    def _sequence_done(self, result: Any, source: str, seq: int) -> Any:
+        self.sequences.done(source, seq, stored=not isinstance(result, Failure))
+        return result
 
     def _stored(self, receipt, source) -> None:
         self.counters.source(source).rows += receipt.rows
@@ -488,6 +514,7 @@ class SerialService(Service):
         """Counters per node, comments ignored, how often the port was opened."""
         return {
             "sources": self.protocol.counters.as_dict(),
+            "nodes": self.protocol.sequences.as_dict(),
             "ignored": dict(self.protocol.ignored),
             "opened": self.opened,
             "watchdog_reopens": self.watchdog_reopens,

@@ -93,7 +93,7 @@ class RejectLog:
         self._last[key] = (now, 0)
         self.log.warn(
             "Rejected upload from {source} over {transport}: {reason}: {message}"
-            " ({suppressed} similar rejects not logged in the last {interval}s)",
+            + (" ({suppressed} more like it were not logged)" if suppressed else ""),
             source=source,
             transport=transport,
             reason=reason,

@@ -64,6 +64,8 @@ class UDPIngestProtocol(DatagramProtocol):
     database) are there for /metrics and tests.
     """
 
+    noisy = False  # one "Listening for UDP uploads" line is enough
+
     def __init__(self, ingest, settings, clock):
         self.ingest = ingest
         self.settings = settings

@@ -131,6 +131,11 @@ class OsemUploader(Service):
         self._abandoned = False
         self._on_cycle_end: Optional[Callable[[], None]] = None
 
+    @classmethod
+    def from_settings(cls, settings, store, reactor) -> "OsemUploader":
+        """The uploader of a daemon: the reactor as clock, sensemapi from the settings."""
+        return cls(settings, store, reactor)
+
     @property
     def client(self):
         """The blocking OpenSenseMap client (built on first use, on the thread)."""

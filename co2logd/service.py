@@ -123,7 +123,7 @@ def _opensensemap(settings, store, reactor):
     from co2logd.osem.mapping import outbox_entries_for
     from co2logd.osem.uploader import OsemUploader
 
-    return outbox_entries_for(settings), OsemUploader.from_settings(settings, store, reactor)
+    return outbox_entries_for(settings, reactor), OsemUploader(settings, store, reactor)
 
 
 def _udp_service(spec, ingest, reactor, settings):

@@ -107,7 +107,7 @@ def build_service(
         _serial_service(spec, ingest, reactor, settings).setServiceParent(root)
 
     if http:
-        site = make_site(settings, ingest, store, reactor)
+        site = make_site(settings, ingest, store, reactor, services=root)
         for description in http:
             listener = strports.service(description, site, reactor=reactor)
             listener.setName("http " + description)

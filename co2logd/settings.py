@@ -256,6 +256,18 @@ def _kind_gateway_pattern(value: Any) -> Any:
     return value
 
 
+# dashboard (issue 5)
+def _kind_optional_str_list(value: Any) -> Any:
+    return None if value is None else _kind_str_list(value)
+
+
+def _kind_number_list(value: Any) -> Any:
+    if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
+        raise TypeError("a list of numbers")
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+        raise TypeError("a list of numbers")
+    return sorted(value)
+
 class Key:
     """One setting: its default (or a function of the environment) and its kind."""
 
@@ -362,6 +374,14 @@ KEYS: Dict[str, Key] = {
     "OSEM_POLL_SECONDS": Key(5.0, _kind_positive_number, "how often an idle uploader looks at the outbox"),
     "OSEM_STATS_SECONDS": Key(300.0, _kind_positive_number, "how often outbox depth, age and dead letters are logged"),
     "OSEM_CACHE_DIR": Key(None, _kind_optional_str, "token/request cache directory (default $XDG_CACHE_HOME/co2logd)"),
+    # dashboard (issue 5)
+    "DASHBOARD_COLUMNS": Key(None, _kind_optional_str_list, "columns plotted on the dashboard (default: up to 4 numeric columns, CO2 first)"),
+    "DASHBOARD_SILENT_SECONDS": Key(3600, _kind_positive_number, "a source not heard from for this many seconds is marked silent"),
+    "DASHBOARD_REFRESH_SECONDS": Key(60, _kind_non_negative_number, "the dashboard reloads itself this often (0: never)"),
+    "PLOT_CO2_BANDS": Key([1000, 1400], _kind_number_list, "CO2 guidance thresholds (ppm) drawn as bands behind CO2 plots"),
+    "PLOT_CO2_COLUMN_REGEX": Key(re.compile(r"co2", re.IGNORECASE), _kind_regex, "columns that get the CO2 bands"),
+    "HEALTH_OUTBOX_MAX_AGE": Key(3600, _kind_positive_number, "/health is 503 when the oldest OpenSenseMap outbox entry is older (seconds)"),
+    "HEALTH_SILENT_SOURCES": Key(False, _kind_bool, "/health is 503 while a source is silent (see DASHBOARD_SILENT_SECONDS)"),
 }
 
 

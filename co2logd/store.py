@@ -47,6 +47,14 @@ UPGRADES: List[Tuple[int, List[str]]] = [
             ),
         ],
     ),
+    (
+        2,
+        [
+            # plots, /download?since= and the dashboard select by upload time (issue 5);
+            # {index}, {table} and {upload_time} come from the settings in prepare_database
+            "CREATE INDEX IF NOT EXISTS {index} ON {table} ({upload_time})",
+        ],
+    ),
 ]
 SCHEMA_VERSION = UPGRADES[-1][0]
 
@@ -134,10 +142,15 @@ def prepare_database(path: str, settings) -> Dict[str, str]:
                     path, current, SCHEMA_VERSION
                 )
             )
+        names = {
+            "table": table,
+            "upload_time": quote_identifier(settings.UPLOAD_TIME_COL),
+            "index": quote_identifier(upload_time_index(settings)),
+        }
         for version, statements in UPGRADES:
             if version > current:
                 for statement in statements:
-                    connection.execute(statement)
+                    connection.execute(statement.format(**names))
                 connection.execute(
                     "INSERT INTO {} (version) VALUES (?)".format(SCHEMA_VERSION_TABLE), (version,)
                 )
@@ -147,6 +160,11 @@ def prepare_database(path: str, settings) -> Dict[str, str]:
         raise StoreError("Cannot prepare database {}: {}".format(path, e))
     finally:
         connection.close()
+
+
+def upload_time_index(settings) -> str:
+    """The name of the index on the upload-time column (schema version 2)."""
+    return "{}_{}_idx".format(settings.DATA_TABLE_NAME, settings.UPLOAD_TIME_COL)
 
 
 def _table_columns(connection: sqlite3.Connection, table: str) -> Dict[str, str]:
@@ -340,6 +358,139 @@ class Store(Service):
             ),
             (limit,),
         )
+
+    # -- dashboard, plots, health, paged downloads (issue 5) ------------------
+    #
+    # Reads only (and one rolled-back write in check_writable).  Time bounds
+    # are text in the stored upload-time format (co2logd.timerange.time_text),
+    # so comparisons are text comparisons the upload-time index serves.
+
+    def plot_buckets(
+        self,
+        columns: Sequence[str],
+        bounds: Sequence[str],
+        filters: Sequence[Tuple[str, Any]] = (),
+    ) -> Deferred:
+        """
+        Min and max of each column's numeric values per time bucket
+        ``[bounds[i], bounds[i+1])`` of the upload-time column, rows matching
+        ``filters`` (column = value) only.  Fires with ``[(i, [(min, max), …])]``
+        for the buckets holding any numeric value, in bucket order.
+
+        No GROUP BY: grouping on a computed bucket makes SQLite sort every row.
+        Instead the upload-time index gives each bucket's smallest and largest
+        rowid (an index-only scan), and one aggregate per bucket reads that
+        rowid range of the table in order, keeping only rows of the bucket.
+        The result is exact whatever the row order; it is fast when upload
+        times grow with the rowid, as they do.
+        """
+        time_col = quote_identifier(self.settings.UPLOAD_TIME_COL)
+        rowids = "SELECT min(rowid), max(rowid) FROM {table} WHERE {t} >= ? AND {t} < ?".format(
+            table=self.table, t=time_col
+        )
+        numeric = []
+        for column in columns:
+            c = quote_identifier(column)
+            value = "CASE WHEN typeof({c}) IN ('integer', 'real') THEN {c} END".format(c=c)
+            numeric += ["min({})".format(value), "max({})".format(value)]
+        aggregate = (
+            "SELECT {aggregates} FROM {table} NOT INDEXED "
+            "WHERE rowid BETWEEN ? AND ? AND {t} >= ? AND {t} < ?{filters}"
+        ).format(
+            aggregates=", ".join(numeric),
+            table=self.table,
+            t=time_col,
+            filters="".join(" AND {} = ?".format(quote_identifier(c)) for c, _ in filters),
+        )
+        filter_values = [v for _, v in filters]
+        bounds = list(bounds)
+
+        def run(connection):
+            out = []
+            for i in range(len(bounds) - 1):
+                lo, hi = bounds[i], bounds[i + 1]
+                first, last = connection.execute(rowids, (lo, hi)).fetchone()
+                if first is None:
+                    continue
+                row = connection.execute(aggregate, [first, last, lo, hi] + filter_values).fetchone()
+                pairs = [(row[2 * k], row[2 * k + 1]) for k in range(len(columns))]
+                if any(low is not None for low, _ in pairs):
+                    out.append((i, pairs))
+            return out
+
+        return self.pool.runWithConnection(run)
+
+    def latest_values(self, columns: Sequence[str]) -> Deferred:
+        """``{column: (value, upload time)}``: each column's newest numeric value."""
+        time_col = quote_identifier(self.settings.UPLOAD_TIME_COL)
+        statements = {
+            column: "SELECT {c}, {t} FROM {table} WHERE typeof({c}) IN ('integer', 'real') "
+            "ORDER BY rowid DESC LIMIT 1".format(c=quote_identifier(column), t=time_col, table=self.table)
+            for column in columns
+        }
+
+        def run(connection):
+            out = {}
+            for column, sql in statements.items():
+                row = connection.execute(sql).fetchone()
+                if row is not None:
+                    out[column] = (row[0], row[1])
+            return out
+
+        return self.pool.runWithConnection(run)
+
+    def source_activity(self, box_column: Optional[str], after_rowid: int = 0) -> Deferred:
+        """
+        Per source of the rows after ``after_rowid``: fires with
+        ``([(transport, box, last upload time, rows)], largest rowid seen)``.
+        Callers keep the rowid and ask again for the new rows only.
+        """
+        box = quote_identifier(box_column) if box_column else "NULL"
+        sql = (
+            "SELECT {transport}, {box}, max({t}), count(*), max(rowid) FROM {table} "
+            "WHERE rowid > ? GROUP BY 1, 2"
+        ).format(
+            transport=quote_identifier(self.settings.TRANSPORT_COL),
+            box=box,
+            t=quote_identifier(self.settings.UPLOAD_TIME_COL),
+            table=self.table,
+        )
+
+        def run(connection):
+            rows = connection.execute(sql, (after_rowid,)).fetchall()
+            last = max((r[4] for r in rows), default=after_rowid)
+            return [r[:4] for r in rows], last
+
+        return self.pool.runWithConnection(run)
+
+    def check_writable(self) -> Deferred:
+        """Fire with True after a write the database accepted (and that is then rolled back)."""
+
+        def run(connection):
+            connection.execute("BEGIN IMMEDIATE")
+            try:
+                connection.execute("INSERT INTO {} (version) VALUES (-1)".format(SCHEMA_VERSION_TABLE))
+            finally:
+                connection.rollback()
+            return True
+
+        return self.pool.runWithConnection(run)
+
+    def rowid_at(self, query: "Query", offset: int) -> Deferred:
+        """
+        The rowid of the row ``offset`` places into ``query``'s result (its
+        ``columns`` must be ``["rowid"]``), or None: where the next page of a
+        paged download starts.
+        """
+        sql, params = query.sql(self.table)
+        sql += " OFFSET ?"
+
+        def run(connection):
+            row = connection.execute(sql, params + [offset]).fetchone()
+            return row[0] if row else None
+
+        return self.pool.runWithConnection(run)
+
 
 
 def _fetch_all(connection, sql, params):

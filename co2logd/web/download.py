@@ -5,6 +5,13 @@ Parameters as co2logserver 0.1.2: ``format``, ``cols``, ``number``,
 ``min_<col>``, ``max_<col>``, ``order_by=<col>,asc|desc``.  Names are only
 used when they are columns of the table; values are bound.  Rows are written
 to the client a chunk at a time.
+
+co2logd adds (issue 5): ``since``/``until`` on the upload time (``24h``,
+``2024-05-01``, UNIX seconds; see :mod:`co2logd.timerange`), ``box=`` and
+``source=`` (the transport column) filters, and paging: ``after=<rowid>``
+returns the rows after that rowid in rowid order (``after=0`` for the first
+page, ``number`` rows per page) and, when more follow, a
+``Link: <…>; rel="next"`` header (and a link in the HTML view).
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ import csv
 import io
 import json
 import re
+import time
 from typing import Any, Dict, List, Optional
 from urllib.parse import unquote_to_bytes, urlencode
 
@@ -25,6 +33,7 @@ from co2logd.errors import IngestError
 from co2logd.ingest import json_default
 from co2logd.payloads import text_value
 from co2logd.store import Query
+from co2logd.timerange import TimeRangeError, parse_time, time_text
 from co2logd.web.common import error_reply, escape, finish_quietly, header_pairs, query_args
 
 log = Logger()
@@ -60,14 +69,54 @@ def build_query(args: Dict[str, str], columns: List[str], max_rows: int) -> Quer
     return Query(columns=list(dict.fromkeys(wanted)), bounds=bounds, order_by=order_by, limit=limit)
 
 
+class DownloadArgumentError(ValueError):
+    """A co2logd download parameter that cannot be used; the message says why."""
+
+
+def add_range_and_paging(query: Query, args: Dict[str, str], settings, columns: List[str], now: float) -> Optional[int]:
+    """
+    Add ``since``/``until``/``box``/``source`` bounds to ``query`` and, with
+    ``after``, switch it to rowid order from that rowid; return ``after``
+    (None when not paging).  Raises DownloadArgumentError or TimeRangeError.
+    """
+    until = parse_time(args["until"], now) if args.get("until") else None
+    if args.get("since"):
+        since = parse_time(args["since"], until if until is not None else now)
+        query.bounds.append((settings.UPLOAD_TIME_COL, ">=", time_text(since)))
+    if until is not None:
+        # stored times are longer than the bound, so "<=" keeps [since, until)
+        query.bounds.append((settings.UPLOAD_TIME_COL, "<=", time_text(until)))
+    for arg, column in (("box", settings.OSEM_BOX_COL), ("source", settings.TRANSPORT_COL)):
+        value = args.get(arg, "")
+        if value != "":
+            if column not in columns:
+                raise DownloadArgumentError("There is no column {!r} to filter by {}".format(column, arg))
+            query.bounds.append((column, "=", text_value(value) if arg == "box" else value))
+    after = args.get("after", "")
+    if after == "":
+        return None
+    if not after.isdigit():
+        raise DownloadArgumentError("after must be a rowid (a whole number, 0 for the first page)")
+    query.bounds.append(("rowid", ">=", int(after) + 1))
+    query.order_by = ("rowid", "asc")
+    return int(after)
+
+
+def next_page_link(request, args: Dict[str, str], next_after: int) -> str:
+    """The URL of the next page: the same arguments with ``after`` moved on."""
+    path = request.uri.partition(b"?")[0].decode("utf-8", "replace")
+    return path + "?" + urlencode(dict(args, after=str(next_after)))
+
+
 class TableWriter:
     """Formats a stream of rows as HTML, CSV or JSON, chunk by chunk."""
 
-    def __init__(self, fmt: str, header: List[str], name: str, args: Dict[str, str]):
+    def __init__(self, fmt: str, header: List[str], name: str, args: Dict[str, str], next_link: Optional[str] = None):
         self.fmt = fmt
         self.header = header
         self.name = name
         self.args = args
+        self.next_link = next_link
         self.rows_written = 0
 
     def start(self) -> bytes:
@@ -112,7 +161,8 @@ class TableWriter:
             return b""
         if self.fmt == "json":
             return b"\n]\n"
-        return b"</table>\n</body></html>\n"
+        more = '<p><a rel="next" href="{}">Next page</a></p>\n'.format(escape(self.next_link)) if self.next_link else ""
+        return "</table>\n{}</body></html>\n".format(more).encode("utf-8")
 
     @staticmethod
     def _csv(rows) -> bytes:
@@ -126,11 +176,12 @@ class DownloadResource(Resource):
 
     isLeaf = True
 
-    def __init__(self, settings, store, ingest):
+    def __init__(self, settings, store, ingest, clock=None):
         super().__init__()
         self.settings = settings
         self.store = store
         self.ingest = ingest
+        self.clock = clock
 
     def render_GET(self, request):
         args = query_args(request)
@@ -141,21 +192,38 @@ class DownloadResource(Resource):
             self.ingest.check_auth(full_path(request), header_pairs(request), self.settings.DOWNLOAD_REQUIRES_AUTH)
         except IngestError as e:
             return error_reply(request, e.status, e.message)
-        query = build_query(args, list(self.store.columns), self.settings.MAX_LIMIT_OF_ROWS)
-        d = self.store.select(query)
-        d.addCallback(self._stream, request, fmt, args)
+        columns = list(self.store.columns)
+        query = build_query(args, columns, self.settings.MAX_LIMIT_OF_ROWS)
+        now = self.clock.seconds() if self.clock is not None else time.time()
+        try:
+            after = add_range_and_paging(query, args, self.settings, columns, now)
+        except (DownloadArgumentError, TimeRangeError) as e:
+            return error_reply(request, 400, str(e))
+        if after is None:
+            d = defer.succeed(None)
+        else:
+            probe = Query(columns=["rowid"], bounds=query.bounds, order_by=("rowid", "asc"), limit=1)
+            d = self.store.rowid_at(probe, query.limit)
+        d.addCallback(self._select, query, request, fmt, args)
         d.addErrback(self._failed, request)
         return NOT_DONE_YET
 
+    def _select(self, next_start, query, request, fmt, args):
+        next_link = None
+        if next_start is not None:
+            next_link = next_page_link(request, args, next_start - 1)
+            request.setHeader(b"link", '<{}>; rel="next"'.format(next_link).encode("utf-8"))
+        return self.store.select(query).addCallback(self._stream, request, fmt, args, next_link)
+
     @defer.inlineCallbacks
-    def _stream(self, stream, request, fmt, args):
+    def _stream(self, stream, request, fmt, args, next_link=None):
         gone = []
         request.notifyFinish().addErrback(lambda _: gone.append(True))
         request.setHeader(b"content-type", FORMATS[fmt])
         if fmt == "csv":
             filename = "{}-data.csv".format(re.sub(r"\W+", "-", self.settings.NAME))
             request.setHeader(b"content-disposition", 'attachment; filename="{}"'.format(filename).encode("utf-8"))
-        writer = TableWriter(fmt, stream.header, self.settings.NAME, args)
+        writer = TableWriter(fmt, stream.header, self.settings.NAME, args, next_link)
         request.write(writer.start())
         try:
             while True:

@@ -9,8 +9,16 @@ from twisted.logger import Logger
 from twisted.web import server
 from twisted.web.resource import Resource
 
+from twisted.web.static import File
+
+from co2logd.activity import SourceTracker
+from co2logd.health import HealthChecker
+from co2logd.metrics import Metrics
+from co2logd.web.dashboard import DashboardResource, static_directory
 from co2logd.web.download import DownloadResource
-from co2logd.web.pages import IndexResource, UploadHelpResource
+from co2logd.web.pages import UploadHelpResource
+from co2logd.web.plot import PlotResource
+from co2logd.web.status import HealthResource, MetricsResource
 from co2logd.web.upload import UploadResource
 
 log = Logger()
@@ -59,23 +67,40 @@ class BoundedRequest(server.Request):
         transport.loseConnection()
 
 
-def make_root(settings, ingest, store, clock, extra_children=None) -> Resource:
-    """The co2logserver routes (plus whatever later features add)."""
+class StaticFiles(File):
+    """The package's style sheet and friends; directories are not listed."""
+
+    def directoryListing(self):
+        return self.childNotFound
+
+
+def make_root(settings, ingest, store, clock, extra_children=None, services=()) -> Resource:
+    """
+    The co2logserver routes, the dashboard, /plot, /health, /metrics and
+    /static (plus whatever later features add).  ``services`` is the daemon's
+    root MultiService: /health and /metrics read its children at request time
+    (see :mod:`co2logd.health`, :mod:`co2logd.metrics`).
+    """
     root = Resource()
-    index = IndexResource(settings, store, clock)
+    sources = SourceTracker(store, settings)
+    index = DashboardResource(settings, store, clock, sources, services)
     root.putChild(b"", index)
     root.putChild(b"index", index)
     root.putChild(b"upload", UploadResource(ingest))
-    root.putChild(b"download", DownloadResource(settings, store, ingest))
+    root.putChild(b"download", DownloadResource(settings, store, ingest, clock))
     root.putChild(b"uploadhelp", UploadHelpResource(settings))
+    root.putChild(b"plot", PlotResource(settings, store, clock))
+    root.putChild(b"health", HealthResource(HealthChecker(settings, store, clock, services, sources)))
+    root.putChild(b"metrics", MetricsResource(Metrics(settings, ingest, store, clock, services)))
+    root.putChild(b"static", StaticFiles(static_directory(), defaultType="application/octet-stream"))
     for name, child in (extra_children or {}).items():
         root.putChild(name, child)
     return root
 
 
-def make_site(settings, ingest, store, clock, extra_children=None) -> server.Site:
+def make_site(settings, ingest, store, clock, extra_children=None, services=()) -> server.Site:
     """A Site over :func:`make_root` whose requests honour ``MAX_BODY_SIZE``."""
     request_factory = type("Request", (BoundedRequest,), {"max_body": settings.MAX_BODY_SIZE})
-    site = server.Site(make_root(settings, ingest, store, clock, extra_children), requestFactory=request_factory)
+    site = server.Site(make_root(settings, ingest, store, clock, extra_children, services), requestFactory=request_factory)
     site.displayTracebacks = False
     return site

@@ -1,0 +1,175 @@
+"""
+Prometheus metrics, exposed by ``GET /metrics`` through ``prometheus_client``.
+
+Each :class:`Metrics` has a registry of its own (not the process-wide
+default), so several sites in one process, as in the tests, never collide.
+Most values are read at scrape time from what the services already count
+(duck typing, nothing is registered by them):
+
+* the ingest service's ``counters`` (uploads, rows, rejects by transport),
+* services with ``stats()``: serial (``connected``, ``opened``,
+  ``watchdog_reopens``) and UDP listeners (per-source ``messages``/``rejects``),
+* a service with ``counters`` and ``name == "osem-uploader"``,
+* the store's ``write_stats`` (group commit) and the outbox statistics,
+  fetched from the database just before each scrape.
+
+The one metric measured here is the database write latency: the store's
+``write`` is wrapped to time every write from call to commit.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable, Dict, Iterable, Optional
+
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from twisted.internet import defer
+from twisted.logger import Logger
+
+log = Logger()
+
+WRITE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+def time_writes(store, histogram: Histogram, timer: Callable[[], float] = time.perf_counter) -> None:
+    """Wrap ``store.write`` so every write's latency (queueing and commit included) is observed."""
+    original = store.write
+
+    def write(*args, **kwargs):
+        start = timer()
+        d = original(*args, **kwargs)
+
+        def observe(result):
+            histogram.observe(timer() - start)
+            return result
+
+        return d.addBoth(observe)
+
+    store.write = write
+
+
+class _Collector:
+    """Reads the services' counters at scrape time."""
+
+    def __init__(self, metrics: "Metrics"):
+        self.metrics = metrics
+
+    def collect(self):
+        m = self.metrics
+        counters = m.ingest.counters
+        uploads = CounterMetricFamily("co2logd_uploads", "Uploads stored, by transport", labels=["transport"])
+        for transport, n in sorted(counters["uploads"].items()):
+            uploads.add_metric([transport], n)
+        yield uploads
+        rows = CounterMetricFamily("co2logd_rows", "Rows stored, by transport", labels=["transport"])
+        for transport, n in sorted(counters["rows"].items()):
+            rows.add_metric([transport], n)
+        yield rows
+        rejects = CounterMetricFamily("co2logd_rejects", "Uploads refused, by transport and reason", labels=["transport", "reason"])
+        auth = CounterMetricFamily("co2logd_auth_failures", "Uploads refused for missing or wrong checksums", labels=["transport"])
+        auth_totals: Dict[str, int] = {}
+        for (transport, reason), n in sorted(counters["rejects"].items()):
+            rejects.add_metric([transport, reason], n)
+            if reason.startswith("auth"):
+                auth_totals[transport] = auth_totals.get(transport, 0) + n
+        for transport, n in sorted(auth_totals.items()):
+            auth.add_metric([transport], n)
+        yield rejects
+        yield auth
+        yield from self._listeners()
+        yield from self._uploader()
+        yield from self._store()
+
+    def _listeners(self):
+        serial_connected = GaugeMetricFamily("co2logd_serial_connected", "1 while the serial device is open", labels=["device"])
+        serial_reconnects = CounterMetricFamily("co2logd_serial_reconnects", "Times a serial device was reopened", labels=["device"])
+        datagrams = CounterMetricFamily("co2logd_udp_datagrams", "UDP datagrams received, by listener", labels=["listener"])
+        messages = CounterMetricFamily("co2logd_transport_messages", "Messages (datagrams, lines) received, by listener", labels=["listener"])
+        transport_rejects = CounterMetricFamily("co2logd_transport_rejects", "Messages refused by a listener, by reason", labels=["listener", "reason"])
+        for service in list(self.metrics.services):
+            stats = getattr(service, "stats", None)
+            if not callable(stats):
+                continue
+            try:
+                values = stats()
+            except Exception:
+                log.failure("stats() of {name} failed", name=getattr(service, "name", service))
+                continue
+            name = getattr(service, "name", None) or type(service).__name__
+            sources = values.get("sources", {}) if isinstance(values, dict) else {}
+            total = sum(s.get("messages", 0) for s in sources.values())
+            reasons: Dict[str, int] = {}
+            for s in sources.values():
+                for reason, n in s.get("rejects", {}).items():
+                    reasons[reason] = reasons.get(reason, 0) + n
+            messages.add_metric([name], total)
+            for reason, n in sorted(reasons.items()):
+                transport_rejects.add_metric([name, reason], n)
+            if "connected" in values:
+                device = getattr(service, "device", name)
+                serial_connected.add_metric([device], 1 if values["connected"] else 0)
+                serial_reconnects.add_metric([device], max(0, values.get("opened", 0) - 1))
+            elif hasattr(service, "listening"):
+                datagrams.add_metric([name], total)
+        yield from (serial_connected, serial_reconnects, datagrams, messages, transport_rejects)
+
+    def _uploader(self):
+        for service in list(self.metrics.services):
+            if getattr(service, "name", None) == "osem-uploader" and isinstance(getattr(service, "counters", None), dict):
+                events = CounterMetricFamily(
+                    "co2logd_osem_events",
+                    "OpenSenseMap uploader: requests, failures, measurements delivered and dead-lettered",
+                    labels=["event"],
+                )
+                for event, n in sorted(service.counters.items()):
+                    events.add_metric([event], n)
+                yield events
+        outbox = self.metrics.outbox
+        if outbox is not None:
+            yield GaugeMetricFamily("co2logd_outbox_depth", "Entries waiting for the OpenSenseMap", value=outbox["depth"])
+            yield GaugeMetricFamily("co2logd_outbox_oldest_age_seconds", "Age of the oldest waiting entry", value=outbox["oldest_age"])
+            yield GaugeMetricFamily("co2logd_outbox_dead_letters", "Entries the OpenSenseMap refused for good", value=outbox["dead_letters"])
+
+    def _store(self):
+        stats = getattr(self.metrics.store, "write_stats", None)
+        if isinstance(stats, dict):
+            family = CounterMetricFamily("co2logd_db_write_events", "Store writer: transactions, uploads, busy refusals", labels=["event"])
+            for event, n in sorted(stats.items()):
+                if event != "largest_group":
+                    family.add_metric([event], n)
+            yield family
+
+
+class Metrics:
+    """One registry with co2logd's metrics; ``exposition()`` fires with the text format."""
+
+    def __init__(self, settings, ingest, store, clock, services: Iterable[Any] = (), timer: Callable[[], float] = time.perf_counter):
+        self.settings = settings
+        self.ingest = ingest
+        self.store = store
+        self.clock = clock
+        self.services = services
+        self.outbox: Optional[Dict[str, float]] = None
+        self.registry = CollectorRegistry()
+        self.write_seconds = Histogram(
+            "co2logd_db_write_seconds",
+            "Time from handing an upload to the store until it is committed",
+            buckets=WRITE_BUCKETS,
+            registry=self.registry,
+        )
+        self.registry.register(_Collector(self))
+        time_writes(store, self.write_seconds, timer)
+
+    @defer.inlineCallbacks
+    def exposition(self):
+        """Read the outbox statistics (when forwarding is on), then render every metric."""
+        if self.settings.OSEM_UPLOAD:
+            stats = yield self.store.outbox_stats()
+            oldest = stats.get("oldest_queued_at")
+            self.outbox = {
+                "depth": stats["depth"],
+                "oldest_age": 0.0 if oldest is None else max(0.0, self.clock.seconds() - oldest),
+                "dead_letters": stats["dead_letters"],
+            }
+        return generate_latest(self.registry)

@@ -1,0 +1,170 @@
+"""
+``GET /plot``: an SVG of numeric columns over a time range.
+
+``/plot?cols=co2,temperature&since=24h&until=…&box=…&source=…&width=800&height=180``.
+The database reduces the range to min/max per pixel-wide bucket of upload
+time (:meth:`co2logd.store.Store.plot_buckets`), :mod:`co2logd.plot` draws
+it.  Also used by the dashboard to embed its plots.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET
+
+from co2logd.payloads import text_value
+from co2logd.plot import Panel, bands_for, bucket_edges, plot_area_width, render_svg
+from co2logd.timerange import TimeRange, TimeRangeError, time_text
+from co2logd.web.common import error_reply, finish_quietly, query_args
+
+log = Logger()
+
+NUMERIC_TYPES = ("INTEGER", "REAL", "INT", "FLOAT", "DOUBLE", "NUMERIC")
+MAX_MAIN_COLUMNS = 4
+
+
+class PlotError(ValueError):
+    """A plot request co2logd cannot draw; the message says why."""
+
+
+def numeric_columns(settings, columns: Mapping[str, str]) -> List[str]:
+    """Data columns declared numeric, in table order (automatic, time and label columns left out)."""
+    skip = set(settings.automatic_columns) | {c.lower() for c in settings.TIME_COLS}
+    skip |= {settings.OSEM_BOX_COL, settings.SEQUENCE_FIELD or ""}
+    return [
+        name for name, declared in columns.items()
+        if name not in skip and (declared or "").upper() in NUMERIC_TYPES
+    ]
+
+
+def main_columns(settings, columns: Mapping[str, str]) -> List[str]:
+    """
+    The dashboard's columns: ``DASHBOARD_COLUMNS`` that exist, else up to
+    four numeric columns, CO2 first, positions left out.
+    """
+    numeric = numeric_columns(settings, columns)
+    if settings.DASHBOARD_COLUMNS is not None:
+        return [c for c in settings.DASHBOARD_COLUMNS if c in numeric]
+    position = {settings.OSEM_LAT_COL, settings.OSEM_LON_COL, settings.OSEM_HEIGHT_COL}
+    candidates = [c for c in numeric if c not in position]
+    co2 = [c for c in candidates if settings.PLOT_CO2_COLUMN_REGEX.search(c)]
+    return (co2 + [c for c in candidates if c not in co2])[:MAX_MAIN_COLUMNS]
+
+
+def row_filters(settings, columns: Mapping[str, str], args: Mapping[str, str]) -> List[Tuple[str, Any]]:
+    """``box=`` and ``source=`` (the transport column) as (column, value) equality filters."""
+    filters = []
+    for arg, column in (("box", settings.OSEM_BOX_COL), ("source", settings.TRANSPORT_COL)):
+        value = args.get(arg, "")
+        if value == "":
+            continue
+        if column not in columns:
+            raise PlotError("There is no column {!r} to filter by {}".format(column, arg))
+        filters.append((column, text_value(value) if arg == "box" else value))
+    return filters
+
+
+def _bounded_int(args: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
+    text = args.get(name, "")
+    if text == "":
+        return default
+    if not text.isdigit() or not low <= int(text) <= high:
+        raise PlotError("{} must be a whole number from {} to {}".format(name, low, high))
+    return int(text)
+
+
+class PlotSpec:
+    """What to draw: columns, time range, size and row filters, validated."""
+
+    def __init__(self, columns: Sequence[str], time_range: TimeRange, width: int = 800, panel_height: int = 180, filters: Sequence[Tuple[str, Any]] = ()):
+        self.columns = list(columns)
+        self.time_range = time_range
+        self.width = width
+        self.panel_height = panel_height
+        self.filters = list(filters)
+
+    @classmethod
+    def from_args(cls, args: Mapping[str, str], settings, columns: Mapping[str, str], now: float) -> "PlotSpec":
+        """Read the query arguments; raise PlotError or TimeRangeError with a clear message."""
+        wanted = [c.strip().lower() for c in args.get("cols", "").split(",") if c.strip()]
+        unknown = [c for c in wanted if c not in columns]
+        if unknown:
+            raise PlotError("Unknown column(s): {}".format(", ".join(unknown)))
+        return cls(
+            wanted or main_columns(settings, columns),
+            TimeRange.from_args(args.get("since"), args.get("until"), now),
+            _bounded_int(args, "width", 800, 200, 4000),
+            _bounded_int(args, "height", 180, 80, 1000),
+            row_filters(settings, columns, args),
+        )
+
+
+def render_plot(store, settings, spec: PlotSpec, title: str = "") -> defer.Deferred:
+    """Fire with the SVG text for ``spec``: one query for all columns, then drawing."""
+    tr = spec.time_range
+    buckets = plot_area_width(spec.width)
+    edges = [time_text(t) for t in bucket_edges(tr.since, tr.until, buckets)]
+    if not spec.columns:
+        d = defer.succeed([])
+    else:
+        d = store.plot_buckets(spec.columns, edges, spec.filters)
+
+    def draw(rows):
+        per_column: Dict[str, list] = {c: [] for c in spec.columns}
+        for index, pairs in rows:
+            for column, (low, high) in zip(spec.columns, pairs):
+                if low is not None:
+                    per_column[column].append((index, low, high))
+        panels = [
+            Panel(c, per_column[c], bands_for(c, settings.PLOT_CO2_COLUMN_REGEX, settings.PLOT_CO2_BANDS))
+            for c in spec.columns
+        ]
+        return render_svg(panels, tr.since, tr.until, spec.width, spec.panel_height, title or ", ".join(spec.columns))
+
+    return d.addCallback(draw)
+
+
+class PlotResource(Resource):
+    """Serves ``image/svg+xml`` plots; 400 with a JSON error for a bad request."""
+
+    isLeaf = True
+
+    def __init__(self, settings, store, clock):
+        super().__init__()
+        self.settings = settings
+        self.store = store
+        self.clock = clock
+
+    def render_GET(self, request):
+        args = query_args(request)
+        try:
+            spec = PlotSpec.from_args(args, self.settings, self.store.columns, self.clock.seconds())
+        except (PlotError, TimeRangeError) as e:
+            return error_reply(request, 400, str(e))
+
+        def done(svg: str) -> None:
+            request.setHeader(b"content-type", b"image/svg+xml; charset=utf-8")
+            request.setHeader(b"cache-control", b"no-cache")
+            finish_quietly(request, svg.encode("utf-8"))
+
+        def failed(failure) -> None:
+            log.failure("Plot failed", failure)
+            finish_quietly(request, error_reply(request, 500, "The plot could not be drawn"))
+
+        render_plot(self.store, self.settings, spec).addCallbacks(done, failed)
+        return NOT_DONE_YET
+
+
+def plot_query(spec: PlotSpec, extra: Optional[Mapping[str, str]] = None) -> Dict[str, str]:
+    """Query arguments that reproduce ``spec`` (absolute times), for links."""
+    args = {
+        "cols": ",".join(spec.columns),
+        "since": time_text(spec.time_range.since).replace(" ", "T") + "Z",
+        "until": time_text(spec.time_range.until).replace(" ", "T") + "Z",
+    }
+    args.update(extra or {})
+    return args

@@ -421,11 +421,14 @@ class Store(Service):
         return self.pool.runWithConnection(run)
 
     def latest_values(self, columns: Sequence[str]) -> Deferred:
-        """``{column: (value, upload time)}``: each column's newest numeric value."""
+        """
+        ``{column: (value, upload time)}``: each column's newest numeric value
+        (by upload time, read backwards along its index).
+        """
         time_col = quote_identifier(self.settings.UPLOAD_TIME_COL)
         statements = {
             column: "SELECT {c}, {t} FROM {table} WHERE typeof({c}) IN ('integer', 'real') "
-            "ORDER BY rowid DESC LIMIT 1".format(c=quote_identifier(column), t=time_col, table=self.table)
+            "ORDER BY {t} DESC LIMIT 1".format(c=quote_identifier(column), t=time_col, table=self.table)
             for column in columns
         }
 

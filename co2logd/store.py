@@ -379,40 +379,53 @@ class Store(Service):
 
         No GROUP BY: grouping on a computed bucket makes SQLite sort every row.
         Instead the upload-time index gives each bucket's smallest and largest
-        rowid (an index-only scan), and one aggregate per bucket reads that
-        rowid range of the table in order, keeping only rows of the bucket.
-        The result is exact whatever the row order; it is fast when upload
-        times grow with the rowid, as they do.
+        rowid and its row count (an index-only scan), and one aggregate per
+        bucket reads that rowid range of the table in order.  The range holds
+        every row of the bucket; when it holds nothing else (rowids and times
+        grow together, as they do) the time test is skipped, otherwise rows
+        are checked against the bucket's bounds, so the result is exact either
+        way.  Plain min/max are used unless a bucket holds text among the
+        numbers (SQLite sorts text after numbers); then that bucket is read
+        again keeping numeric values only.
         """
         time_col = quote_identifier(self.settings.UPLOAD_TIME_COL)
-        rowids = "SELECT min(rowid), max(rowid) FROM {table} WHERE {t} >= ? AND {t} < ?".format(
+        index_scan = "SELECT min(rowid), max(rowid), count(*) FROM {table} WHERE {t} >= ? AND {t} < ?".format(
             table=self.table, t=time_col
         )
-        numeric = []
-        for column in columns:
-            c = quote_identifier(column)
-            value = "CASE WHEN typeof({c}) IN ('integer', 'real') THEN {c} END".format(c=c)
-            numeric += ["min({})".format(value), "max({})".format(value)]
-        aggregate = (
-            "SELECT {aggregates} FROM {table} NOT INDEXED "
-            "WHERE rowid BETWEEN ? AND ? AND {t} >= ? AND {t} < ?{filters}"
-        ).format(
-            aggregates=", ".join(numeric),
-            table=self.table,
-            t=time_col,
-            filters="".join(" AND {} = ?".format(quote_identifier(c)) for c, _ in filters),
-        )
+        filter_sql = "".join(" AND {} = ?".format(quote_identifier(c)) for c, _ in filters)
         filter_values = [v for _, v in filters]
+        statements: Dict[Tuple[bool, bool], str] = {}
+
+        def statement(check_time: bool, numeric_only: bool) -> str:
+            key = (check_time, numeric_only)
+            if key not in statements:
+                parts = []
+                for column in columns:
+                    c = quote_identifier(column)
+                    value = "CASE WHEN typeof({c}) IN ('integer', 'real') THEN {c} END".format(c=c) if numeric_only else c
+                    parts += ["min({})".format(value), "max({})".format(value)]
+                statements[key] = "SELECT {} FROM {} NOT INDEXED WHERE rowid BETWEEN ? AND ?{}{}".format(
+                    ", ".join(parts),
+                    self.table,
+                    " AND {t} >= ? AND {t} < ?".format(t=time_col) if check_time else "",
+                    filter_sql,
+                )
+            return statements[key]
+
         bounds = list(bounds)
 
         def run(connection):
             out = []
             for i in range(len(bounds) - 1):
                 lo, hi = bounds[i], bounds[i + 1]
-                first, last = connection.execute(rowids, (lo, hi)).fetchone()
+                first, last, count = connection.execute(index_scan, (lo, hi)).fetchone()
                 if first is None:
                     continue
-                row = connection.execute(aggregate, [first, last, lo, hi] + filter_values).fetchone()
+                check_time = last - first + 1 != count
+                params = [first, last] + ([lo, hi] if check_time else []) + filter_values
+                row = connection.execute(statement(check_time, False), params).fetchone()
+                if any(isinstance(v, (str, bytes)) for v in row):
+                    row = connection.execute(statement(check_time, True), params).fetchone()
                 pairs = [(row[2 * k], row[2 * k + 1]) for k in range(len(columns))]
                 if any(low is not None for low, _ in pairs):
                     out.append((i, pairs))

@@ -13,7 +13,7 @@ import subprocess
 from html import unescape
 from urllib.parse import quote
 
-from twisted.internet import defer, reactor, threads
+from twisted.internet import defer, threads
 from twisted.trial import unittest
 
 from tests.helpers import (

@@ -6,7 +6,7 @@ import sqlite3
 from twisted.internet import defer
 from twisted.trial import unittest
 
-from co2logd.store import SCHEMA_VERSION, Query, Store, StoreError, prepare_database
+from co2logd.store import SCHEMA_VERSION, Query, StoreError, prepare_database
 from tests.helpers import StoreMixin, make_settings, rows_in
 
 

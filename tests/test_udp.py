@@ -15,7 +15,6 @@ from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import globalLogPublisher
 from twisted.trial import unittest
 
-from co2logd.errors import IngestError
 from co2logd.settings import Settings
 from co2logd.transports.counters import RejectLog
 from co2logd.transports.udp import UDPIngestProtocol, parse_udp_spec, udp_service

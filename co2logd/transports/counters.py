@@ -9,7 +9,7 @@ must not grow at that rate.  :class:`RejectLog` writes at most one line per
 from __future__ import annotations
 
 import collections
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Tuple
 
 from twisted.logger import Logger
 

@@ -27,7 +27,7 @@ from twisted.web.server import NOT_DONE_YET
 from co2logd.activity import SourceTracker
 from co2logd.timerange import TimeRangeError, human_age, parse_stored_time
 from co2logd.web.common import escape, finish_quietly, page, query_args
-from co2logd.web.plot import PlotError, PlotSpec, main_columns, numeric_columns, plot_query, render_plot
+from co2logd.web.plot import PlotError, PlotSpec, numeric_columns, plot_query, render_plot
 
 log = Logger()
 

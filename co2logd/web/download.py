@@ -21,7 +21,7 @@ import io
 import json
 import re
 import time
-from typing import Any, Dict, List, Optional
+from typing import Dict, List, Optional
 from urllib.parse import unquote_to_bytes, urlencode
 
 from twisted.internet import defer

@@ -1,8 +1,7 @@
-"""``GET /`` (and ``/index``) and ``GET /uploadhelp``: the human-facing pages."""
+"""``GET /uploadhelp``: a ready-to-paste upload example (the dashboard is in dashboard.py)."""
 
 from __future__ import annotations
 
-import datetime
 import hashlib
 import itertools
 import json
@@ -12,9 +11,8 @@ from typing import Optional, Tuple
 
 from twisted.logger import Logger
 from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET
 
-from co2logd.web.common import escape, finish_quietly, page
+from co2logd.web.common import escape, page
 
 log = Logger()
 
@@ -39,40 +37,6 @@ def needed_algorithms(checker) -> Optional[Tuple[str, ...]]:
                 log.failure("AUTH_CHECKER raised while building the upload help")
                 return None
     return None
-
-
-class IndexResource(Resource):
-    """Server name, number of rows, links to download and upload help."""
-
-    isLeaf = True
-
-    def __init__(self, settings, store, clock):
-        super().__init__()
-        self.settings = settings
-        self.store = store
-        self.clock = clock
-
-    def render_GET(self, request):
-        def render(count):
-            now = datetime.datetime.fromtimestamp(self.clock.seconds(), datetime.timezone.utc)
-            links = '<li><a href="/download">Download data</a> (<a href="/download?format=csv">CSV</a>, ' \
-                    '<a href="/download?format=json">JSON</a>)</li>'
-            if self.settings.UPLOAD_HELP:
-                links += '<li><a href="/uploadhelp">How to upload data</a></li>'
-            body = (
-                "<h1>{name}</h1><p>This co2logd server holds <strong>{count}</strong> rows "
-                "of data.</p><ul>{links}</ul><p><small>{now}</small></p>"
-            ).format(name=escape(self.settings.NAME), count=count, links=links, now=escape(now.strftime("%F %T %Z")))
-            request.setHeader(b"content-type", b"text/html; charset=utf-8")
-            finish_quietly(request, page(self.settings.NAME, body))
-
-        def failed(failure):
-            log.failure("Index page failed", failure)
-            request.setResponseCode(500)
-            finish_quietly(request, page(self.settings.NAME, "<p>The database cannot be read.</p>"))
-
-        self.store.count().addCallbacks(render, failed)
-        return NOT_DONE_YET
 
 
 class UploadHelpResource(Resource):

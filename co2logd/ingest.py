@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import collections
 import datetime
-import json
+from itertools import repeat
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 from twisted.application.service import Service
@@ -23,7 +23,7 @@ from co2logd import payloads
 from co2logd.auth import Authenticator, Headers
 from co2logd.errors import IngestError, bad_request
 from co2logd.names import is_safe_identifier
-from co2logd.store import sql_type, sql_value
+from co2logd.store import StoreBusy, sql_type, sql_value
 
 log = Logger()
 
@@ -81,7 +81,12 @@ class IngestService(Service):
         self.clock = clock
         self.authenticator = Authenticator.from_settings(settings)
         self.outbox_entries = outbox_entries
-        self.automatic = set(settings.automatic_columns)
+        self.automatic_columns: List[str] = list(settings.automatic_columns)
+        self.automatic = set(self.automatic_columns)
+        self.time_columns: List[str] = [name.lower() for name in settings.TIME_COLS]
+        # auth only matters when salts are set or it is required
+        self.check_uploads = bool(settings.CHECKSUM_SALTS) or settings.UPLOAD_REQUIRES_AUTH
+        self._names: Dict[Any, str] = {}  # checked upload names → column names
         self.counters: Dict[str, collections.Counter] = {
             "uploads": collections.Counter(),
             "rows": collections.Counter(),
@@ -104,12 +109,13 @@ class IngestService(Service):
         ``content_type`` None means: detect the format.  ``extra_columns``
         are set on every row (e.g. a node id a radio gateway put in front).
         """
-        kind = transport.split(":", 1)[0]
+        kind = transport.partition(":")[0]
+        if self.store.busy:  # fail fast: no parsing while the writer catches up
+            return self._refuse(kind, self.busy_error())
         try:
             write = self._prepare(body, content_type, headers, transport, extra_columns or {})
         except IngestError as e:
-            self.counters["rejects"][(kind, e.reason)] += 1
-            return defer.fail(e)
+            return self._refuse(kind, e)
         if write is None:
             self.counters["uploads"][kind] += 1
             return defer.succeed(Receipt(0, 0 if self.outbox_entries else None))
@@ -124,11 +130,29 @@ class IngestService(Service):
             return Receipt(count, queued if self.outbox_entries else None)
 
         def failed(failure):
+            if failure.check(StoreBusy):
+                self.counters["rejects"][(kind, "busy")] += 1
+                raise self.busy_error()
             self.counters["rejects"][(kind, "store")] += 1
             log.failure("Could not store {rows} rows from {transport}", failure, rows=len(rows), transport=transport)
-            raise IngestError(503, "store", "The upload could not be stored; nothing was saved, try again")
+            error = IngestError(503, "store", "The upload could not be stored; nothing was saved, try again")
+            error.retry_after = self.settings.WRITE_RETRY_AFTER_SECONDS  # type: ignore[attr-defined]
+            raise error
 
         return d.addCallbacks(stored, failed)
+
+    def busy_error(self) -> IngestError:
+        """The 503 for a full write queue; ``retry_after`` is the seconds to tell the sender."""
+        seconds = self.settings.WRITE_RETRY_AFTER_SECONDS
+        error = IngestError(
+            503, "busy", "The server is busy writing earlier uploads; nothing was saved, try again in {} s".format(seconds)
+        )
+        error.retry_after = seconds  # type: ignore[attr-defined]
+        return error
+
+    def _refuse(self, kind: str, error: IngestError) -> defer.Deferred:
+        self.counters["rejects"][(kind, error.reason)] += 1
+        return defer.fail(error)
 
     def check_auth(self, payload: bytes, headers: Headers, required: bool) -> Dict[str, Optional[str]]:
         """Salted-checksum matches for a payload (also used for downloads)."""
@@ -142,7 +166,11 @@ class IngestService(Service):
             raise IngestError(
                 413, "too-large", "The payload is {} bytes; the limit is {}".format(len(body), settings.MAX_BODY_SIZE)
             )
-        matches = self.authenticator.check(body, headers, settings.UPLOAD_REQUIRES_AUTH)
+        if self.check_uploads:
+            matches = self.authenticator.check(body, headers, settings.UPLOAD_REQUIRES_AUTH)
+            matched, failed = self.authenticator.columns(matches)
+        else:
+            matched = failed = None  # what columns() gives without salts
         table = payloads.parse(body, content_type)
         table = self.normalise(table, extra_columns)
         nrows = payloads.row_count(table)
@@ -154,18 +182,25 @@ class IngestService(Service):
         if not table and not settings.ALLOW_EMPTY_ROWS:
             log.info("Upload from {transport} held no data columns; nothing stored", transport=transport)
             return None
-        if not table:
-            nrows = max(nrows, 1)
-        matched, failed = self.authenticator.columns(matches)
         upload_time = datetime.datetime.fromtimestamp(self.clock.seconds(), datetime.timezone.utc)
-        names = list(table)
-        columns = settings.automatic_columns + names
         automatic = (sql_value(upload_time), matched, failed, transport)
-        data = [table[name] for name in names]
-        rows = [automatic + tuple(sql_value(col[i]) for col in data) for i in range(nrows)]
+        names = list(table)
+        columns = self.automatic_columns + names
+        if not names:
+            rows = [automatic] * max(nrows, 1)
+        else:
+            # only time columns (TIME_CONVERTER) and extra columns can hold values
+            # sqlite3 cannot bind as they are: the rest go to the rows untouched
+            convert = self.time_columns if not extra_columns else self.time_columns + list(extra_columns)
+            data = [
+                [sql_value(v) for v in table[name]] if name in convert else table[name]
+                for name in names
+            ]
+            rows = list(zip(*(repeat(value, nrows) for value in automatic), *data))
         outbox: List[str] = []
         queued = 0
         if self.outbox_entries is not None:
+            data = [table[name] for name in names]
             row_dicts = [dict(zip(names, (col[i] for col in data))) for i in range(nrows)]
             outbox, queued = self.outbox_entries(row_dicts)
         return columns, rows, new_columns, outbox, queued
@@ -177,25 +212,21 @@ class IngestService(Service):
         """
         settings = self.settings
         out: payloads.Table = {}
+        names = self._names
         for raw, values in table.items():
-            name = raw.lower() if isinstance(raw, str) else raw
-            if not is_safe_identifier(name, settings.MAX_COLUMN_NAME_LENGTH):
-                raise bad_request(
-                    "Invalid column name {!r}: use up to {} letters, digits and '_', "
-                    "not starting with a digit".format(raw, settings.MAX_COLUMN_NAME_LENGTH),
-                    "bad-column",
-                )
+            name = names.get(raw)
+            if name is None:
+                name = self._checked_name(raw)
             if name in out:
                 raise bad_request("The column {!r} is given twice (names are case-insensitive)".format(name), "bad-column")
-            if name in self.automatic:
-                raise bad_request("The column {!r} is filled by the server and cannot be uploaded".format(name), "bad-column")
             out[name] = values
-        nrows = payloads.row_count(out)
-        for name, value in extra_columns.items():
-            out[name] = [value] * nrows
+        if extra_columns:
+            nrows = payloads.row_count(out)
+            for name, value in extra_columns.items():
+                out[name] = [value] * nrows
         converter = settings.TIME_CONVERTER
-        for name in settings.TIME_COLS:
-            values = out.get(name.lower())
+        for name in self.time_columns:
+            values = out.get(name)
             if values is None:
                 continue
             for i, value in enumerate(values):
@@ -211,6 +242,23 @@ class IngestService(Service):
                         error=e,
                     )
         return out
+
+    def _checked_name(self, raw: Any) -> str:
+        """The column name for an uploaded name, or a 400; good names are remembered."""
+        settings = self.settings
+        name = raw.lower() if isinstance(raw, str) else raw
+        if not is_safe_identifier(name, settings.MAX_COLUMN_NAME_LENGTH):
+            raise bad_request(
+                "Invalid column name {!r}: use up to {} letters, digits and '_', "
+                "not starting with a digit".format(raw, settings.MAX_COLUMN_NAME_LENGTH),
+                "bad-column",
+            )
+        if name in self.automatic:
+            raise bad_request("The column {!r} is filled by the server and cannot be uploaded".format(name), "bad-column")
+        if len(self._names) >= 10_000:
+            self._names.clear()  # a bound, so random names cannot grow it without end
+        self._names[raw] = name
+        return name
 
     def _new_columns(self, table: payloads.Table) -> Dict[str, str]:
         """

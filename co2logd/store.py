@@ -5,9 +5,11 @@ The store: one SQLite file behind ``twisted.enterprise.adbapi``.
   it creates or upgrades the schema (a version table, upgrade steps kept as
   data) and reads the data table's columns.  A co2logserver 0.1.2 database is
   used as it is; co2logd only adds its transport column and its own tables.
-* :class:`Store` writes uploads (new columns, rows and outbox entries in one
-  transaction, committed before the Deferred fires) and answers queries.
-  The column cache means no schema query per upload.
+* :class:`Store` writes uploads (new columns, rows and outbox entries,
+  atomically, committed before the Deferred fires) and answers queries.
+  Uploads that arrive together share one transaction (group commit), each in
+  a savepoint of its own; a bounded queue makes :attr:`Store.busy` true when
+  the writer falls behind.  The column cache means no schema query per upload.
 
 All SQL lives here.  Identifiers come from :func:`co2logd.names.quote_identifier`
 (checked names only); values are always bound parameters.
@@ -17,13 +19,13 @@ from __future__ import annotations
 
 import datetime
 import sqlite3
-import threading
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from twisted.application.service import Service
 from twisted.enterprise import adbapi
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, fail
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from co2logd.names import quote_identifier
 
@@ -69,6 +71,10 @@ SQL_TYPES = {
 
 class StoreError(Exception):
     """The database cannot be opened, upgraded or written."""
+
+
+class StoreBusy(Exception):
+    """The writer is behind: too many rows wait for the database; try again later."""
 
 
 def sql_type(value: Any) -> str:
@@ -188,7 +194,14 @@ class Store(Service):
         self.settings = settings
         self.columns: Dict[str, str] = dict(columns)
         self.table = quote_identifier(settings.DATA_TABLE_NAME)
-        self._schema_lock = threading.Lock()
+        self.queue_limit: int = settings.WRITE_QUEUE_MAX_ROWS
+        self._queue: List[_Upload] = []
+        self._queued_rows = 0
+        self._writing = False
+        self._drained: List[Deferred] = []
+        self._insert_statements: Dict[Tuple[str, ...], str] = {}
+        #: transactions written, uploads in them, the largest group, writes refused as busy
+        self.write_stats: Dict[str, int] = {"transactions": 0, "uploads": 0, "largest_group": 0, "busy": 0}
         synchronous = settings.DB_SYNCHRONOUS
         self.pool = pool_factory(
             "sqlite3",
@@ -205,11 +218,32 @@ class Store(Service):
         """Prepare the schema synchronously, then return a store on it."""
         return cls(path, settings, prepare_database(path, settings))
 
-    def stopService(self) -> None:
+    def stopService(self) -> Optional[Deferred]:
+        """Close the pool once every queued write has been committed (or has failed)."""
         super().stopService()
-        self.pool.close()
+        if not self._writing:
+            self._close_pool()
+            return None
+        drained: Deferred = Deferred()
+        self._drained.append(drained)
+        return drained.addCallback(lambda _: self._close_pool())
+
+    def _close_pool(self) -> None:
+        if self.pool.running:  # stopping twice (a test's cleanup after its own stop) is harmless
+            self.pool.close()
 
     # -- writing ------------------------------------------------------------
+    #
+    # Group commit: uploads that arrive while a transaction is being written
+    # wait in a queue and all go into the next transaction, each inside a
+    # SAVEPOINT of its own, so one fsync covers them all and one upload's
+    # failure (its ALTER TABLE included) is undone alone.  At most one write
+    # transaction is in flight; every caller's Deferred fires after COMMIT.
+
+    @property
+    def busy(self) -> bool:
+        """True while the writer is behind: new uploads should be refused (503) until it catches up."""
+        return self._queued_rows >= self.queue_limit
 
     def write(
         self,
@@ -221,37 +255,79 @@ class Store(Service):
     ) -> Deferred:
         """
         Add ``new_columns`` (name → SQL type), insert ``rows`` and queue
-        ``outbox`` entries in one transaction; fire with the number of rows
-        once committed.  On any error nothing of it is kept.
+        ``outbox`` entries atomically; fire with the number of rows once
+        committed.  On any error nothing of it is kept.  While the queue is
+        full (:attr:`busy`) the Deferred fails at once with :class:`StoreBusy`.
         """
-        return self.pool.runWithConnection(self._write, list(columns), rows, dict(new_columns), list(outbox), queued_at)
+        if self._queued_rows >= self.queue_limit:
+            self.write_stats["busy"] += 1
+            return fail(StoreBusy("{} rows are waiting for the database".format(self._queued_rows)))
+        upload = _Upload(columns, rows, new_columns, outbox, queued_at)
+        self._queue.append(upload)
+        self._queued_rows += len(rows) or 1
+        if not self._writing:
+            self._flush()
+        return upload.deferred
 
-    def _write(self, connection, columns, rows, new_columns, outbox, queued_at) -> int:
+    def _flush(self) -> None:
+        group, self._queue = self._queue, []
+        self._queued_rows = 0
+        self._writing = True
+        d = self.pool.runWithConnection(self._write_group, group, self.columns)
+        d.addBoth(self._written, group)
+
+    def _written(self, outcome, group: List["_Upload"]) -> None:
+        """Back on the reactor: update the column cache, fire every caller, start the next group."""
+        if isinstance(outcome, Failure):
+            log.failure("A write transaction of {uploads} uploads failed", outcome, uploads=len(group))
+            results = [outcome] * len(group)
+        else:
+            results, added = outcome
+            if added:
+                self.columns = dict(self.columns, **added)
+            stats = self.write_stats
+            stats["transactions"] += 1
+            stats["uploads"] += len(group)
+            stats["largest_group"] = max(stats["largest_group"], len(group))
+        # callers that write again from their callbacks join the next group
+        for upload, result in zip(group, results):
+            if isinstance(result, Failure):
+                upload.deferred.errback(result)
+            else:
+                upload.deferred.callback(result)
+        self._writing = False
+        if self._queue:
+            self._flush()
+        else:
+            waiting, self._drained = self._drained, []
+            for d in waiting:
+                d.callback(None)
+
+    def _write_group(self, connection, group: List["_Upload"], known: Mapping[str, str]):
+        """
+        In the pool's thread: one transaction, a savepoint per upload.
+        Returns (row count or Failure per upload, columns added and committed).
+        """
         cursor = connection.cursor()
-        added = {}
+        results: List[Any] = []
+        added: Dict[str, str] = {}
         try:
             cursor.execute("BEGIN IMMEDIATE")
-            for name, declared in new_columns.items():
-                if name in self.columns:
-                    continue  # another upload added it since this one was normalised
-                cursor.execute(
-                    "ALTER TABLE {} ADD COLUMN {} {}".format(self.table, quote_identifier(name), declared)
-                )
-                added[name] = declared
-            if rows:
-                cursor.executemany(
-                    "INSERT INTO {} ({}) VALUES ({})".format(
-                        self.table,
-                        ", ".join(quote_identifier(c) for c in columns),
-                        ", ".join("?" * len(columns)),
-                    ),
-                    rows,
-                )
-            if outbox:
-                cursor.executemany(
-                    "INSERT INTO {} (queued_at, entry) VALUES (?, ?)".format(OUTBOX_TABLE),
-                    [(queued_at, entry) for entry in outbox],
-                )
+            for upload in group:
+                cursor.execute("SAVEPOINT upload")
+                try:
+                    mine = self._write_one(cursor, upload, known, added)
+                except Exception:
+                    failure = Failure()
+                    if not connection.in_transaction:
+                        raise  # SQLite gave up the whole transaction (disk full, I/O error)
+                    cursor.execute("ROLLBACK TO upload")
+                    cursor.execute("RELEASE upload")
+                    results.append(failure)
+                else:
+                    cursor.execute("RELEASE upload")
+                    added.update(mine)
+                    results.append(len(upload.rows))
             cursor.execute("COMMIT")
         except BaseException:
             if connection.in_transaction:
@@ -259,10 +335,36 @@ class Store(Service):
             raise
         finally:
             cursor.close()
-        if added:
-            with self._schema_lock:
-                self.columns = dict(self.columns, **added)
-        return len(rows)
+        return results, added
+
+    def _write_one(self, cursor, upload: "_Upload", known: Mapping[str, str], added: Mapping[str, str]) -> Dict[str, str]:
+        mine: Dict[str, str] = {}
+        for name, declared in upload.new_columns.items():
+            if name in known or name in added or name in mine:
+                continue  # another upload added it since this one was normalised
+            cursor.execute("ALTER TABLE {} ADD COLUMN {} {}".format(self.table, quote_identifier(name), declared))
+            mine[name] = declared
+        if upload.rows:
+            cursor.executemany(self._insert_sql(upload.columns), upload.rows)
+        if upload.outbox:
+            queued_at = upload.queued_at
+            cursor.executemany(
+                "INSERT INTO {} (queued_at, entry) VALUES (?, ?)".format(OUTBOX_TABLE),
+                [(queued_at, entry) for entry in upload.outbox],
+            )
+        return mine
+
+    def _insert_sql(self, columns: Sequence[str]) -> str:
+        """The INSERT statement for a column list, built once per distinct list."""
+        key = tuple(columns)
+        sql = self._insert_statements.get(key)
+        if sql is None:
+            if len(self._insert_statements) >= 1000:
+                self._insert_statements.clear()  # a bound, not an LRU: distinct lists are few
+            sql = self._insert_statements[key] = "INSERT INTO {} ({}) VALUES ({})".format(
+                self.table, ", ".join(quote_identifier(c) for c in key), ", ".join("?" * len(key))
+            )
+        return sql
 
     # -- reading ------------------------------------------------------------
 
@@ -507,6 +609,19 @@ class Store(Service):
 
         return self.pool.runWithConnection(run)
 
+
+class _Upload:
+    """One caller's write waiting in the queue, and the Deferred it gets."""
+
+    __slots__ = ("columns", "rows", "new_columns", "outbox", "queued_at", "deferred")
+
+    def __init__(self, columns, rows, new_columns, outbox, queued_at):
+        self.columns = columns
+        self.rows = rows
+        self.new_columns = new_columns
+        self.outbox = outbox
+        self.queued_at = queued_at
+        self.deferred: Deferred = Deferred()
 
 
 def _fetch_all(connection, sql, params):

@@ -7,13 +7,22 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
 from co2logd.errors import IngestError
-from co2logd.web.common import error_reply, finish_quietly, header_pairs, json_reply
+from co2logd.web.common import error_reply, finish_quietly, json_reply
 
 log = Logger()
 
 
+def lazy_header_pairs(request):
+    """Every request header as (name, value), built only if auth reads them."""
+    return ((name, value) for name, values in request.requestHeaders.getAllRawHeaders() for value in values)
+
+
 class UploadResource(Resource):
-    """Hands each POST body to ``ingest.ingest(..., transport="http")``."""
+    """
+    Hands each POST body to ``ingest.ingest(..., transport="http")``.
+
+    A 503 (the database is busy or failed) carries ``Retry-After``.
+    """
 
     isLeaf = True
 
@@ -27,7 +36,7 @@ class UploadResource(Resource):
         d = self.ingest.ingest(
             body,
             content_type.decode("latin-1") if content_type is not None else "",
-            header_pairs(request),
+            lazy_header_pairs(request),
             "http",
         )
 
@@ -37,13 +46,17 @@ class UploadResource(Resource):
         def refused(failure):
             if failure.check(IngestError):
                 error = failure.value
-                log.info(
+                # a busy server refuses many uploads a second: the ingest counters have them
+                (log.debug if error.reason == "busy" else log.info)(
                     "Refused upload from {peer}: {status} {reason}: {message}",
                     peer=request.getClientAddress(),
                     status=error.status,
                     reason=error.reason,
                     message=error.message,
                 )
+                if error.status == 503:
+                    retry_after = getattr(error, "retry_after", None) or self.ingest.settings.WRITE_RETRY_AFTER_SECONDS
+                    request.setHeader(b"retry-after", str(retry_after).encode("ascii"))
                 finish_quietly(request, error_reply(request, error.status, error.message))
             else:
                 log.failure("Upload failed", failure)

@@ -39,6 +39,8 @@ INTEGER = re.compile(r"[+-]?[0-9]+\Z")
 DECIMAL = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?\Z")
 MSGPACK_MAP_MARKERS = set(range(0x80, 0x90)) | {0xDE, 0xDF}
 MSGPACK_ARRAY_MARKERS = set(range(0x90, 0xA0)) | {0xDC, 0xDD}
+# SQLite stores integers in 64 bits; a larger one could not be written
+SQLITE_INT_MIN, SQLITE_INT_MAX = -(2**63), 2**63 - 1
 
 
 def media_type(content_type: Optional[str]) -> str:
@@ -92,10 +94,14 @@ def text_value(cell: str) -> Any:
     """A text cell as co2logserver reads it: int or float where it parses, else text."""
     if cell == "":
         return None
-    if INTEGER.match(cell):
-        return int(cell)
+    if INTEGER.match(cell) and len(cell) <= 20:
+        number = int(cell)
+        if SQLITE_INT_MIN <= number <= SQLITE_INT_MAX:
+            return number
     if DECIMAL.match(cell):
-        return float(cell)
+        # integers beyond 64 bits too; text where not even a float holds them
+        number = float(cell)
+        return number if math.isfinite(number) else cell
     return cell
 
 
@@ -116,7 +122,13 @@ def parse_json(body: bytes) -> Table:
         data = json.loads(_decode(body, "JSON"), parse_constant=_reject_constant)
     except ValueError as e:
         raise bad_request("Invalid JSON: {}".format(e))
-    return table_from_structure(data, "JSON")
+    except RecursionError:
+        raise bad_request("Invalid JSON: nested too deeply")
+    table = table_from_structure(data, "JSON")
+    if b"\\u" in body:
+        # only a \uXXXX escape can make a lone surrogate, which SQLite cannot store
+        _check_encodable(table.items(), "JSON")
+    return table
 
 
 def parse_msgpack(body: bytes) -> Table:
@@ -258,3 +270,20 @@ def _check_scalars(columns: Iterable[Tuple[str, List[Any]]], what: str) -> None:
                 )
             if isinstance(value, float) and not math.isfinite(value):
                 raise bad_request("Column {!r} holds {}, which is not a finite number".format(name, value))
+            if isinstance(value, int) and not SQLITE_INT_MIN <= value <= SQLITE_INT_MAX:
+                raise bad_request(
+                    "Column {!r} holds an integer that does not fit in 64 bits".format(name)
+                )
+
+
+def _check_encodable(columns: Iterable[Tuple[str, List[Any]]], what: str) -> None:
+    for name, values in columns:
+        for value in values:
+            if isinstance(value, str):
+                try:
+                    value.encode("utf-8")
+                except UnicodeEncodeError:
+                    raise bad_request(
+                        "Column {!r} of the {} payload holds text that is not valid Unicode "
+                        "(a lone surrogate escape)".format(name, what)
+                    )

@@ -374,6 +374,9 @@ KEYS: Dict[str, Key] = {
     "OSEM_POLL_SECONDS": Key(5.0, _kind_positive_number, "how often an idle uploader looks at the outbox"),
     "OSEM_STATS_SECONDS": Key(300.0, _kind_positive_number, "how often outbox depth, age and dead letters are logged"),
     "OSEM_CACHE_DIR": Key(None, _kind_optional_str, "token/request cache directory (default $XDG_CACHE_HOME/co2logd)"),
+    # throughput (issue 6)
+    "WRITE_QUEUE_MAX_ROWS": Key(50_000, _kind_positive_int, "rows waiting for the database writer before uploads are refused as busy (HTTP 503)"),
+    "WRITE_RETRY_AFTER_SECONDS": Key(1, _kind_positive_int, "seconds a sender refused as busy is told to wait (HTTP Retry-After)"),
     # dashboard (issue 5)
     "DASHBOARD_COLUMNS": Key(None, _kind_optional_str_list, "columns plotted on the dashboard (default: up to 4 numeric columns, CO2 first)"),
     "DASHBOARD_SILENT_SECONDS": Key(3600, _kind_positive_number, "a source not heard from for this many seconds is marked silent"),

@@ -16,9 +16,15 @@ def json_reply(request: Request, status: int, body: Any) -> bytes:
     return json.dumps(body).encode("utf-8")
 
 
-def error_reply(request: Request, status: int, message: str) -> bytes:
-    """co2logd's error shape: ``{"error": "…"}`` with the given status."""
-    return json_reply(request, status, {"error": message})
+def error_reply(request: Request, status: int, message: str, reason: Optional[str] = None) -> bytes:
+    """
+    co2logd's error shape: ``{"error": "…"}`` with the given status, plus the
+    short ``reason`` token (as UDP acks carry it) when there is one.
+    """
+    body = {"error": message}
+    if reason:
+        body["reason"] = reason
+    return json_reply(request, status, body)
 
 
 def escape(value: Any) -> str:

@@ -57,7 +57,7 @@ class UploadResource(Resource):
                 if error.status == 503:
                     retry_after = getattr(error, "retry_after", None) or self.ingest.settings.WRITE_RETRY_AFTER_SECONDS
                     request.setHeader(b"retry-after", str(retry_after).encode("ascii"))
-                finish_quietly(request, error_reply(request, error.status, error.message))
+                finish_quietly(request, error_reply(request, error.status, error.message, error.reason))
             else:
                 log.failure("Upload failed", failure)
                 finish_quietly(request, error_reply(request, 500, "Internal error; nothing was saved"))

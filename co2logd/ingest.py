@@ -87,6 +87,8 @@ class IngestService(Service):
         # auth only matters when salts are set or it is required
         self.check_uploads = bool(settings.CHECKSUM_SALTS) or settings.UPLOAD_REQUIRES_AUTH
         self._names: Dict[Any, str] = {}  # checked upload names → column names
+        # called with each Receipt after its commit (e.g. to wake the uploader)
+        self.stored_observers: List[Callable[[Receipt], None]] = []
         self.counters: Dict[str, collections.Counter] = {
             "uploads": collections.Counter(),
             "rows": collections.Counter(),
@@ -127,7 +129,10 @@ class IngestService(Service):
             self.counters["rows"][kind] += count
             if self.verbose:
                 log.info("Stored {rows} rows from {transport}", rows=count, transport=transport)
-            return Receipt(count, queued if self.outbox_entries else None)
+            receipt = Receipt(count, queued if self.outbox_entries else None)
+            for observer in self.stored_observers:
+                observer(receipt)
+            return receipt
 
         def failed(failure):
             if failure.check(StoreBusy):

@@ -99,6 +99,7 @@ def build_service(
     ingest.verbose = verbose
     ingest.setServiceParent(root)
     if uploader is not None:
+        ingest.stored_observers.append(lambda receipt: receipt.osem_queued and uploader.nudge())
         uploader.setServiceParent(root)
 
     for spec in udp:

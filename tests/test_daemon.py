@@ -26,7 +26,7 @@ class WholeDaemonTests(unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_http_and_udp_forwarded(self):
-        """Rows from both transports are stored, labelled, and forwarded exactly once."""
+        """Rows from both transports are stored, labelled, and forwarded at once (the upload wakes the idle uploader)."""
         api = FakeOpenSenseMap(reactor)
         api.add_user(EMAIL, PASSWORD)
         fake = listen_fake_opensensemap(api, reactor)
@@ -34,7 +34,7 @@ class WholeDaemonTests(unittest.TestCase):
         db = self.mktemp()
         settings = make_settings(
             DB=db, OSEM_UPLOAD=True, OSEM_API=fake.url, OSEM_EMAIL=EMAIL, OSEM_PASSWORD=PASSWORD,
-            OSEM_AUTH_CACHE=False, OSEM_REQUEST_CACHE=False, OSEM_POLL_SECONDS=0.05,
+            OSEM_AUTH_CACHE=False, OSEM_REQUEST_CACHE=False, OSEM_POLL_SECONDS=60.0,
             OSEM_REQUESTS_PER_MINUTE=60000.0, OSEM_REQUEST_BURST=100, DEFAULT_LAT=lambda box: 48.5,
             DEFAULT_LON=lambda box: 9.05,
         )

@@ -235,6 +235,23 @@ class UploaderTests(TestCase):
         self.assertEqual(self.delivered(), self.expected("x", 20, start))
 
     @inlineCallbacks
+    def test_new_uploads_do_not_cut_a_backoff_short(self):
+        """During an outage, nudges from new uploads leave the backoff alone (no request storm)."""
+        site = self.site(OSEM_BACKOFF_BASE=5.0, OSEM_BACKOFF_MAX=5.0)
+        self.api.inject(503, count=10_000)
+        start = int(time.time()) - 3600
+        yield site.upload(self.table("z", 1, start, lat=1.0, lon=1.0))
+        site.uploader.nudge()
+        yield wait_until(lambda: site.uploader.failures >= 1)
+        requests_after_failure = len(self.api.requests)
+        for i in range(20):
+            yield site.upload(self.table("z", 1, start + 1 + i))
+            site.uploader.nudge()
+        yield task.deferLater(reactor, 0.3, lambda: None)
+        self.assertEqual(len(self.api.requests), requests_after_failure)
+        self.assertEqual(site.uploader.failures, 1)
+
+    @inlineCallbacks
     def test_429_honours_retry_after(self):
         """A 429 with Retry-After: 1 delays the next attempt by at least a second (backoff is 0.05 s)."""
         site = self.site()

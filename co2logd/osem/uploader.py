@@ -130,6 +130,7 @@ class OsemUploader(Service):
         self._credentials_reported = False
         self._abandoned = False
         self._on_cycle_end: Optional[Callable[[], None]] = None
+        self._idle = False  # the last cycle found the outbox empty
 
     @classmethod
     def from_settings(cls, settings, store, reactor) -> "OsemUploader":
@@ -204,6 +205,14 @@ class OsemUploader(Service):
         self._cycle = self._run_cycle()
         self._cycle.addBoth(self._cycle_ended)
 
+    def nudge(self) -> None:
+        """
+        New entries were queued: drain now if the uploader is only polling an
+        empty outbox.  Never cuts a backoff or a budget wait short.
+        """
+        if self._idle:
+            self.wake()
+
     def _schedule(self, delay: float) -> None:
         if not self.running:
             return
@@ -237,8 +246,10 @@ class OsemUploader(Service):
     @defer.inlineCallbacks
     def _run_cycle(self):
         """One batch; returns the delay until the next cycle."""
+        self._idle = False
         rows = yield self.store.outbox_fetch(FETCH_ENTRIES)
         if not rows:
+            self._idle = True
             return float(self.settings.OSEM_POLL_SECONDS)
         batch, malformed = self._take_batch(rows)
         if malformed:

@@ -16,6 +16,7 @@ from co2logd.health import HealthChecker
 from co2logd.metrics import Metrics
 from co2logd.web.dashboard import DashboardResource, static_directory
 from co2logd.web.download import DownloadResource
+from co2logd.web.guard import GuardedSite
 from co2logd.web.pages import UploadHelpResource
 from co2logd.web.plot import PlotResource
 from co2logd.web.status import HealthResource, MetricsResource
@@ -55,6 +56,9 @@ class BoundedRequest(server.Request):
 
     def _refuse(self, size):
         self._refused = True
+        count = getattr(self.channel.site, "count", None)
+        if count is not None:
+            count("too-large")
         log.info("Refused a body of at least {size} bytes (limit {limit})", size=size, limit=self.max_body)
         body = json.dumps(
             {"error": "The payload is larger than the limit of {} bytes".format(self.max_body)}
@@ -99,8 +103,26 @@ def make_root(settings, ingest, store, clock, extra_children=None, services=()) 
 
 
 def make_site(settings, ingest, store, clock, extra_children=None, services=()) -> server.Site:
-    """A Site over :func:`make_root` whose requests honour ``MAX_BODY_SIZE``."""
+    """
+    A Site over :func:`make_root` whose requests honour ``MAX_BODY_SIZE``,
+    with the connection bound and request deadlines of :mod:`co2logd.web.guard`;
+    refusals are counted with the ingest service's HTTP rejects.
+    """
     request_factory = type("Request", (BoundedRequest,), {"max_body": settings.MAX_BODY_SIZE})
-    site = server.Site(make_root(settings, ingest, store, clock, extra_children, services), requestFactory=request_factory)
+    rejects = ingest.counters["rejects"]
+
+    def count(reason: str) -> None:
+        rejects[("http", reason)] += 1
+
+    site = GuardedSite(
+        make_root(settings, ingest, store, clock, extra_children, services),
+        requestFactory=request_factory,
+        max_connections=settings.HTTP_MAX_CONNECTIONS,
+        request_timeout=settings.HTTP_REQUEST_TIMEOUT,
+        idle_timeout=settings.HTTP_IDLE_TIMEOUT,
+        count=count,
+        retry_after=settings.WRITE_RETRY_AFTER_SECONDS,
+        reactor=clock,
+    )
     site.displayTracebacks = False
     return site

@@ -8,7 +8,8 @@ class IngestError(Exception):
     ``status`` is the HTTP status that describes it (400, 403, 413, 415, 503),
     ``reason`` a short token for counters and logs (``"parse"``,
     ``"auth-missing"``, ``"auth-invalid"``, ``"too-large"``,
-    ``"content-type"``, ``"bad-column"``, ``"limit"``, ``"busy"``), and
+    ``"content-type"``, ``"bad-column"``, ``"too-many-rows"``,
+    ``"too-many-new-columns"``, ``"too-many-columns"``, ``"busy"``), and
     ``message`` one sentence for the sender.
     """
 

@@ -169,7 +169,7 @@ class IngestService(Service):
         settings = self.settings
         if len(body) > settings.MAX_BODY_SIZE:
             raise IngestError(
-                413, "too-large", "The payload is {} bytes; the limit is {}".format(len(body), settings.MAX_BODY_SIZE)
+                413, "too-large", "The payload is {} bytes; the limit is {} (MAX_BODY_SIZE)".format(len(body), settings.MAX_BODY_SIZE)
             )
         if self.check_uploads:
             matches = self.authenticator.check(body, headers, settings.UPLOAD_REQUIRES_AUTH)
@@ -181,7 +181,8 @@ class IngestService(Service):
         nrows = payloads.row_count(table)
         if nrows > settings.MAX_ROWS_PER_UPLOAD:
             raise bad_request(
-                "The upload has {} rows; the limit is {}".format(nrows, settings.MAX_ROWS_PER_UPLOAD), "limit"
+                "The upload has {} rows; the limit is {} (MAX_ROWS_PER_UPLOAD)".format(nrows, settings.MAX_ROWS_PER_UPLOAD),
+                "too-many-rows",
             )
         new_columns = self._new_columns(table)
         if not table and not settings.ALLOW_EMPTY_ROWS:
@@ -253,6 +254,13 @@ class IngestService(Service):
         settings = self.settings
         name = raw.lower() if isinstance(raw, str) else raw
         if not is_safe_identifier(name, settings.MAX_COLUMN_NAME_LENGTH):
+            if isinstance(name, str) and len(name) > settings.MAX_COLUMN_NAME_LENGTH:
+                raise bad_request(
+                    "The column name {!r}... is longer than {} characters (MAX_COLUMN_NAME_LENGTH)".format(
+                        raw[:20], settings.MAX_COLUMN_NAME_LENGTH
+                    ),
+                    "bad-column",
+                )
             raise bad_request(
                 "Invalid column name {!r}: use up to {} letters, digits and '_', "
                 "not starting with a digit".format(raw, settings.MAX_COLUMN_NAME_LENGTH),
@@ -289,14 +297,14 @@ class IngestService(Service):
             new[name] = sql_type(first)
         if len(new) > settings.MAX_NEW_COLUMNS_PER_UPLOAD:
             raise bad_request(
-                "The upload adds {} new columns; the limit is {} per upload".format(
+                "The upload adds {} new columns; the limit is {} per upload (MAX_NEW_COLUMNS_PER_UPLOAD)".format(
                     len(new), settings.MAX_NEW_COLUMNS_PER_UPLOAD
                 ),
-                "limit",
+                "too-many-new-columns",
             )
         if len(known) + len(new) > settings.MAX_COLUMNS:
             raise bad_request(
-                "The table would have {} columns; the limit is {}".format(len(known) + len(new), settings.MAX_COLUMNS),
-                "limit",
+                "The table would have {} columns; the limit is {} (MAX_COLUMNS)".format(len(known) + len(new), settings.MAX_COLUMNS),
+                "too-many-columns",
             )
         return new

@@ -248,3 +248,31 @@ class BodySizeCountTests(LimitsSiteMixin, unittest.TestCase):
         self.assertEqual(status_of(response), 413, response)
         self.assertIn("100 bytes", body_of(response)["error"])
         self.assertEqual(self.rejects("too-large"), 1)
+
+
+class IngestLimitTests(LimitsSiteMixin, unittest.TestCase):
+    """Every ingest limit: its status, its own reason, the setting named in the message, counted, nothing stored."""
+
+    @defer.inlineCallbacks
+    def test_each_limit(self):
+        """Rows, new columns, total columns, column-name length and body size, over HTTP."""
+        self.start(
+            MAX_ROWS_PER_UPLOAD=3, MAX_NEW_COLUMNS_PER_UPLOAD=2, MAX_COLUMNS=7,
+            MAX_COLUMN_NAME_LENGTH=8, MAX_BODY_SIZE=200,
+        )
+        status, _ = yield self.post(b'{"a": 1, "b": 2}', "application/json")
+        self.assertEqual(status, 200)
+        cases = [
+            (b'{"a": [1, 2, 3, 4]}', 400, "too-many-rows", "MAX_ROWS_PER_UPLOAD"),
+            (b'{"c": 1, "d": 2, "e": 3}', 400, "too-many-new-columns", "MAX_NEW_COLUMNS_PER_UPLOAD"),
+            (b'{"c": 1, "d": 2}', 400, "too-many-columns", "MAX_COLUMNS"),
+            (b'{"abcdefghi": 1}', 400, "bad-column", "MAX_COLUMN_NAME_LENGTH"),
+            (b'{"a": [' + b"1," * 100 + b"1]}", 413, "too-large", "MAX_BODY_SIZE"),
+        ]
+        for body, expected_status, reason, setting in cases:
+            status, reply = yield self.post(body, "application/json")
+            self.assertEqual((status, reply.get("reason")), (expected_status, reason), body)
+            self.assertIn(setting, reply["error"])
+            self.assertEqual(self.rejects(reason), 1, reason)
+        self.assertEqual(self.ingest.counters["rows"]["http"], 1)
+        self.assertEqual(set(self.store.columns) & {"a", "b", "c", "d", "e", "abcdefghi"}, {"a", "b"})

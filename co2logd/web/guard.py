@@ -27,9 +27,9 @@ from twisted.web import http, server
 log = Logger()
 
 
-def raw_error(status: int, phrase: str, message: str, extra_headers: bytes = b"") -> bytes:
-    """A complete HTTP/1.1 error response with a JSON body that closes the connection."""
-    body = json.dumps({"error": message}).encode("utf-8")
+def raw_error(status: int, phrase: str, message: str, reason: str, extra_headers: bytes = b"") -> bytes:
+    """A complete HTTP/1.1 error response with a JSON body (error, reason) that closes the connection."""
+    body = json.dumps({"error": message, "reason": reason}).encode("utf-8")
     return (
         "HTTP/1.1 {} {}\r\n".format(status, phrase).encode("ascii")
         + b"content-type: application/json\r\nconnection: close\r\n"
@@ -95,6 +95,7 @@ class GuardedChannel(http.HTTPChannel):
             raw_error(
                 408, "Request Timeout",
                 "The request did not arrive within {} seconds (HTTP_REQUEST_TIMEOUT)".format(timeout),
+                "request-timeout",
             )
         )
         # closes once the answer is written, and aborts a client that never reads it
@@ -114,6 +115,7 @@ class RefusedConnection(Protocol):
             raw_error(
                 503, "Service Unavailable",
                 "Too many open connections (HTTP_MAX_CONNECTIONS = {}); try again later".format(self.limit),
+                "too-many-connections",
                 "retry-after: {}\r\n".format(self.retry_after).encode("ascii"),
             )
         )

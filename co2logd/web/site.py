@@ -61,7 +61,7 @@ class BoundedRequest(server.Request):
             count("too-large")
         log.info("Refused a body of at least {size} bytes (limit {limit})", size=size, limit=self.max_body)
         body = json.dumps(
-            {"error": "The payload is larger than the limit of {} bytes".format(self.max_body)}
+            {"error": "The payload is larger than the limit of {} bytes (MAX_BODY_SIZE)".format(self.max_body), "reason": "too-large"}
         ).encode("utf-8")
         transport = self.channel.transport
         transport.write(

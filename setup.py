@@ -11,7 +11,7 @@ setup(
     license="GPL-3.0-or-later",
     python_requires=">=3.9",
     packages=find_packages(include=["co2logd", "co2logd.*"]) + ["twisted.plugins"],
-    package_data={"co2logd": ["web/static/*", "web/templates/*"], "twisted": ["plugins/co2logd_plugin.py"]},
+    package_data={"co2logd": ["web/static/*", "web/templates/*", "web/openapi.yaml"], "twisted": ["plugins/co2logd_plugin.py"]},
     include_package_data=True,
     zip_safe=False,
     install_requires=[
@@ -22,7 +22,7 @@ setup(
     ],
     extras_require={
         "opensensemap": ["sensemapi==0.5.0"],
-        "test": ["sensemapi==0.5.0", "hypothesis>=6", "treq>=23"],
+        "test": ["sensemapi==0.5.0", "hypothesis>=6", "treq>=23", "schemathesis>=4"],
     },
     entry_points={"console_scripts": ["co2logd=co2logd.__main__:main"]},
     classifiers=[

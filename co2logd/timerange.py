@@ -24,12 +24,25 @@ class TimeRangeError(ValueError):
     """A time the user wrote that co2logd cannot read; the message says what is accepted."""
 
 
+# the times a datetime can show (years 1 to 9999, a day of margin for offsets)
+EARLIEST = -62135510400.0
+LATEST = 253402214400.0
+
+
 def parse_time(text: str, now: float) -> float:
     """
     UNIX seconds for ``text``: a duration back from ``now`` (``90s``, ``15m``,
     ``24h``, ``7d``, ``2w``, ``1y``), UNIX seconds, or an ISO date/time (UTC
-    unless it carries an offset).
+    unless it carries an offset).  A time outside the years 1 to 9999 (or
+    not a number at all, like ``nan``) is a TimeRangeError too.
     """
+    seconds = _parse_time(text, now)
+    if not EARLIEST <= seconds <= LATEST:  # also False for nan
+        raise TimeRangeError("The time {!r} is outside the years 1 to 9999".format(text.strip()[:40]))
+    return seconds
+
+
+def _parse_time(text: str, now: float) -> float:
     text = text.strip()
     match = RELATIVE.match(text)
     if match:

@@ -55,7 +55,7 @@ def build_query(args: Dict[str, str], columns: List[str], max_rows: int) -> Quer
     known = set(columns)
     wanted = [c for c in args.get("cols", "").split(",") if c in known]
     number = args.get("number", "")
-    limit = int(number) if number.isdigit() and int(number) < max_rows else max_rows
+    limit = int(number) if is_whole_number(number) and int(number) < max_rows else max_rows
     bounds = []
     for column in columns:
         for prefix, op in (("min_", ">="), ("max_", "<=")):
@@ -67,6 +67,14 @@ def build_query(args: Dict[str, str], columns: List[str], max_rows: int) -> Quer
     if len(parts) >= 2 and parts[0] in known and parts[1].lower() in ("asc", "desc"):
         order_by = (parts[0], parts[1].lower())
     return Query(columns=list(dict.fromkeys(wanted)), bounds=bounds, order_by=order_by, limit=limit)
+
+
+MAX_ROWID = 2**63 - 1
+
+
+def is_whole_number(text: str) -> bool:
+    """ASCII digits only (``str.isdigit`` also takes '²', which ``int`` refuses)."""
+    return text.isascii() and text.isdigit()
 
 
 class DownloadArgumentError(ValueError):
@@ -95,7 +103,7 @@ def add_range_and_paging(query: Query, args: Dict[str, str], settings, columns: 
     after = args.get("after", "")
     if after == "":
         return None
-    if not after.isdigit():
+    if not is_whole_number(after) or int(after) >= MAX_ROWID:
         raise DownloadArgumentError("after must be a rowid (a whole number, 0 for the first page)")
     query.bounds.append(("rowid", ">=", int(after) + 1))
     query.order_by = ("rowid", "asc")

@@ -72,7 +72,7 @@ def _bounded_int(args: Mapping[str, str], name: str, default: int, low: int, hig
     text = args.get(name, "")
     if text == "":
         return default
-    if not text.isdigit() or not low <= int(text) <= high:
+    if not (text.isascii() and text.isdigit()) or not low <= int(text) <= high:
         raise PlotError("{} must be a whole number from {} to {}".format(name, low, high))
     return int(text)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 
 from twisted.logger import Logger
 from twisted.web import server
@@ -54,6 +55,27 @@ class BoundedRequest(server.Request):
             return
         super().handleContentChunk(data)
 
+    def render(self, resrc):
+        """
+        Methods Twisted does not serve at all (PUT, DELETE, TRACE, ...) get a
+        405 with ``Allow`` and a JSON error, not Twisted's 501 page.
+        """
+        if self.method in server.supportedMethods:
+            return super().render(resrc)
+        allowed = sorted(name[len("render_"):].encode("ascii") for name in dir(resrc) if name.startswith("render_"))
+        if b"GET" not in allowed and b"HEAD" in allowed:
+            allowed.remove(b"HEAD")  # Resource's render_HEAD only runs render_GET
+        if self.method in allowed:
+            return super().render(resrc)
+        self.setResponseCode(405)
+        self.setHeader(b"allow", b", ".join(allowed))
+        self.setHeader(b"content-type", b"application/json")
+        body = json.dumps({"error": "Method {} is not allowed here; use {}".format(
+            self.method.decode("latin-1"), ", ".join(m.decode("ascii") for m in allowed))}).encode("utf-8")
+        self.setHeader(b"content-length", str(len(body)).encode("ascii"))
+        self.write(body)
+        self.finish()
+
     def _refuse(self, size):
         self._refused = True
         count = getattr(self.channel.site, "count", None)
@@ -69,6 +91,22 @@ class BoundedRequest(server.Request):
             b"connection: close\r\ncontent-length: " + str(len(body)).encode() + b"\r\n\r\n" + body
         )
         transport.loseConnection()
+
+
+class OpenAPIResource(Resource):
+    """``GET /openapi.yaml``: the OpenAPI description of these routes (docs/openapi.yaml)."""
+
+    isLeaf = True
+
+    def render_GET(self, request):
+        request.setHeader(b"content-type", b"application/yaml; charset=utf-8")
+        return openapi_document()
+
+
+def openapi_document() -> bytes:
+    """The OpenAPI description shipped with the package."""
+    with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "openapi.yaml"), "rb") as f:
+        return f.read()
 
 
 class StaticFiles(File):
@@ -97,6 +135,7 @@ def make_root(settings, ingest, store, clock, extra_children=None, services=()) 
     root.putChild(b"health", HealthResource(HealthChecker(settings, store, clock, services, sources)))
     root.putChild(b"metrics", MetricsResource(Metrics(settings, ingest, store, clock, services)))
     root.putChild(b"static", StaticFiles(static_directory(), defaultType="application/octet-stream"))
+    root.putChild(b"openapi.yaml", OpenAPIResource())
     for name, child in (extra_children or {}).items():
         root.putChild(name, child)
     return root

@@ -202,7 +202,10 @@ class IngestService(Service):
                 [sql_value(v) for v in table[name]] if name in convert else table[name]
                 for name in names
             ]
-            rows = list(zip(*(repeat(value, nrows) for value in automatic), *data))
+            if nrows < 64:  # the common small upload: cheapest as tuple concatenation
+                rows = [automatic + row for row in zip(*data)]
+            else:
+                rows = list(zip(*[repeat(value, nrows) for value in automatic], *data))
         outbox: List[str] = []
         queued = 0
         if self.outbox_entries is not None:

@@ -39,6 +39,7 @@ INTEGER = re.compile(r"[+-]?[0-9]+\Z")
 DECIMAL = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?\Z")
 MSGPACK_MAP_MARKERS = set(range(0x80, 0x90)) | {0xDE, 0xDF}
 MSGPACK_ARRAY_MARKERS = set(range(0x90, 0xA0)) | {0xDC, 0xDD}
+MSGPACK_MARKERS = frozenset(MSGPACK_MAP_MARKERS | MSGPACK_ARRAY_MARKERS)
 # SQLite stores integers in 64 bits; a larger one could not be written
 SQLITE_INT_MIN, SQLITE_INT_MAX = -(2**63), 2**63 - 1
 
@@ -71,7 +72,7 @@ def format_of(content_type: Optional[str], body: bytes) -> str:
 
 def detect_format(body: bytes) -> str:
     """Guess the format of a body that came without a content type."""
-    if body[:1] and body[0] in MSGPACK_MAP_MARKERS | MSGPACK_ARRAY_MARKERS:
+    if body[:1] and body[0] in MSGPACK_MARKERS:
         return "msgpack"
     head = body.lstrip()[:1]
     if head in (b"{", b"["):
@@ -116,10 +117,17 @@ def _reject_constant(name: str) -> Any:
     raise ValueError("{} is not a number JSON allows".format(name))
 
 
+# one decoder for every upload: json.loads(..., parse_constant=...) would build one per call
+_JSON_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+
+
 def parse_json(body: bytes) -> Table:
     """A JSON object of lists or scalars, or a list of row objects."""
     try:
-        data = json.loads(_decode(body, "JSON"), parse_constant=_reject_constant)
+        text = _decode(body, "JSON")
+        if text.startswith("\ufeff"):  # what json.loads says about a BOM
+            raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", text, 0)
+        data = _JSON_DECODER.decode(text)
     except ValueError as e:
         raise bad_request("Invalid JSON: {}".format(e))
     except RecursionError:
@@ -193,7 +201,7 @@ def table_from_structure(data: Any, what: str) -> Table:
             raise bad_request("The {} object has no columns".format(what))
         _check_keys(data, what)
         if all(isinstance(v, list) for v in data.values()):
-            table = {k: list(v) for k, v in data.items()}
+            table = data  # the parsers' own fresh lists: no copy needed
         elif not any(isinstance(v, list) for v in data.values()):
             table = {k: [v] for k, v in data.items()}
         else:

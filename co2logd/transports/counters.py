@@ -9,8 +9,9 @@ must not grow at that rate.  :class:`RejectLog` writes at most one line per
 from __future__ import annotations
 
 import collections
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, List, Tuple
 
+from twisted.internet import defer
 from twisted.logger import Logger
 
 OTHER_SOURCES = "other"
@@ -109,3 +110,32 @@ class RejectLog:
                 del self._last[key]
         if len(self._last) >= self.max_keys:
             self._last.clear()
+
+
+class InFlight:
+    """Uploads handed to the ingest service and not yet settled; :meth:`idle` waits for none."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._waiting: List[defer.Deferred] = []
+
+    def track(self, d: defer.Deferred) -> defer.Deferred:
+        """Count ``d`` until it fires; returns it, its result untouched."""
+        self.count += 1
+        return d.addBoth(self._settled)
+
+    def _settled(self, result: Any) -> Any:
+        self.count -= 1
+        if self.count == 0:
+            waiting, self._waiting = self._waiting, []
+            for d in waiting:
+                d.callback(None)
+        return result
+
+    def idle(self) -> defer.Deferred:
+        """Fires once no upload is waiting for the database."""
+        if self.count == 0:
+            return defer.succeed(None)
+        d: defer.Deferred = defer.Deferred()
+        self._waiting.append(d)
+        return d

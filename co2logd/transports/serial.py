@@ -60,7 +60,7 @@ from co2logd.auth import salted_checksum
 from co2logd.errors import IngestError, bad_request
 from co2logd import payloads
 from co2logd.payloads import text_value
-from co2logd.transports.counters import Counters, RejectLog
+from co2logd.transports.counters import Counters, InFlight, RejectLog
 from co2logd.transports.framing import MAX_HEADER_LINES, error_reply, header_value, parse_header_line
 from co2logd.transports.sequence import NEW, SequenceTracker, sequence_number
 
@@ -151,8 +151,7 @@ class SerialIngestProtocol(LineReceiver):
         self.sequence_field: Optional[str] = settings.SEQUENCE_FIELD
         self.sequences = SequenceTracker(clock, memory_seconds=settings.SEQUENCE_MEMORY_SECONDS)
         self.last_data = clock.seconds()
-        self.pending = 0
-        self._idle: List[defer.Deferred] = []
+        self.in_flight = InFlight()
         self._discarding = False
         self._refeed: Optional[bytes] = None
         self.on_lost: Optional[Callable[[Any], None]] = None
@@ -297,14 +296,13 @@ class SerialIngestProtocol(LineReceiver):
             # a radio gateway passing on a retransmitted packet
             self._notify(source, {"saved-in-db": 0, "duplicate": True})
             return
-        self.pending += 1
         d = defer.maybeDeferred(
             self.ingest.ingest, body, content_type, headers, self.label, extra_columns=extra or None
         )
         if seq is not None:
             d.addBoth(self._sequence_done, source, seq)
         d.addCallbacks(self._stored, self._failed, callbackArgs=(source,), errbackArgs=(source,))
-        d.addBoth(self._settled)
+        self.in_flight.track(d)
         d.addErrback(lambda f: log.failure("Unexpected error after a serial upload", f))
 
     def _sequence(self, body: bytes, content_type: Optional[str]) -> Optional[int]:
@@ -327,13 +325,6 @@ class SerialIngestProtocol(LineReceiver):
             log.failure("Ingest failed on a line from {device}", failure, device=self.device)
             error = IngestError(500, "internal", "The server failed on this line; nothing was saved")
         self._rejected(source, error)
-
-    def _settled(self, _: Any) -> None:
-        self.pending -= 1
-        if self.pending == 0:
-            waiting, self._idle = self._idle, []
-            for d in waiting:
-                d.callback(None)
 
     def _comment(self, source: str, line: bytes) -> None:
         self.ignored["comment"] += 1
@@ -363,13 +354,14 @@ class SerialIngestProtocol(LineReceiver):
             self.nodes.move_to_end(node)
         return state
 
+    @property
+    def pending(self) -> int:
+        """Uploads waiting for the database."""
+        return self.in_flight.count
+
     def idle(self) -> defer.Deferred:
         """Fires once no upload is waiting for the database."""
-        if self.pending == 0:
-            return defer.succeed(None)
-        d: defer.Deferred = defer.Deferred()
-        self._idle.append(d)
-        return d
+        return self.in_flight.idle()
 
 
 def open_serial_port(protocol, device: str, reactor, baudrate: int):

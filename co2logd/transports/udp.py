@@ -22,7 +22,7 @@ from twisted.logger import Logger
 
 from co2logd import payloads
 from co2logd.errors import IngestError
-from co2logd.transports.counters import Counters, RejectLog
+from co2logd.transports.counters import Counters, InFlight, RejectLog
 from co2logd.transports.framing import Frame, error_reply, split_message
 from co2logd.transports.sequence import IN_FLIGHT, NEW, SequenceTracker, sequence_number
 
@@ -74,8 +74,7 @@ class UDPIngestProtocol(DatagramProtocol):
         self.reject_log = RejectLog(log, clock, settings.TRANSPORT_LOG_INTERVAL)
         self.sequence_field: Optional[str] = settings.SEQUENCE_FIELD
         self.sequences = SequenceTracker(clock, memory_seconds=settings.SEQUENCE_MEMORY_SECONDS)
-        self.pending = 0
-        self._idle: list = []
+        self.in_flight = InFlight()
         # callables given every outcome (the reply an ack would carry), for tests and metrics
         self.observers: list = []
 
@@ -117,10 +116,9 @@ class UDPIngestProtocol(DatagramProtocol):
                 if verdict != IN_FLIGHT:  # the first copy's ack is still to come
                     self._ack(addr, {"saved-in-db": 0, "duplicate": True, "seq": seq})
                 return None
-        self.pending += 1
         d = defer.maybeDeferred(self.ingest.ingest, frame.body, frame.content_type, frame.headers, "udp:" + host)
         d.addCallbacks(self._stored, self._failed, callbackArgs=(addr, node_seq), errbackArgs=(addr, node_seq))
-        d.addBoth(self._settled)
+        self.in_flight.track(d)
         d.addErrback(lambda f: log.failure("Unexpected error acknowledging a datagram", f))
         return None
 
@@ -154,13 +152,6 @@ class UDPIngestProtocol(DatagramProtocol):
             error = IngestError(500, "internal", "The server failed on this upload; nothing was saved")
         self._refused(error, addr, None if node_seq is None else node_seq[1])
 
-    def _settled(self, _: Any) -> None:
-        self.pending -= 1
-        if self.pending == 0:
-            waiting, self._idle = self._idle, []
-            for d in waiting:
-                d.callback(None)
-
     def _refused(self, error: IngestError, addr: Any, seq: Optional[int] = None) -> None:
         host = addr[0]
         self.counters.source(host).rejects[error.reason] += 1
@@ -180,13 +171,14 @@ class UDPIngestProtocol(DatagramProtocol):
         except Exception as e:  # an unreachable sender must not matter to anyone else
             log.debug("Cannot acknowledge to {source}: {error}", source=addr[0], error=e)
 
+    @property
+    def pending(self) -> int:
+        """Uploads waiting for the database."""
+        return self.in_flight.count
+
     def idle(self) -> defer.Deferred:
         """Fires once no upload is waiting for the database."""
-        if self.pending == 0:
-            return defer.succeed(None)
-        d = defer.Deferred()
-        self._idle.append(d)
-        return d
+        return self.in_flight.idle()
 
     def stats(self) -> Dict[str, Any]:
         """Counters per source and per node, for /metrics."""

@@ -17,6 +17,7 @@ All SQL lives here.  Identifiers come from :func:`co2logd.names.quote_identifier
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import sqlite3
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
@@ -418,8 +419,7 @@ class Store(Service):
         failures = list(failures)
 
         def move(connection):
-            connection.execute("BEGIN IMMEDIATE")
-            try:
+            with transaction(connection):
                 connection.executemany(
                     "INSERT OR REPLACE INTO {dead} (id, queued_at, failed_at, entry, reason) "
                     "SELECT id, queued_at, ?, entry, ? FROM {outbox} WHERE id = ?".format(
@@ -430,11 +430,6 @@ class Store(Service):
                 connection.executemany(
                     "DELETE FROM {} WHERE id = ?".format(OUTBOX_TABLE), [(i,) for i, _ in failures]
                 )
-                connection.execute("COMMIT")
-            except BaseException:
-                if connection.in_transaction:
-                    connection.rollback()
-                raise
             return len(failures)
 
         return self.pool.runWithConnection(move)
@@ -633,15 +628,22 @@ def _fetch_all(connection, sql, params):
 
 
 def _execute_many(connection, sql, params):
+    with transaction(connection):
+        connection.executemany(sql, params)
+    return len(params)
+
+
+@contextlib.contextmanager
+def transaction(connection):
+    """BEGIN IMMEDIATE … COMMIT, rolled back if anything in the block raises."""
     connection.execute("BEGIN IMMEDIATE")
     try:
-        connection.executemany(sql, params)
+        yield
         connection.execute("COMMIT")
     except BaseException:
         if connection.in_transaction:
             connection.rollback()
         raise
-    return len(params)
 
 
 class RowStream:

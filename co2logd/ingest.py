@@ -16,11 +16,13 @@ from itertools import repeat
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 from twisted.application.service import Service
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.logger import Logger
 
 from co2logd import payloads
-from co2logd.auth import Authenticator, Headers
+from co2logd.auth import Authenticator, Headers, header_items
+from co2logd.idempotency import DuplicateUpload, Idempotency
+from co2logd.replay import ReplayPolicy, ReplayRefused, replay_error
 from co2logd.errors import IngestError, bad_request
 from co2logd.names import is_safe_identifier
 from co2logd.store import StoreBusy, sql_type, sql_value
@@ -31,9 +33,11 @@ log = Logger()
 class Receipt:
     """What an upload stored: rows, and measurements queued for the OpenSenseMap."""
 
-    def __init__(self, rows: int, osem_queued: Optional[int] = None):
+    def __init__(self, rows: int, osem_queued: Optional[int] = None, replayed: bool = False):
         self.rows = rows
         self.osem_queued = osem_queued
+        #: True for the stored receipt of an earlier upload with the same Idempotency-Key
+        self.replayed = replayed
 
     def as_dict(self) -> Dict[str, int]:
         """The co2logserver response body: ``{"saved-in-db": N}`` (+ ``osem-queued``)."""
@@ -86,6 +90,11 @@ class IngestService(Service):
         self.time_columns: List[str] = [name.lower() for name in settings.TIME_COLS]
         # auth only matters when salts are set or it is required
         self.check_uploads = bool(settings.CHECKSUM_SALTS) or settings.UPLOAD_REQUIRES_AUTH
+        # replay protection and idempotency keys (issue 7); both read the headers
+        self.replay = ReplayPolicy.from_settings(settings)
+        self.idempotency = Idempotency.from_settings(settings)
+        self.reads_headers = self.replay.enabled or self.idempotency.enabled
+        self._expiry: Optional[task.LoopingCall] = None
         self._names: Dict[Any, str] = {}  # checked upload names → column names
         # called with each Receipt after its commit (e.g. to wake the uploader)
         self.stored_observers: List[Callable[[Receipt], None]] = []
@@ -93,6 +102,7 @@ class IngestService(Service):
             "uploads": collections.Counter(),
             "rows": collections.Counter(),
             "rejects": collections.Counter(),
+            "repeats": collections.Counter(),  # uploads answered with an earlier receipt (Idempotency-Key)
         }
 
     # -- the entry point ------------------------------------------------------
@@ -121,8 +131,7 @@ class IngestService(Service):
         if write is None:
             self.counters["uploads"][kind] += 1
             return defer.succeed(Receipt(0, 0 if self.outbox_entries else None))
-        columns, rows, new_columns, outbox, queued = write
-        d = self.store.write(columns, rows, new_columns, outbox, self.clock.seconds())
+        columns, rows, new_columns, outbox, queued, guards, idempotent = write
 
         def stored(count: int) -> Receipt:
             self.counters["uploads"][kind] += 1
@@ -138,13 +147,42 @@ class IngestService(Service):
             if failure.check(StoreBusy):
                 self.counters["rejects"][(kind, "busy")] += 1
                 raise self.busy_error()
+            if failure.check(ReplayRefused):
+                return self._refuse(kind, replay_error(failure.value.claim, "is not larger than the last one stored"))
+            if failure.check(DuplicateUpload):  # a copy with the same key got in first
+                return self.store.idempotency_lookup(idempotent.key, idempotent.cutoff).addCallbacks(repeated, failed)
             self.counters["rejects"][(kind, "store")] += 1
             log.failure("Could not store {rows} rows from {transport}", failure, rows=len(rows), transport=transport)
             error = IngestError(503, "store", "The upload could not be stored; nothing was saved, try again")
             error.retry_after = self.settings.WRITE_RETRY_AFTER_SECONDS  # type: ignore[attr-defined]
             raise error
 
-        return d.addCallbacks(stored, failed)
+        def write_rows():
+            now = self.clock.seconds()
+            if guards:
+                d = self.store.write(columns, rows, new_columns, outbox, now, guards)
+            else:
+                d = self.store.write(columns, rows, new_columns, outbox, now)
+            return d.addCallbacks(stored, failed)
+
+        if idempotent is None:
+            return write_rows()
+
+        def repeated(record):
+            try:
+                original = idempotent.answer(record)
+            except IngestError as e:  # the key with another body: 409
+                return self._refuse(kind, e)
+            if original is None:  # not a repeat (or expired since the copy that got in first)
+                if idempotent.refusal is not None:
+                    return self._refuse(kind, idempotent.refusal)
+                return write_rows()
+            self.counters["repeats"][kind] += 1
+            return Receipt(original["saved-in-db"], original.get("osem-queued"), replayed=True)
+
+        # the key first: a repeat racing the first copy is a repeat, not a replay
+        guards.insert(0, idempotent.guard(Receipt(len(rows), queued if self.outbox_entries else None).as_dict()))
+        return self.store.idempotency_lookup(idempotent.key, idempotent.cutoff).addCallbacks(repeated, failed)
 
     def busy_error(self) -> IngestError:
         """The 503 for a full write queue; ``retry_after`` is the seconds to tell the sender."""
@@ -160,8 +198,38 @@ class IngestService(Service):
         return defer.fail(error)
 
     def check_auth(self, payload: bytes, headers: Headers, required: bool) -> Dict[str, Optional[str]]:
-        """Salted-checksum matches for a payload (also used for downloads)."""
+        """
+        Salted-checksum matches for a payload (also used for downloads); with
+        replay protection on, over the Content-Counter/-Timestamp line and the payload.
+        """
+        if self.replay.enabled:
+            headers = list(header_items(headers))
+            payload = self.signed_payload(payload, headers)
         return self.authenticator.check(payload, headers, required)
+
+    def signed_payload(self, body: bytes, headers: Headers) -> bytes:
+        """What a device's salted checksum covers: ``body``, or the claim line, ``\\n`` and ``body``."""
+        claim = self.replay.claim(list(header_items(headers))) if self.replay.enabled else None
+        return body if claim is None else claim.signed(body)
+
+    def startService(self) -> None:
+        """Expire old idempotency keys now and then."""
+        super().startService()
+        if self.idempotency.enabled:
+            self._expiry = task.LoopingCall(self._expire_keys)
+            self._expiry.clock = self.clock
+            self._expiry.start(min(self.idempotency.retention, 3600.0), now=False)
+
+    def stopService(self):
+        """Stop expiring keys."""
+        if self._expiry is not None and self._expiry.running:
+            self._expiry.stop()
+        return super().stopService()
+
+    def _expire_keys(self) -> defer.Deferred:
+        d = self.store.idempotency_expire(self.clock.seconds() - self.idempotency.retention)
+        d.addErrback(lambda failure: log.failure("Could not expire idempotency keys", failure))
+        return d
 
     # -- the steps ------------------------------------------------------------
 
@@ -171,11 +239,33 @@ class IngestService(Service):
             raise IngestError(
                 413, "too-large", "The payload is {} bytes; the limit is {} (MAX_BODY_SIZE)".format(len(body), settings.MAX_BODY_SIZE)
             )
+        claim = idempotent = None
+        guards: List[Any] = []
+        signed = body
+        if self.reads_headers:  # replay protection, idempotency keys (issue 7)
+            headers = list(header_items(headers))
+            claim = self.replay.claim(headers)
+            if claim is not None:
+                signed = claim.signed(body)
         if self.check_uploads:
-            matches = self.authenticator.check(body, headers, settings.UPLOAD_REQUIRES_AUTH)
+            matches = self.authenticator.check(signed, headers, settings.UPLOAD_REQUIRES_AUTH)
             matched, failed = self.authenticator.columns(matches)
         else:
+            matches = {}
             matched = failed = None  # what columns() gives without salts
+        if self.reads_headers:
+            now = self.clock.seconds()
+            idempotent = self.idempotency.upload(headers, matches, content_type, body, now)
+            if self.replay.enabled:
+                try:
+                    guard = self.replay.guard(claim, matches, now, self.store.replay_last)
+                except IngestError as e:
+                    if idempotent is None or not e.reason.startswith("replay"):
+                        raise
+                    idempotent.refusal = e  # a retry with its key gets its receipt; anything else this
+                else:
+                    if guard is not None:
+                        guards.append(guard)
         table = payloads.parse(body, content_type)
         table = self.normalise(table, extra_columns)
         nrows = payloads.row_count(table)
@@ -212,7 +302,7 @@ class IngestService(Service):
             data = [table[name] for name in names]
             row_dicts = [dict(zip(names, (col[i] for col in data))) for i in range(nrows)]
             outbox, queued = self.outbox_entries(row_dicts)
-        return columns, rows, new_columns, outbox, queued
+        return columns, rows, new_columns, outbox, queued, guards, idempotent
 
     def normalise(self, table: payloads.Table, extra_columns: Mapping[str, Any]) -> payloads.Table:
         """

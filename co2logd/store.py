@@ -58,6 +58,17 @@ UPGRADES: List[Tuple[int, List[str]]] = [
             "CREATE INDEX IF NOT EXISTS {index} ON {table} ({upload_time})",
         ],
     ),
+    (
+        3,
+        [
+            # replay protection and idempotent uploads (issue 7); "last" has no
+            # type so counters stay exact integers and timestamps stay reals
+            "CREATE TABLE IF NOT EXISTS co2logd_replay (key TEXT PRIMARY KEY, last NOT NULL, updated_at REAL NOT NULL)",
+            "CREATE TABLE IF NOT EXISTS co2logd_idempotency (key TEXT PRIMARY KEY, digest TEXT NOT NULL, "
+            "receipt TEXT NOT NULL, created_at REAL NOT NULL)",
+            "CREATE INDEX IF NOT EXISTS co2logd_idempotency_created ON co2logd_idempotency (created_at)",
+        ],
+    ),
 ]
 SCHEMA_VERSION = UPGRADES[-1][0]
 
@@ -201,6 +212,7 @@ class Store(Service):
         self._writing = False
         self._drained: List[Deferred] = []
         self._insert_statements: Dict[Tuple[str, ...], str] = {}
+        self._replay_seen: Dict[str, float] = {}  # replay counters committed by this process (issue 7)
         #: transactions written, uploads in them, the largest group, writes refused as busy
         self.write_stats: Dict[str, int] = {"transactions": 0, "uploads": 0, "largest_group": 0, "busy": 0}
         synchronous = settings.DB_SYNCHRONOUS
@@ -253,17 +265,21 @@ class Store(Service):
         new_columns: Mapping[str, str],
         outbox: Sequence[str] = (),
         queued_at: float = 0.0,
+        guards: Sequence[Any] = (),
     ) -> Deferred:
         """
         Add ``new_columns`` (name → SQL type), insert ``rows`` and queue
         ``outbox`` entries atomically; fire with the number of rows once
         committed.  On any error nothing of it is kept.  While the queue is
         full (:attr:`busy`) the Deferred fails at once with :class:`StoreBusy`.
+        ``guards`` run first in the upload's savepoint (``guard.apply(cursor)``;
+        raising refuses the upload) and hear ``guard.committed(store)`` after
+        the commit: replay counters and idempotency keys (issue 7).
         """
         if self._queued_rows >= self.queue_limit:
             self.write_stats["busy"] += 1
             return fail(StoreBusy("{} rows are waiting for the database".format(self._queued_rows)))
-        upload = _Upload(columns, rows, new_columns, outbox, queued_at)
+        upload = _Upload(columns, rows, new_columns, outbox, queued_at, guards)
         self._queue.append(upload)
         self._queued_rows += len(rows) or 1
         if not self._writing:
@@ -295,6 +311,8 @@ class Store(Service):
             if isinstance(result, Failure):
                 upload.deferred.errback(result)
             else:
+                for guard in upload.guards:
+                    guard.committed(self)
                 upload.deferred.callback(result)
         self._writing = False
         if self._queue:
@@ -340,6 +358,8 @@ class Store(Service):
 
     def _write_one(self, cursor, upload: "_Upload", known: Mapping[str, str], added: Mapping[str, str]) -> Dict[str, str]:
         mine: Dict[str, str] = {}
+        for guard in upload.guards:
+            guard.apply(cursor)
         for name, declared in upload.new_columns.items():
             if name in known or name in added or name in mine:
                 continue  # another upload added it since this one was normalised
@@ -366,6 +386,44 @@ class Store(Service):
                 self.table, ", ".join(quote_identifier(c) for c in key), ", ".join("?" * len(key))
             )
         return sql
+
+    # -- replay counters and idempotency keys (issue 7) ---------------------
+
+    def replay_last(self, key: str) -> Optional[float]:
+        """The last counter/timestamp committed for ``key`` by this process, or None (then the transaction decides)."""
+        return self._replay_seen.get(key)
+
+    def replay_seen(self, key: str, number: float) -> None:
+        """Remember a committed counter/timestamp (bounded: forgetting only moves a refusal into the transaction)."""
+        if len(self._replay_seen) >= 10_000:
+            self._replay_seen.clear()
+        self._replay_seen[key] = number
+
+    def idempotency_lookup(self, key: str, cutoff: float) -> Deferred:
+        """Fire with ``(digest, receipt JSON)`` for a key stored at or after ``cutoff``, or None."""
+
+        def run(connection):
+            return connection.execute(
+                "SELECT digest, receipt FROM co2logd_idempotency WHERE key = ? AND created_at >= ?", (key, cutoff)
+            ).fetchone()
+
+        return self.pool.runWithConnection(run)
+
+    def idempotency_expire(self, cutoff: float) -> Deferred:
+        """Delete idempotency keys stored before ``cutoff``; fire with how many went."""
+
+        def run(connection):
+            connection.execute("BEGIN IMMEDIATE")
+            try:
+                deleted = connection.execute("DELETE FROM co2logd_idempotency WHERE created_at < ?", (cutoff,)).rowcount
+                connection.execute("COMMIT")
+            except BaseException:
+                if connection.in_transaction:
+                    connection.rollback()
+                raise
+            return deleted
+
+        return self.pool.runWithConnection(run)
 
     # -- reading ------------------------------------------------------------
 
@@ -608,14 +666,15 @@ class Store(Service):
 class _Upload:
     """One caller's write waiting in the queue, and the Deferred it gets."""
 
-    __slots__ = ("columns", "rows", "new_columns", "outbox", "queued_at", "deferred")
+    __slots__ = ("columns", "rows", "new_columns", "outbox", "queued_at", "guards", "deferred")
 
-    def __init__(self, columns, rows, new_columns, outbox, queued_at):
+    def __init__(self, columns, rows, new_columns, outbox, queued_at, guards=()):
         self.columns = columns
         self.rows = rows
         self.new_columns = new_columns
         self.outbox = outbox
         self.queued_at = queued_at
+        self.guards = guards
         self.deferred: Deferred = Deferred()
 
 

@@ -282,12 +282,14 @@ class SerialIngestProtocol(LineReceiver):
         if not headers:
             return headers
         matches = self.ingest.check_auth(line, headers, False)
+        # with a Content-Counter line (replay protection) the checksum covers it too
+        signed = getattr(self.ingest, "signed_payload", lambda b, h: b)(body, headers)
         carried = []
         for name, value in headers:
             m = self.checksum_header.fullmatch(name)
             algorithm = (m.groupdict().get("algorithm") or "").lower() if m else ""
             salt = matches.get(algorithm)
-            carried.append((name, salted_checksum(body, salt, algorithm) if salt is not None else value))
+            carried.append((name, salted_checksum(signed, salt, algorithm) if salt is not None else value))
         return carried
 
     def _ingest(self, source, body, content_type, headers, extra) -> None:

@@ -41,6 +41,8 @@ class UploadResource(Resource):
         )
 
         def stored(receipt):
+            if getattr(receipt, "replayed", False):  # Idempotency-Key seen before: the original receipt
+                request.setHeader(b"idempotent-replayed", b"true")
             finish_quietly(request, json_reply(request, 200, receipt.as_dict()))
 
         def refused(failure):

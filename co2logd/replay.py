@@ -1,0 +1,231 @@
+"""
+Replay protection: a salted checksum that covers a counter (or a timestamp)
+as well as the payload, and the highest value seen per device, kept in SQLite.
+
+A device without a clock sends a per-device counter that grows with every
+upload; a device with a clock may send its time instead::
+
+    Content-Counter: 42                 (or  Content-Counter: kitchen:42)
+    Content-Timestamp: 1714521600       (or  Content-Timestamp: kitchen:1714521600.25)
+    Content-MD5-Salted: hex(MD5(b"42" + b"\\n" + payload + salt))
+
+The checksum is taken over the header's value exactly as sent (ASCII), one
+newline byte (``\\n``), the payload bytes, then the salt.  An optional
+``DEVICE:`` before the number names the device, so devices that share a
+salt keep counters of their own; it is covered by the checksum too.
+
+An upload is fresh when its number is larger than the last one stored for
+the same salt, device and kind (counter or timestamp), and, for timestamps,
+within ``REPLAY_WINDOW_SECONDS`` of the server's clock.  Anything else is a
+replay (or arrived out of order) and is refused with 403, reason
+``"replay"``.  The check and the update happen in the transaction that
+stores the rows (:class:`AdvanceGuard`), so two copies of one upload sent at
+once cannot both get in, and a refused or failed upload uses up nothing.
+
+``REPLAY_PROTECTION``: ``"off"`` (the default: the headers are ignored and
+checksums cover the payload alone, as in co2logserver), ``"optional"``
+(uploads that carry a counter or timestamp are checked, others are taken as
+before) or ``"required"`` (every upload needs one under a matching
+checksum).  ``REPLAY_REQUIRED_SALTS`` requires it for uploads whose checksum
+matched one of those salts, whatever the mode.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
+
+from co2logd.auth import Headers, header_items
+from co2logd.errors import IngestError
+
+COUNTER_HEADER = "content-counter"
+TIMESTAMP_HEADER = "content-timestamp"
+REPLAY_TABLE = "co2logd_replay"
+MODES = ("off", "optional", "required")
+MAX_COUNTER = 2**63 - 1
+
+# DEVICE: is optional; a device name is what a column name may be, a little more
+CLAIM = re.compile(r"(?:(?P<device>[A-Za-z0-9_.\-]{1,64}):)?(?P<number>[0-9]{1,19}(?:\.[0-9]{1,6})?)\Z")
+
+
+class ReplayRefused(Exception):
+    """Raised inside the write transaction: the number is not larger than the stored one."""
+
+    def __init__(self, claim: "Claim"):
+        super().__init__(claim.key)
+        self.claim = claim
+
+
+def salt_id(salt: str) -> str:
+    """A salt's name in the database: a hash prefix, never the secret itself."""
+    return hashlib.sha256(salt.encode("utf-8")).hexdigest()[:16]
+
+
+class Claim:
+    """What one upload says about its freshness: a counter or a timestamp, for a device."""
+
+    __slots__ = ("kind", "header_value", "device", "number", "salt")
+
+    def __init__(self, kind: str, header_value: str, device: str, number: float):
+        self.kind = kind
+        self.header_value = header_value
+        self.device = device
+        self.number = number
+        self.salt: Optional[str] = None  # the salt whose checksum covered it, once known
+
+    def signed(self, body: bytes) -> bytes:
+        """The bytes the salted checksum covers (before the salt): value, ``\\n``, payload."""
+        return self.header_value.encode("ascii") + b"\n" + body
+
+    @property
+    def key(self) -> str:
+        """Where the last number is kept: kind, salt, device."""
+        return "{}:{}:{}".format(self.kind, salt_id(self.salt or ""), self.device)
+
+    def __repr__(self) -> str:
+        return "Claim({!r}, {!r})".format(self.kind, self.header_value)
+
+
+def claim_from_headers(headers: Iterable[Tuple[str, str]]) -> Optional[Claim]:
+    """
+    The upload's counter or timestamp claim, or None.  A malformed value, or
+    both headers at once, is a 400 (reason ``"bad-counter"``).
+    """
+    found: List[Tuple[str, str]] = []
+    for name, value in headers:
+        lowered = name.lower()
+        if lowered == COUNTER_HEADER:
+            found.append(("counter", value.strip()))
+        elif lowered == TIMESTAMP_HEADER:
+            found.append(("timestamp", value.strip()))
+    if not found:
+        return None
+    if len(found) > 1:
+        raise IngestError(400, "bad-counter", "Send one Content-Counter or one Content-Timestamp header, not several")
+    kind, value = found[0]
+    match = CLAIM.match(value)
+    if match is None or (kind == "counter" and "." in match.group("number")):
+        raise IngestError(
+            400,
+            "bad-counter",
+            "Invalid {} header {!r}: use [DEVICE:]NUMBER, e.g. '42' or 'kitchen:42'{}".format(
+                "Content-Counter" if kind == "counter" else "Content-Timestamp",
+                value[:80],
+                "" if kind == "counter" else " (UNIX seconds, up to 6 decimals)",
+            ),
+        )
+    text = match.group("number")
+    number: float = int(text) if kind == "counter" else float(text)
+    if kind == "counter" and not 0 < number <= MAX_COUNTER:
+        raise IngestError(400, "bad-counter", "Content-Counter must be between 1 and {}".format(MAX_COUNTER))
+    return Claim(kind, value, match.group("device") or "", number)
+
+
+class AdvanceGuard:
+    """
+    Runs in the upload's savepoint, before its rows: store the claim's number
+    if it is larger than the last one, else raise :class:`ReplayRefused`.
+    """
+
+    __slots__ = ("claim", "now")
+
+    def __init__(self, claim: Claim, now: float):
+        self.claim = claim
+        self.now = now
+
+    def apply(self, cursor) -> None:
+        """Advance the stored number or refuse (SQLite UPSERT with a condition)."""
+        cursor.execute(
+            "INSERT INTO {t} (key, last, updated_at) VALUES (?, ?, ?) "
+            "ON CONFLICT(key) DO UPDATE SET last = excluded.last, updated_at = excluded.updated_at "
+            "WHERE excluded.last > {t}.last".format(t=REPLAY_TABLE),
+            (self.claim.key, self.claim.number, self.now),
+        )
+        if cursor.rowcount != 1:
+            raise ReplayRefused(self.claim)
+
+    def committed(self, store) -> None:
+        """Remember the number on the reactor thread, for fast refusals before parsing."""
+        store.replay_seen(self.claim.key, self.claim.number)
+
+
+def replay_error(claim: Claim, detail: str) -> IngestError:
+    """The 403 for a replayed, out-of-order or stale upload."""
+    return IngestError(
+        403,
+        "replay",
+        "Refused as a replay: {} {} {}; nothing was saved".format(
+            "Content-Counter" if claim.kind == "counter" else "Content-Timestamp", claim.header_value, detail
+        ),
+    )
+
+
+class ReplayPolicy:
+    """The settings' replay rules, applied to one upload's claim and checksum matches."""
+
+    def __init__(self, mode: str, required_salts: Iterable[str], window: float):
+        self.mode = mode
+        self.required_salts = set(required_salts)
+        self.window = window
+
+    @classmethod
+    def from_settings(cls, settings) -> "ReplayPolicy":
+        """Build from :class:`co2logd.settings.Settings`."""
+        return cls(settings.REPLAY_PROTECTION, settings.REPLAY_REQUIRED_SALTS, settings.REPLAY_WINDOW_SECONDS)
+
+    @property
+    def enabled(self) -> bool:
+        """Whether counter and timestamp headers mean anything."""
+        return self.mode != "off" or bool(self.required_salts)
+
+    def claim(self, headers: Iterable[Tuple[str, str]]) -> Optional[Claim]:
+        """The claim of an upload, or None (always None while protection is off)."""
+        return claim_from_headers(headers) if self.enabled else None
+
+    def guard(self, claim: Optional[Claim], matches: Mapping[str, Optional[str]], now: float, last_known) -> Optional[AdvanceGuard]:
+        """
+        The guard to run with the upload's rows, or None; raise a 403
+        IngestError when the upload must be refused now.  ``last_known(key)``
+        gives the last number committed (or None): a cheap early refusal,
+        the transaction has the final word.
+        """
+        salts = sorted({salt for salt in matches.values() if salt})
+        if claim is None:
+            if self.mode == "required" or self.required_salts.intersection(salts):
+                raise IngestError(
+                    403,
+                    "replay-missing",
+                    "This upload needs a Content-Counter (or Content-Timestamp) header covered by its "
+                    "salted checksum (REPLAY_PROTECTION); nothing was saved",
+                )
+            return None
+        if not salts:
+            if self.mode == "required":
+                raise IngestError(
+                    403,
+                    "replay-missing",
+                    "The {} header is not covered by a matching salted checksum; nothing was saved".format(
+                        "Content-Counter" if claim.kind == "counter" else "Content-Timestamp"
+                    ),
+                )
+            return None  # not authenticated: the number proves nothing, the upload is taken as before
+        claim.salt = salts[0]
+        if claim.kind == "timestamp" and not abs(now - claim.number) <= self.window:
+            raise replay_error(
+                claim, "is more than {} s away from the server's time (REPLAY_WINDOW_SECONDS)".format(self.window)
+            )
+        last = last_known(claim.key)
+        if last is not None and claim.number <= last:
+            raise replay_error(claim, "is not larger than the last one stored ({})".format(_number(last)))
+        return AdvanceGuard(claim, now)
+
+
+def _number(value: Any) -> str:
+    return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
+
+
+def header_pairs(headers: Headers) -> List[Tuple[str, str]]:
+    """Headers as a list of text pairs (they are read more than once)."""
+    return list(header_items(headers))

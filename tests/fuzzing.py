@@ -43,7 +43,7 @@ from co2logd.web.site import make_site
 from tests import strategies as s
 
 SALT = "fuzz-salt"
-ACCEPTED_REFUSALS = {400, 403, 413, 415}
+ACCEPTED_REFUSALS = {400, 403, 409, 413, 415}
 
 # small limits, so every one of them is reached often
 FUZZ_SETTINGS = {
@@ -55,6 +55,7 @@ FUZZ_SETTINGS = {
     "MAX_COLUMNS": 80,
     "MAX_COLUMN_NAME_LENGTH": 12,
     "DB_SYNCHRONOUS": "OFF",  # the contract is about what is committed, not about fsync
+    "REPLAY_PROTECTION": "optional",
 }
 
 # -- the generator -------------------------------------------------------------
@@ -124,12 +125,30 @@ def uploads(draw) -> Dict[str, Any]:
         )
     )
     headers: List[Tuple[str, str]] = []
+    # replay protection: a counter or timestamp claim (from a small range, so replays happen), or junk
+    claim = draw(st.one_of(
+        st.none(), st.none(), st.none(), st.none(),
+        st.tuples(st.just("Content-Counter"), st.integers(1, 10**9).map(str)),
+        st.tuples(st.just("Content-Counter"), st.integers(1, 40).map(str)),
+        st.tuples(st.just("Content-Counter"), st.tuples(st.sampled_from(["a", "b"]), st.integers(1, 20)).map(lambda t: "{}:{}".format(*t))),
+        st.tuples(st.just("Content-Timestamp"), st.integers(0, 2_000_000_000).map(str)),
+        st.tuples(st.sampled_from(["Content-Counter", "Content-Timestamp"]),
+                  st.text(alphabet=st.characters(min_codepoint=0x21, max_codepoint=0xFF), max_size=8)),
+    ))
+    signed = body
+    if claim is not None:
+        headers.append(claim)
+        if all(32 < ord(c) < 127 for c in claim[1]):
+            signed = claim[1].encode("ascii") + b"\n" + body
     auth = draw(st.sampled_from(["good"] * 5 + ["wrong", "none"]))
     algorithm = draw(st.sampled_from(["md5", "sha256", "sha1"]))
     if auth == "good":
-        headers.append(("Content-{}-Salted".format(algorithm.upper()), hashlib.new(algorithm, body + SALT.encode()).hexdigest()))
+        headers.append(("Content-{}-Salted".format(algorithm.upper()), hashlib.new(algorithm, signed + SALT.encode()).hexdigest()))
     elif auth == "wrong":
         headers.append(("Content-{}-Salted".format(algorithm), hashlib.new(algorithm, body).hexdigest()))
+    key = draw(st.sampled_from([None] * 6 + ["k1", "k2", "k3", "", "bad key"]))
+    if key is not None:
+        headers.append(("Idempotency-Key", key))
     headers.extend(draw(st.lists(st.tuples(s.header_names, s.header_values), max_size=3)))
     transport = draw(st.sampled_from(["http", "udp:127.0.0.1", "serial:/dev/ttyFUZZ"]))
     extra = draw(st.one_of(st.none(), st.fixed_dictionaries({"box": st.one_of(st.integers(0, 99), s.identifiers)})))
@@ -205,7 +224,7 @@ class FuzzHarness:
         self.stats["inputs"] += 1
         if via_http:
             self.stats["http"] += 1
-            status, reply = self._post(upload)
+            status, reply, replayed = self._post(upload)
             self.stats["statuses"][status] += 1
             if status >= 500:
                 raise ContractViolation("HTTP {} for {!r}: {!r}".format(status, upload, reply))
@@ -213,6 +232,8 @@ class FuzzHarness:
                 rows = reply.get("saved-in-db")
                 if not isinstance(rows, int):
                     raise ContractViolation("200 without a receipt: {!r}".format(reply))
+                if replayed:
+                    rows = None  # the original receipt of an earlier upload: nothing new is stored
             else:
                 if not isinstance(reply, dict) or not isinstance(reply.get("error"), str):
                     raise ContractViolation("HTTP {} without {{'error': ...}}: {!r}".format(status, reply))
@@ -240,11 +261,11 @@ class FuzzHarness:
                 raise ContractViolation("{!r} escaped for {!r}".format(e, upload)) from e
             else:
                 self.stats["statuses"][200] += 1
-                rows = receipt.rows
+                rows = None if receipt.replayed else receipt.rows
         after = self.snapshot()
         if rows is None:
             if after != before:
-                raise ContractViolation("A refused input changed the database {!r} → {!r}: {!r}".format(before, after, upload))
+                raise ContractViolation("A refused (or repeated) input changed the database {!r} → {!r}: {!r}".format(before, after, upload))
             return
         self.stats["accepted"] += 1
         self.stats["rows"] += rows
@@ -279,10 +300,11 @@ class FuzzHarness:
             data = response.read()
         finally:
             connection.close()
+        replayed = response.getheader("idempotent-replayed") == "true"
         try:
-            return response.status, json.loads(data)
+            return response.status, json.loads(data), replayed
         except ValueError:
-            return response.status, data
+            return response.status, data, replayed
 
 
 def run_fuzz(harness: FuzzHarness, examples: int, http_share: int = 5, seed: Optional[int] = None) -> Dict[str, Any]:

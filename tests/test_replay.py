@@ -347,3 +347,15 @@ class DatagramAndLineTests(ReplayTestMixin, unittest.TestCase):
         self.assertEqual(replies[0], {"saved-in-db": 1})
         self.assertEqual(replies[1]["reason"], "replay")
         self.assertEqual([r["co2"] for r in rows_in(self.db_path)], [640])
+
+    @defer.inlineCallbacks
+    def test_serial_malformed_counter_is_a_counted_refusal(self):
+        """A bad Content-Counter line before a CSV row is refused as bad-counter, not logged as a bug."""
+        self.start(REPLAY_PROTECTION="optional")
+        protocol = SerialIngestProtocol(self.ingest, self.settings, self.clock, "/dev/ttyX")
+        replies = []
+        protocol.observers.append(lambda source, reply: replies.append(reply))
+        protocol.dataReceived(b"time,co2\nContent-Counter: x\nContent-MD5-Salted: " + b"0" * 32 + b"\n1700000000,640\n")
+        yield protocol.idle()
+        self.assertEqual([r.get("reason") for r in replies], ["bad-counter"])
+        self.assertEqual(self.flushLoggedErrors(), [])

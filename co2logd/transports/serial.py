@@ -281,7 +281,10 @@ class SerialIngestProtocol(LineReceiver):
         """Checksums that match the line as sent, recomputed over the body ingest gets."""
         if not headers:
             return headers
-        matches = self.ingest.check_auth(line, headers, False)
+        try:
+            matches = self.ingest.check_auth(line, headers, False)
+        except IngestError:
+            return headers  # e.g. a malformed Content-Counter: ingest refuses the upload and says why
         # with a Content-Counter line (replay protection) the checksum covers it too
         signed = getattr(self.ingest, "signed_payload", lambda b, h: b)(body, headers)
         carried = []

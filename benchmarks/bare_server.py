@@ -1,0 +1,26 @@
+"""
+The HTTP ceiling: a bare twisted.web resource that reads the POST body and
+answers co2logd's receipt, nothing else.  ``python benchmarks/bare_server.py PORT``
+"""
+
+import sys
+
+from twisted.internet import reactor
+from twisted.web.resource import Resource
+from twisted.web.server import Site
+
+
+class Bare(Resource):
+    """Reads the body, answers ``{"saved-in-db": 1}``."""
+
+    isLeaf = True
+
+    def render_POST(self, request):
+        request.content.read()
+        request.setHeader(b"content-type", b"application/json")
+        return b'{"saved-in-db": 1}'
+
+
+if __name__ == "__main__":
+    reactor.listenTCP(int(sys.argv[1]), Site(Bare()), interface="127.0.0.1")
+    reactor.run()

@@ -15,7 +15,7 @@ setup(
     include_package_data=True,
     zip_safe=False,
     install_requires=[
-        "twisted[serial]>=23.10",
+        "twisted[serial]>=25.5",
         "msgpack>=1.0",
         "pyserial>=3.5",
         "prometheus_client>=0.17",

@@ -108,7 +108,7 @@ def build_service(
         _serial_service(spec, ingest, reactor, settings).setServiceParent(root)
 
     if http:
-        site = make_site(settings, ingest, store, reactor, services=root)
+        site = make_site(settings, ingest, store, reactor, services=root, access_log=verbose)
         for description in http:
             listener = strports.service(description, site, reactor=reactor)
             listener.setName("http " + description)

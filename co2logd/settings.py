@@ -361,6 +361,7 @@ KEYS: Dict[str, Key] = {
     # transports (issue 3)
     "UDP_MAX_DATAGRAM": Key(8192, _kind_udp_datagram, "largest UDP datagram (header block + body) in bytes; larger ones are refused"),
     "UDP_ACK": Key(False, _kind_bool, "answer every UDP datagram with a JSON receipt or error"),
+    "UDP_RECEIVE_BUFFER": Key(4 * 1024 * 1024, _kind_positive_int, "UDP socket receive buffer in bytes (bursts wait there; the kernel may cap it at net.core.rmem_max)"),
     "UDP_MAX_PENDING": Key(1000, _kind_positive_int, "uploads per UDP listener waiting for the database before more are refused as busy"),
     "SEQUENCE_FIELD": Key(None, _kind_optional_identifier, "column holding a per-node sequence number (UDP, serial): retries are not stored twice, gaps are counted"),
     "SEQUENCE_MEMORY_SECONDS": Key(600, _kind_transport_seconds, "how long a sequence number is remembered for duplicate suppression"),

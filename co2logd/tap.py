@@ -29,7 +29,7 @@ class Options(usage.Options):
         "Receive sensor data over HTTP, UDP and serial ports, store it in SQLite and "
         "forward it to the OpenSenseMap. Defaults: HTTP on tcp:8080, ./co2.sqlite."
     )
-    optFlags = [["verbose", "v", "Log every stored upload."]]
+    optFlags = [["verbose", "v", "Log every stored upload and every HTTP request."]]
     optParameters = [
         ["db", None, None, "SQLite database file (overrides the config's DB)."],
         ["config", "c", None, "co2logserver-style Python config file (default: $" + CONFIG_ENV + ")."],

@@ -322,3 +322,43 @@ class PageTests(SiteMixin, unittest.TestCase):
         )
         self.assertEqual(json.loads(result.stdout), {"saved-in-db": 5}, result.stderr)
         self.assertEqual(len(rows_in(self.db_path)), 5)
+
+
+class AccessLogTests(SiteMixin, unittest.TestCase):
+    """The per-request access log is off unless asked for (-v): it costs time on the upload path."""
+
+    @defer.inlineCallbacks
+    def logged_requests(self, access_log):
+        from twisted.logger import formatEvent, globalLogPublisher
+        from twisted.internet import reactor
+
+        from co2logd.web.site import make_site
+
+        self.start_site()
+        site = make_site(self.settings, self.ingest, self.store, reactor, access_log=access_log)
+        port = reactor.listenTCP(0, site, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        self.url = "http://127.0.0.1:{}".format(port.getHost().port)
+        lines = []
+
+        def observer(event):
+            lines.append(formatEvent(event))
+
+        globalLogPublisher.addObserver(observer)
+        try:
+            yield self.post(README_JSON, "application/json")
+        finally:
+            globalLogPublisher.removeObserver(observer)
+        return [line for line in lines if "POST /upload" in line]
+
+    @defer.inlineCallbacks
+    def test_off_by_default(self):
+        """No access-log line for an upload by default."""
+        lines = yield self.logged_requests(access_log=False)
+        self.assertEqual(lines, [])
+
+    @defer.inlineCallbacks
+    def test_on_when_asked(self):
+        """access_log=True logs one line per request."""
+        lines = yield self.logged_requests(access_log=True)
+        self.assertEqual(len(lines), 1)

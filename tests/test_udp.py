@@ -247,6 +247,15 @@ class UDPTests(UDPTestMixin, TransportHarness, unittest.TestCase):
         self.assertFalse(other.running)
 
     @defer.inlineCallbacks
+    def test_receive_buffer_is_enlarged(self):
+        """UDP_RECEIVE_BUFFER is asked of the kernel, so bursts wait instead of being dropped."""
+        import socket
+
+        yield self.start(UDP_RECEIVE_BUFFER=100_000)
+        granted = self.service.listening.socket.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+        self.assertGreaterEqual(granted, 100_000)  # Linux grants twice the request, up to rmem_max
+
+    @defer.inlineCallbacks
     def test_stop_waits_for_uploads_in_flight(self):
         """stopService fires only after pending uploads reached the database."""
         yield self.start(UDP_ACK=False)

@@ -13,6 +13,7 @@ answered with ``{"error": ...}`` so a node can retry.
 from __future__ import annotations
 
 import json
+import socket
 from typing import Any, Dict, Optional, Tuple
 
 from twisted.application.service import Service
@@ -185,6 +186,20 @@ class UDPIngestProtocol(DatagramProtocol):
         return {"sources": self.counters.as_dict(), "nodes": self.sequences.as_dict(), "pending": self.pending}
 
 
+def set_receive_buffer(sock: socket.socket, size: int) -> int:
+    """
+    Ask for a ``size``-byte receive buffer, so a burst of datagrams waits in
+    the kernel instead of being dropped while the reactor is busy; return
+    what the kernel granted (Linux caps it at ``net.core.rmem_max`` and
+    reports twice the request).
+    """
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
+    except OSError as e:
+        log.warn("Cannot set the UDP receive buffer to {size} bytes: {error}", size=size, error=e)
+    return sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+
+
 class UDPService(Service):
     """
     Listens on one UDP port while running.
@@ -212,10 +227,12 @@ class UDPService(Service):
                 # one more than allowed, so an oversize datagram shows as such
                 maxPacketSize=self.settings.UDP_MAX_DATAGRAM + 1,
             )
+            buffer = set_receive_buffer(self.listening.socket, self.settings.UDP_RECEIVE_BUFFER)
             log.info(
-                "Listening for UDP uploads on {interface}:{port}",
+                "Listening for UDP uploads on {interface}:{port} ({buffer} bytes receive buffer)",
                 interface=self.interface or "*",
                 port=self.listening.getHost().port,
+                buffer=buffer,
             )
 
     def privilegedStartService(self) -> None:

@@ -130,6 +130,7 @@ class GuardedSite(server.Site):
     :param request_timeout: seconds for a request to arrive whole (None: no bound)
     :param count: called with a reason for every refusal
     :param retry_after: seconds a refused client is told to wait
+    :param access_log: log a line per request (costly on a busy upload path; ``-v`` turns it on)
     """
 
     protocol = GuardedChannel
@@ -145,13 +146,23 @@ class GuardedSite(server.Site):
         count: Callable[[str], None] = _ignore,
         retry_after: int = 1,
         reactor=None,
+        access_log: bool = False,
     ):
-        super().__init__(resource, requestFactory=requestFactory, timeout=idle_timeout, reactor=reactor)
+        # no resource reads form fields from request.args: parsing every POST body
+        # as a form would be wasted work on the upload path
+        super().__init__(
+            resource, requestFactory=requestFactory, timeout=idle_timeout, reactor=reactor, parsePOSTFormSubmission=False
+        )
+        self.access_log = access_log
         self.max_connections = max_connections
         self.request_timeout = request_timeout
         self.count = count
         self.retry_after = retry_after
         self.open_connections = 0
+
+    def log(self, request) -> None:
+        if self.access_log:
+            super().log(request)
 
     def buildProtocol(self, addr):
         """A channel, or a refusal when ``max_connections`` are open."""

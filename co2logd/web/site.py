@@ -141,7 +141,7 @@ def make_root(settings, ingest, store, clock, extra_children=None, services=()) 
     return root
 
 
-def make_site(settings, ingest, store, clock, extra_children=None, services=()) -> server.Site:
+def make_site(settings, ingest, store, clock, extra_children=None, services=(), access_log=False) -> server.Site:
     """
     A Site over :func:`make_root` whose requests honour ``MAX_BODY_SIZE``,
     with the connection bound and request deadlines of :mod:`co2logd.web.guard`;
@@ -162,6 +162,7 @@ def make_site(settings, ingest, store, clock, extra_children=None, services=()) 
         count=count,
         retry_after=settings.WRITE_RETRY_AFTER_SECONDS,
         reactor=clock,
+        access_log=access_log,
     )
     site.displayTracebacks = False
     return site

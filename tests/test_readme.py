@@ -1,0 +1,39 @@
+"""README is the front door: its generated parts and commands must stay true."""
+
+import os
+import re
+
+from twisted.trial import unittest
+
+from co2logd.settings import KEYS, markdown_table
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def read(name):
+    with open(os.path.join(REPO, name), encoding="utf-8") as f:
+        return f.read()
+
+
+class ReadmeTests(unittest.TestCase):
+    """What README promises."""
+
+    def test_settings_table_is_current(self):
+        """The settings table is what `python docs/update_readme.py` generates from the code."""
+        readme = read("README.md")
+        table = re.search(r"<!-- settings table:[^>]*-->\n(.*?)\n<!-- end of settings table -->", readme, re.S)
+        self.assertIsNotNone(table)
+        self.assertEqual(table.group(1), markdown_table(), "run: python docs/update_readme.py")
+        for name in KEYS:
+            self.assertIn("`CO2LOGSERVER_{}`".format(name), readme)
+
+    def test_ci_runs_the_readme_test_command(self):
+        """.ci/run runs exactly the test command README gives."""
+        readme = read("README.md")
+        command = re.search(r"## Run the tests\n\n```sh\npip install '\.\[test\]' && (.+)\n```", readme).group(1)
+        ci_lines = [line.strip() for line in read(".ci/run").splitlines()]
+        self.assertIn(command, ci_lines)
+
+    def test_install_and_run_command(self):
+        """The one-command install-and-run line is there."""
+        self.assertIn("pip install . && twistd -n co2logd", read("README.md"))

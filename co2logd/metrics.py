@@ -66,6 +66,13 @@ class _Collector:
         for transport, n in sorted(counters["rows"].items()):
             rows.add_metric([transport], n)
         yield rows
+        repeats = CounterMetricFamily(
+            "co2logd_idempotent_repeats", "Uploads answered with an earlier receipt (Idempotency-Key), by transport",
+            labels=["transport"],
+        )
+        for transport, n in sorted(counters["repeats"].items()):
+            repeats.add_metric([transport], n)
+        yield repeats
         rejects = CounterMetricFamily("co2logd_rejects", "Uploads refused, by transport and reason", labels=["transport", "reason"])
         auth = CounterMetricFamily("co2logd_auth_failures", "Uploads refused for missing or wrong checksums", labels=["transport"])
         auth_totals: Dict[str, int] = {}

@@ -305,6 +305,9 @@ class HTTPTests(SiteMixin, unittest.TestCase):
             response = yield treq.post(self.url + "/upload", data=README_JSON, headers=key, persistent=False)
             self.assertEqual(json.loads((yield treq.content(response))), {"saved-in-db": 2})
             self.assertEqual(response.headers.getRawHeaders(b"idempotent-replayed"), expected)
+        status, _, metrics = yield self.get("/metrics")
+        self.assertIn(b'co2logd_idempotent_repeats_total{transport="http"} 1.0', metrics)
+        self.assertIn(b'co2logd_rejects_total{reason="replay",transport="http"} 1.0', metrics)
 
 
 class DatagramAndLineTests(ReplayTestMixin, unittest.TestCase):

@@ -171,6 +171,9 @@ def main(reactor, options):
     since = "since={}&until={}".format(T0 - 1, T0 + rows + 1)
     plot = url + "/plot?cols=co2,temperature&" + since
 
+    quiet = task.deferLater(reactor, 5, lambda: None)
+    latencies = yield uploads_while(reactor, url, quiet)
+    print("single-row uploads with no plot running (5 s): {}".format(spread(latencies)))
     first = timed_get(plot)
     latencies = yield uploads_while(reactor, url, first)
     elapsed, _ = yield first

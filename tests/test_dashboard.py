@@ -453,6 +453,26 @@ class SourceActivityTests(StoreMixin, unittest.TestCase):
         self.assertEqual((found, last), ([], 101))
 
 
+class RowCountTests(StoreMixin, unittest.TestCase):
+    """``Store.row_count``: the dashboard's row count, counting only new rows after the first time."""
+
+    @defer.inlineCallbacks
+    def test_counts_new_rows_and_recounts_after_deletions(self):
+        """It follows appended rows, and counts afresh when the last rows were deleted."""
+        self.make_store()
+        self.assertEqual((yield self.store.row_count()), 0)
+        insert_rows(self.db_path, [(stored_time(T0 + k), "http", k, 1.0, "a") for k in range(50)])
+        self.assertEqual((yield self.store.row_count()), 50)
+        insert_rows(self.db_path, [(stored_time(T0 + k), "http", k, 1.0, "a") for k in range(7)])
+        self.assertEqual((yield self.store.row_count()), 57)
+        connection = sqlite3.connect(self.db_path)
+        connection.execute("DELETE FROM data WHERE rowid > 40")
+        connection.commit()
+        connection.close()
+        self.assertEqual((yield self.store.row_count()), 40)
+        self.assertEqual((yield self.store.count()), 40)
+
+
 class RollupArithmeticTests(unittest.TestCase):
     """How a bucket is cut into whole hours, whole minutes and ragged ends."""
 

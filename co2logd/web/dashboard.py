@@ -90,7 +90,7 @@ class DashboardResource(Resource):
     def _gather(self, spec: PlotSpec) -> defer.Deferred:
         numeric = numeric_columns(self.settings, self.store.columns)
         calls = [
-            self.store.count(),
+            self.store.row_count(),
             self.store.latest_values(numeric),
             self.sources.refresh(),
             render_plot(self.store, self.settings, spec, title="{} plots".format(self.settings.NAME)),

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import socket
 import sqlite3
+import time
 from typing import Any, Dict, List
 
 import treq
@@ -14,12 +17,41 @@ from co2logd.settings import Settings
 from co2logd.store import Store
 from co2logd.web.site import make_site
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
 README_JSON = b'{"time_utc":[43,23],"co2":[1223,2351]}'
 README_CSV = b"time_utc,co2\n43,1223\n23,2351"
 README_FORM = b"time_utc=43&co2=1223&time_utc=23&co2=2351"
 README_MSGPACK = bytes.fromhex("82a874696d655f757463922b17a3636f3292cd04c7cd092f")
 README_SALT = "my-super-secret-psk"
 README_MD5 = "b71e91feb2be18ccca019914a1da5b1d"
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def wait_for_port(port: int, process, output, timeout: float = 30.0) -> None:
+    """
+    Block until a daemon ``process`` accepts connections on 127.0.0.1:``port``;
+    if it exits or ``timeout`` passes first, kill it and fail with ``output()``
+    (what it printed).
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                process.kill()
+                raise AssertionError("daemon did not start: " + output())
+            time.sleep(0.05)
 
 
 def make_settings(**values: Any) -> Settings:

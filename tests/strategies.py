@@ -11,7 +11,6 @@ import csv
 import io
 import json
 import os
-import string
 from typing import Any, Dict, List, Tuple
 from urllib.parse import urlencode
 

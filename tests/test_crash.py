@@ -12,7 +12,7 @@ import time
 from twisted.internet import threads
 from twisted.trial import unittest
 
-from tests.test_tap import REPO, free_port
+from tests.helpers import REPO, free_port, wait_for_port
 
 CLIENTS = 6
 LOAD_SECONDS = 1.5
@@ -31,19 +31,8 @@ def start_daemon(db, port, log_path):
         stderr=subprocess.STDOUT,
     )
     log.close()
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            probe = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
-            probe.connect()
-            probe.close()
-            return process
-        except OSError:
-            if process.poll() is not None or time.monotonic() > deadline:
-                process.kill()
-                with open(log_path) as f:
-                    raise AssertionError("daemon did not start: " + f.read())
-            time.sleep(0.05)
+    wait_for_port(port, process, lambda: open(log_path).read())
+    return process
 
 
 def upload_until_refused(port, client, acknowledged, stop):

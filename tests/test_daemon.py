@@ -10,8 +10,7 @@ from twisted.trial import unittest
 from co2logd.service import build_service
 from co2logd.testing import FakeOpenSenseMap, listen_fake_opensensemap
 from co2logd.transports.udp import UDPService
-from tests.helpers import make_settings, rows_in
-from tests.test_tap import free_port
+from tests.helpers import free_port, make_settings, rows_in
 
 EMAIL, PASSWORD = "lab@example.org", "secret"
 

@@ -10,18 +10,15 @@ import importlib.util
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 import urllib.request
 
 from twisted.internet import defer, threads
 from twisted.trial import unittest
 
 from co2logd.web.site import openapi_document
-from tests.helpers import README_JSON, SiteMixin
-from tests.test_tap import REPO, free_port
+from tests.helpers import REPO, README_JSON, SiteMixin, free_port, wait_for_port
 
 yaml = None if importlib.util.find_spec("yaml") is None else __import__("yaml")
 HAVE_SCHEMATHESIS = importlib.util.find_spec("schemathesis") is not None
@@ -81,15 +78,7 @@ def run_schemathesis(cwd: str, port: int) -> "tuple[int, str, str]":
         cwd=cwd, env=environment, stdout=log_file, stderr=subprocess.STDOUT,
     )
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if daemon.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError("daemon did not start: " + open(log_path).read())
-                time.sleep(0.1)
+        wait_for_port(port, daemon, lambda: open(log_path).read())
         url = "http://127.0.0.1:{}".format(port)
         # some rows, so downloads and plots have columns to work on
         for body in (README_JSON, json.dumps({"co2": 612, "box": 7, "temperature_c": 21.5}).encode()):

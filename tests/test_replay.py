@@ -13,8 +13,6 @@ from twisted.internet import defer, reactor, task
 from twisted.trial import unittest
 
 from co2logd.errors import IngestError
-from co2logd.ingest import IngestService
-from co2logd.store import Store
 from co2logd.transports.serial import SerialIngestProtocol
 from co2logd.transports.udp import UDPIngestProtocol
 from tests.helpers import README_JSON, README_SALT, SiteMixin, StoreMixin, make_settings, rows_in

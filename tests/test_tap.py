@@ -7,7 +7,6 @@ import socket
 import sqlite3
 import subprocess
 import sys
-import time
 import urllib.request
 
 from twisted.internet import defer, reactor, threads
@@ -16,10 +15,7 @@ from twisted.trial import unittest
 
 from co2logd.service import Co2logdService, StartupError, build_service
 from co2logd.tap import Options, makeService
-from tests.helpers import README_JSON, make_settings
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
+from tests.helpers import REPO, README_JSON, free_port, make_settings, wait_for_port
 
 def parse(*argv):
     options = Options()
@@ -119,14 +115,6 @@ class MakeServiceTests(unittest.TestCase):
         self.assertEqual(str(e), "co2logd: No such file or directory (/dev/ttyACM9)")
 
 
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
 def run_daemon(argv, cwd, port, env=None):
     """
     Start a daemon process, upload the README example, read it back, stop it
@@ -136,15 +124,7 @@ def run_daemon(argv, cwd, port, env=None):
     environment.pop("CO2LOGSERVER_CONFIG", None)
     process = subprocess.Popen(argv, cwd=cwd, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError("daemon did not start: " + process.stdout.read().decode())
-                time.sleep(0.1)
+        wait_for_port(port, process, lambda: process.stdout.read().decode())
         request = urllib.request.Request(
             "http://127.0.0.1:{}/upload".format(port), data=README_JSON, headers={"Content-Type": "application/json"}
         )

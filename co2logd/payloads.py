@@ -14,8 +14,7 @@ import io
 import json
 import math
 import re
-from itertools import repeat
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Tuple
 from urllib.parse import parse_qsl
 
 import msgpack
@@ -38,10 +37,6 @@ MEDIA_TYPES = {
 SCALARS = (str, int, float, bool, type(None))
 INTEGER = re.compile(r"[+-]?[0-9]+\Z")
 DECIMAL = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?\Z")
-# whole-column fast paths of text_value: integers of up to 18 digits always fit
-# in 64 bits; decimals with a point or an exponent (never INTEGER's) become floats
-SHORT_INTEGER = re.compile(r"[+-]?[0-9]{1,18}\Z")
-POINT_OR_EXPONENT = re.compile(r"[+-]?(?:(?:[0-9]+\.[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?|[0-9]+[eE][+-]?[0-9]+)\Z")
 MSGPACK_MAP_MARKERS = set(range(0x80, 0x90)) | {0xDE, 0xDF}
 MSGPACK_ARRAY_MARKERS = set(range(0x90, 0xA0)) | {0xDC, 0xDD}
 MSGPACK_MARKERS = frozenset(MSGPACK_MAP_MARKERS | MSGPACK_ARRAY_MARKERS)
@@ -111,21 +106,6 @@ def text_value(cell: str) -> Any:
     return cell
 
 
-def text_values(cells: Sequence[str]) -> List[Any]:
-    """
-    ``[text_value(cell) for cell in cells]``, a column at a time: a column
-    of plain integers or of plain decimals (the usual sensor column) is
-    checked and converted without a Python call per cell.
-    """
-    if all(map(SHORT_INTEGER.match, cells)):
-        return list(map(int, cells))
-    if all(map(POINT_OR_EXPONENT.match, cells)):
-        values = list(map(float, cells))
-        if all(map(math.isfinite, values)):
-            return values
-    return [text_value(cell) for cell in cells]
-
-
 def _decode(body: bytes, what: str) -> str:
     try:
         return body.decode("utf-8")
@@ -170,48 +150,27 @@ def parse_msgpack(body: bytes) -> Table:
     return table_from_structure(data, "msgpack")
 
 
-def _plain_csv_columns(text: str) -> Optional[Tuple[List[str], List[List[str]]]]:
-    """
-    The header and the columns (cells as text) of CSV without quotes or
-    carriage returns, split as the csv module splits them but without a
-    list per row; None when the text is not that plain.
-    """
-    if '"' in text or "\r" in text or "\x00" in text or len(text) > csv.field_size_limit():
-        return None
-    lines = list(filter(None, text.split("\n")))  # blank lines skipped
-    if not lines:
-        return None
-    header = lines[0].split(",")
-    width = len(header)
-    if set(map(str.count, lines, repeat(","))) != {width - 1}:
-        return None  # a line with another number of cells: the csv module's path says which
-    cells = ",".join(lines[1:]).split(",") if len(lines) > 1 else []
-    return header, [cells[i::width] for i in range(width)]
-
-
 def parse_csv(body: bytes) -> Table:
     """A header line, then rows with as many cells as the header."""
     text = _decode(body, "CSV")
-    plain = _plain_csv_columns(text)
-    if plain is not None:
-        header, columns = plain
-        _check_unique(header, "CSV header")
-        return {name: text_values(cells) if cells else [] for name, cells in zip(header, columns)}
     try:
-        lines = list(filter(None, csv.reader(io.StringIO(text, newline=""))))  # blank lines skipped
+        lines = [row for row in csv.reader(io.StringIO(text, newline="")) if row]
     except csv.Error as e:
         raise bad_request("Invalid CSV: {}".format(e))
     header, rows = lines[0], lines[1:]
     _check_unique(header, "CSV header")
-    width = len(header)
-    if set(map(len, rows)) - {width}:
-        number, row = next((n, row) for n, row in enumerate(rows, start=2) if len(row) != width)
-        raise bad_request(
-            "Invalid CSV: line {} has {} cells, the header has {}".format(number, len(row), width)
-        )
-    if not rows:
-        return {name: [] for name in header}
-    return {name: text_values(cells) for name, cells in zip(header, zip(*rows))}
+    table: Table = {name: [] for name in header}
+    columns = list(table.values())
+    for number, row in enumerate(rows, start=2):
+        if len(row) != len(header):
+            raise bad_request(
+                "Invalid CSV: line {} has {} cells, the header has {}".format(
+                    number, len(row), len(header)
+                )
+            )
+        for column, cell in zip(columns, row):
+            column.append(text_value(cell))
+    return table
 
 
 def parse_form(body: bytes) -> Table:
@@ -309,34 +268,8 @@ def _check_unique(names: Iterable[str], what: str) -> None:
         seen.add(name)
 
 
-_PLAIN_TYPES = frozenset({str, bool, type(None)})
-_NUMBER_TYPES = frozenset({int, float})
-_SCALAR_TYPES = _PLAIN_TYPES | _NUMBER_TYPES
-
-
-def _plainly_scalar(values: List[Any]) -> bool:
-    """
-    True when every value is a plain scalar, a finite float or a 64-bit
-    integer, checked a column at a time (False: look value by value).
-    """
-    types = set(map(type, values))
-    if types <= _PLAIN_TYPES:
-        return True
-    if not types <= _SCALAR_TYPES:
-        return False
-    numbers = values if types <= _NUMBER_TYPES else [v for v in values if type(v) in _NUMBER_TYPES]
-    try:
-        if float in types and not all(map(math.isfinite, numbers)):
-            return False
-    except OverflowError:  # an int beyond any float
-        return False
-    return int not in types or (SQLITE_INT_MIN <= min(numbers) and max(numbers) <= SQLITE_INT_MAX)
-
-
 def _check_scalars(columns: Iterable[Tuple[str, List[Any]]], what: str) -> None:
     for name, values in columns:
-        if len(values) > 4 and _plainly_scalar(values):
-            continue
         for value in values:
             if not isinstance(value, SCALARS):
                 raise bad_request(

@@ -136,53 +136,6 @@ class PayloadRobustnessTests(unittest.TestCase):
         else:
             parsed.encode("utf-8")
 
-    @given(st.lists(st.one_of(
-        st.text(max_size=8),
-        st.text(alphabet="0123456789+-.eE", max_size=25),
-        st.integers(-(10**22), 10**22).map(str),
-        st.floats().map(repr),
-    ), max_size=6))
-    def test_text_values_is_text_value_per_cell(self, cells):
-        """Converting a whole column gives what text_value gives cell by cell, types included."""
-        expected = [payloads.text_value(cell) for cell in cells]
-        got = payloads.text_values(cells)
-        self.assertEqual([(type(v), v) for v in got], [(type(v), v) for v in expected])
-
-    @given(st.lists(st.sampled_from(["a", "b", "1", "-2", "3.5", "1e3", ",", ",,", "\n", "\n\n", "\r", '"', " ", "\x00", "a,b\n", "1,2\n"]), max_size=25))
-    def test_plain_csv_split_as_the_csv_module_splits(self, pieces):
-        """CSV without quotes or carriage returns, split without the csv module, parses as the csv module's path does."""
-        body = "".join(pieces).encode()
-
-        def outcome():
-            try:
-                table = payloads.parse(body, "text/csv")
-            except IngestError as e:
-                return ("refused", e.status, e.reason, e.message)
-            return ("parsed", [(name, [(type(v), v) for v in values]) for name, values in table.items()])
-
-        fast = outcome()
-        self.patch(payloads, "_plain_csv_columns", lambda text: None)
-        self.assertEqual(fast, outcome())
-
-    @given(st.lists(st.one_of(
-        st.none(), st.booleans(), st.text(max_size=3), st.floats(),
-        st.integers(-(2**64), 2**64), st.integers(-(10**400), 10**400), st.just([]),
-    ), min_size=5, max_size=12))
-    def test_column_checked_at_once_as_value_by_value(self, values):
-        """A long JSON column is accepted exactly when each value is a scalar, a finite float or a 64-bit integer."""
-        allowed = all(
-            isinstance(v, payloads.SCALARS)
-            and not (isinstance(v, float) and v != v or v in (float("inf"), float("-inf")))
-            and not (isinstance(v, int) and not payloads.SQLITE_INT_MIN <= v <= payloads.SQLITE_INT_MAX)
-            for v in values
-        )
-        try:
-            payloads.parse_json(json.dumps({"a": values}).encode())
-        except (IngestError, ValueError):
-            self.assertFalse(allowed)
-        else:
-            self.assertTrue(allowed)
-
     @given(st.text(max_size=40))
     def test_text_value(self, cell):
         """A text cell becomes null, a 64-bit int, a finite float, or itself."""

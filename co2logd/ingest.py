@@ -13,7 +13,7 @@ from __future__ import annotations
 import collections
 import datetime
 from itertools import repeat
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, List, Mapping, Optional
 
 from twisted.application.service import Service
 from twisted.internet import defer, task

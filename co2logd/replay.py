@@ -33,9 +33,8 @@ matched one of those salts, whatever the mode.
 from __future__ import annotations
 
 import hashlib
-import math
 import re
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
+from typing import Any, Iterable, List, Mapping, Optional, Tuple
 
 from co2logd.auth import Headers, header_items
 from co2logd.errors import IngestError

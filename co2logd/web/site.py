@@ -15,11 +15,14 @@ from twisted.web.static import File
 from co2logd.activity import SourceTracker
 from co2logd.health import HealthChecker
 from co2logd.metrics import Metrics
+from co2logd.web.access import DataAccess, GuardedResource
+from co2logd.web.common import allowed_methods
 from co2logd.web.dashboard import DashboardResource, static_directory
 from co2logd.web.download import DownloadResource
 from co2logd.web.guard import GuardedSite
 from co2logd.web.pages import UploadHelpResource
 from co2logd.web.plot import PlotResource
+from co2logd.web.public import PublicHealthResource, PublicIndexResource
 from co2logd.web.status import HealthResource, MetricsResource
 from co2logd.web.upload import UploadResource
 
@@ -57,21 +60,21 @@ class BoundedRequest(server.Request):
 
     def render(self, resrc):
         """
-        Methods Twisted does not serve at all (PUT, DELETE, TRACE, ...) get a
-        405 with ``Allow`` and a JSON error, not Twisted's 501 page.
+        A method the resource does not serve (POST /download, HEAD /upload,
+        PUT, OPTIONS, ...) gets co2logd's JSON 405 with ``Allow``, not
+        Twisted's HTML 405 or 501 page, nor a 500 from ``render_HEAD``.
         """
-        if self.method in server.supportedMethods:
-            return super().render(resrc)
-        allowed = sorted(name[len("render_"):].encode("ascii") for name in dir(resrc) if name.startswith("render_"))
-        if b"GET" not in allowed and b"HEAD" in allowed:
-            allowed.remove(b"HEAD")  # Resource's render_HEAD only runs render_GET
-        if self.method in allowed:
+        allowed = allowed_methods(resrc)
+        if allowed is None or self.method in allowed:
             return super().render(resrc)
         self.setResponseCode(405)
         self.setHeader(b"allow", b", ".join(allowed))
         self.setHeader(b"content-type", b"application/json")
-        body = json.dumps({"error": "Method {} is not allowed here; use {}".format(
-            self.method.decode("latin-1"), ", ".join(m.decode("ascii") for m in allowed))}).encode("utf-8")
+        body = json.dumps({
+            "error": "Method {} is not allowed here; use {}".format(
+                self.method.decode("latin-1"), ", ".join(m.decode("ascii") for m in allowed)),
+            "reason": "method-not-allowed",
+        }).encode("utf-8")
         self.setHeader(b"content-length", str(len(body)).encode("ascii"))
         self.write(body)
         self.finish()
@@ -125,15 +128,20 @@ def make_root(settings, ingest, store, clock, extra_children=None, services=()) 
     """
     root = Resource()
     sources = SourceTracker(store, settings)
-    index = DashboardResource(settings, store, clock, sources, services)
+    # DOWNLOAD_REQUIRES_AUTH covers every route that shows data (co2logd.web.access)
+    access = DataAccess(settings, ingest, clock)
+    checker = HealthChecker(settings, store, clock, services, sources)
+    index = GuardedResource(
+        DashboardResource(settings, store, clock, sources, services), access, PublicIndexResource(settings, store)
+    )
     root.putChild(b"", index)
     root.putChild(b"index", index)
     root.putChild(b"upload", UploadResource(ingest))
-    root.putChild(b"download", DownloadResource(settings, store, ingest, clock))
+    root.putChild(b"download", GuardedResource(DownloadResource(settings, store, ingest, clock), access))
     root.putChild(b"uploadhelp", UploadHelpResource(settings))
-    root.putChild(b"plot", PlotResource(settings, store, clock))
-    root.putChild(b"health", HealthResource(HealthChecker(settings, store, clock, services, sources)))
-    root.putChild(b"metrics", MetricsResource(Metrics(settings, ingest, store, clock, services)))
+    root.putChild(b"plot", GuardedResource(PlotResource(settings, store, clock), access))
+    root.putChild(b"health", GuardedResource(HealthResource(checker), access, PublicHealthResource(checker)))
+    root.putChild(b"metrics", GuardedResource(MetricsResource(Metrics(settings, ingest, store, clock, services)), access))
     root.putChild(b"static", StaticFiles(static_directory(), defaultType="application/octet-stream"))
     root.putChild(b"openapi.yaml", OpenAPIResource())
     for name, child in (extra_children or {}).items():

@@ -9,6 +9,7 @@ it.  Also used by the dashboard to embed its plots.
 
 from __future__ import annotations
 
+import re
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from twisted.internet import defer
@@ -17,6 +18,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
 from co2logd.payloads import text_value
+from co2logd.osem.mapping import Mapper
 from co2logd.plot import Panel, bands_for, bucket_edges, plot_area_width, render_svg
 from co2logd.timerange import TimeRange, TimeRangeError, time_text
 from co2logd.web.common import error_reply, finish_quietly, query_args
@@ -41,16 +43,25 @@ def numeric_columns(settings, columns: Mapping[str, str]) -> List[str]:
     ]
 
 
+#: names of columns that count or clock rather than measure: no default panel (issue 10)
+NOT_MEASUREMENTS = re.compile(
+    r"(_utc$|(^|_)(time|timestamp|ts|epoch|date|uptime|millis|seq|sequence|counter|id)(_|$)|^uptime)"
+)
+
+
 def main_columns(settings, columns: Mapping[str, str]) -> List[str]:
     """
     The dashboard's columns: ``DASHBOARD_COLUMNS`` that exist, else up to
-    four numeric columns, CO2 first, positions left out.
+    four numeric columns, CO2 first, leaving out positions, time columns
+    (``TIME_COLS``, ``*_utc``), uptimes, and sequence numbers and counters
+    (``SEQUENCE_FIELD``, ``*_seq``, ``counter``…).
     """
     numeric = numeric_columns(settings, columns)
     if settings.DASHBOARD_COLUMNS is not None:
-        return [c for c in settings.DASHBOARD_COLUMNS if c in numeric]
-    position = {settings.OSEM_LAT_COL, settings.OSEM_LON_COL, settings.OSEM_HEIGHT_COL}
-    candidates = [c for c in numeric if c not in position]
+        return [c for c in (w.lower() for w in settings.DASHBOARD_COLUMNS) if c in numeric]
+    skip = {settings.OSEM_LAT_COL, settings.OSEM_LON_COL, settings.OSEM_HEIGHT_COL, settings.OSEM_TIME_COL}
+    skip.add(settings.DASHBOARD_TIME_COL or "")
+    candidates = [c for c in numeric if c not in skip and not NOT_MEASUREMENTS.search(c)]
     co2 = [c for c in candidates if settings.PLOT_CO2_COLUMN_REGEX.search(c)]
     return (co2 + [c for c in candidates if c not in co2])[:MAX_MAIN_COLUMNS]
 
@@ -80,12 +91,22 @@ def _bounded_int(args: Mapping[str, str], name: str, default: int, low: int, hig
 class PlotSpec:
     """What to draw: columns, time range, size and row filters, validated."""
 
-    def __init__(self, columns: Sequence[str], time_range: TimeRange, width: int = 800, panel_height: int = 180, filters: Sequence[Tuple[str, Any]] = ()):
+    def __init__(
+        self,
+        columns: Sequence[str],
+        time_range: TimeRange,
+        width: int = 800,
+        panel_height: int = 180,
+        filters: Sequence[Tuple[str, Any]] = (),
+        whole: bool = False,
+    ):
         self.columns = list(columns)
         self.time_range = time_range
         self.width = width
         self.panel_height = panel_height
         self.filters = list(filters)
+        #: ``since=all``: the range is the data's, found by :func:`resolve_range`
+        self.whole = whole
 
     @classmethod
     def from_args(cls, args: Mapping[str, str], settings, columns: Mapping[str, str], now: float) -> "PlotSpec":
@@ -94,38 +115,84 @@ class PlotSpec:
         unknown = [c for c in wanted if c not in columns]
         if unknown:
             raise PlotError("Unknown column(s): {}".format(", ".join(unknown)))
+        whole = args.get("since", "").strip().lower() == "all"
+        if whole and args.get("until"):
+            raise PlotError("since=all takes no until")
         return cls(
             wanted or main_columns(settings, columns),
-            TimeRange.from_args(args.get("since"), args.get("until"), now),
+            TimeRange.from_args(None if whole else args.get("since"), args.get("until"), now),
             _bounded_int(args, "width", 800, 200, 4000),
             _bounded_int(args, "height", 180, 80, 1000),
             row_filters(settings, columns, args),
+            whole,
         )
 
 
-def render_plot(store, settings, spec: PlotSpec, title: str = "") -> defer.Deferred:
-    """Fire with the SVG text for ``spec``: one query for all columns, then drawing."""
-    tr = spec.time_range
-    buckets = plot_area_width(spec.width)
-    edges = [time_text(t) for t in bucket_edges(tr.since, tr.until, buckets)]
+def resolve_range(store, spec: PlotSpec, now: float) -> defer.Deferred:
+    """
+    Fire with ``spec`` once its range is known: for ``since=all`` the
+    measurement times of the data the filters select (to now, or to the
+    newest row if that is later), else as given.
+    """
+    if not spec.whole:
+        return defer.succeed(spec)
+
+    def found(extent):
+        if extent is not None:
+            low, high = extent
+            spec.time_range = TimeRange(min(low, now - 60), max(now, high + 1))
+        return spec
+
+    return store.time_extent(spec.filters).addCallback(found)
+
+
+def unit_for(settings, column: str) -> str:
+    """
+    A column's unit: ``DASHBOARD_UNITS``, else what its name says by the
+    OpenSenseMap mapping's rule (``scd30_co2_ppm`` → ppm,
+    ``bme280_temperature_c`` → °C), else none.
+    """
+    if column in settings.DASHBOARD_UNITS:
+        return settings.DASHBOARD_UNITS[column]
+    try:
+        sensor = Mapper(settings, None).sensor_for(column)
+    except Exception:  # a user's OSEM_* hook: a unit is not worth an error page
+        return ""
+    return sensor[1] if sensor and sensor[1] not in ("None", "") else ""
+
+
+def plot_panels(store, settings, spec: PlotSpec, bounds: Sequence[float]) -> defer.Deferred:
+    """Fire with ``(panels, series labels, sources left out)`` for ``spec`` over ``bounds``."""
     if not spec.columns:
-        d = defer.succeed([])
-    else:
-        d = store.plot_buckets(spec.columns, edges, spec.filters)
+        return defer.succeed(([], [], 0))
 
-    def draw(rows):
-        per_column: Dict[str, list] = {c: [] for c in spec.columns}
-        for index, pairs in rows:
-            for column, (low, high) in zip(spec.columns, pairs):
-                if low is not None:
-                    per_column[column].append((index, low, high))
+    def build(data):
         panels = [
-            Panel(c, per_column[c], bands_for(c, settings.PLOT_CO2_COLUMN_REGEX, settings.PLOT_CO2_BANDS))
-            for c in spec.columns
+            Panel(
+                column,
+                [(label, data.column_buckets(label, k)) for label in data.series],
+                bands_for(column, settings.PLOT_CO2_COLUMN_REGEX, settings.PLOT_CO2_BANDS),
+                unit_for(settings, column),
+            )
+            for k, column in enumerate(spec.columns)
         ]
-        return render_svg(panels, tr.since, tr.until, spec.width, spec.panel_height, title or ", ".join(spec.columns))
+        return panels, data.series, data.left_out
 
-    return d.addCallback(draw)
+    return store.plot_series(spec.columns, bounds, spec.filters, settings.PLOT_MAX_SERIES).addCallback(build)
+
+
+def render_plot(store, settings, spec: PlotSpec, title: str = "", now: Optional[float] = None) -> defer.Deferred:
+    """Fire with the SVG text for ``spec``: one pixel-wide bucket per time step, a line per source."""
+
+    def draw(spec):
+        tr = spec.time_range
+        bounds = bucket_edges(tr.since, tr.until, plot_area_width(spec.width))
+        return plot_panels(store, settings, spec, bounds).addCallback(
+            lambda found: render_svg(found[0], tr.since, tr.until, spec.width, spec.panel_height,
+                                     title or ", ".join(spec.columns), found[1], found[2])
+        )
+
+    return resolve_range(store, spec, spec.time_range.until if now is None else now).addCallback(draw)
 
 
 class PlotResource(Resource):
@@ -141,8 +208,9 @@ class PlotResource(Resource):
 
     def render_GET(self, request):
         args = query_args(request)
+        now = self.clock.seconds()
         try:
-            spec = PlotSpec.from_args(args, self.settings, self.store.columns, self.clock.seconds())
+            spec = PlotSpec.from_args(args, self.settings, self.store.columns, now)
         except (PlotError, TimeRangeError) as e:
             return error_reply(request, 400, str(e))
 
@@ -155,7 +223,7 @@ class PlotResource(Resource):
             log.failure("Plot failed", failure)
             finish_quietly(request, error_reply(request, 500, "The plot could not be drawn"))
 
-        render_plot(self.store, self.settings, spec).addCallbacks(done, failed)
+        render_plot(self.store, self.settings, spec, now=now).addCallbacks(done, failed)
         return NOT_DONE_YET
 
 

@@ -189,7 +189,13 @@ class PlotQueries:
                 filled = self._set_filled_to(connection, top)
             if filled < top:
                 high = min(top, filled + self.index_chunk_rows)
-                for sql in mtime.index_statements(self.settings, columns, self.table, rowid):
+                # the table's own columns: rows not written by co2logd may come with columns it has not seen
+                actual = {
+                    name.lower(): declared
+                    for name, declared in connection.execute(
+                        "SELECT name, type FROM pragma_table_info(?)", (self.settings.DATA_TABLE_NAME,))
+                }
+                for sql in mtime.index_statements(self.settings, actual, self.table, rowid):
                     connection.execute(sql, (filled, high))
                 self._set_filled_to(connection, high)
                 return _MORE

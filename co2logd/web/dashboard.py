@@ -84,8 +84,6 @@ class DashboardResource(Resource):
         now = self.clock.seconds()
         plot_args = dict(args)
         plot_args.pop("cols", None)  # the dashboard always shows its main columns
-        plot_args.pop("width", None)
-        plot_args.pop("height", None)
         try:
             spec = PlotSpec.from_args(plot_args, self.settings, self.store.columns, now)
         except (PlotError, TimeRangeError) as e:

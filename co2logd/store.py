@@ -32,6 +32,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from co2logd.db import StoreError, transaction
+from co2logd.dbwatch import HEARTBEAT_TABLE, DatabaseLost, DatabaseWatch, is_disk_error
 from co2logd.names import quote_identifier
 from co2logd import mtime
 from co2logd.plot_queries import (
@@ -103,6 +104,15 @@ UPGRADES: List[Tuple[int, List[str]]] = [
     ),
     (
         5,
+        [
+            # the heartbeat /health writes (issue 12): one row, updated in a committed transaction
+            "CREATE TABLE IF NOT EXISTS {} (id INTEGER PRIMARY KEY CHECK (id = 1), beat_at REAL NOT NULL)".format(
+                HEARTBEAT_TABLE
+            ),
+        ],
+    ),
+    (
+        6,
         [
             # measurement time (issue 10): per data row (by rowid) its time on
             # the plots in UNIX seconds, its source and how the time was found
@@ -263,9 +273,13 @@ def _table_columns(connection: sqlite3.Connection, table: str) -> Dict[str, str]
     return {name.lower(): declared for name, declared in rows}
 
 
-class Store(PlotQueries, Service):
+class Store(PlotQueries, DatabaseWatch, Service):
     """
     Writes and reads the data table through one adbapi connection.
+
+    With a ``clock``, a heartbeat write runs every ``HEALTH_HEARTBEAT_SECONDS``
+    (see :mod:`co2logd.dbwatch`, which also refuses writes into a database
+    file that was deleted or replaced).
 
     ``columns`` is the cached schema of the data table (name → declared type),
     kept current by :meth:`write`; readers on the reactor thread may use it
@@ -283,6 +297,7 @@ class Store(PlotQueries, Service):
         clock: Optional[IReactorTime] = None,
     ):
         self.path = path
+        self._watch_init(clock)
         self.settings = settings
         self.columns: Dict[str, str] = dict(columns)
         self.table = quote_identifier(settings.DATA_TABLE_NAME)
@@ -298,19 +313,24 @@ class Store(PlotQueries, Service):
         self._maintaining: Optional[Deferred] = None
         if clock is None:
             from twisted.internet import reactor as clock
-        self.clock = clock
+        self._maintenance_clock = clock  # the heartbeat runs only with a given clock; maintenance always
         self._maintenance: Optional[LoopingCall] = None
         self._replay_seen: Dict[str, float] = {}  # replay counters committed by this process (issue 7)
         #: transactions written, uploads in them, the largest group, writes refused as busy
         self.write_stats: Dict[str, int] = {"transactions": 0, "uploads": 0, "largest_group": 0, "busy": 0}
         synchronous = settings.DB_SYNCHRONOUS
+
+        def opened(connection) -> None:
+            configure_connection(connection, synchronous)
+            self._remember_files()  # the files this connection writes (dbwatch)
+
         self.pool = pool_factory(
             "sqlite3",
             path,
             check_same_thread=False,
             cp_min=1,
             cp_max=1,
-            cp_openfun=lambda connection: configure_connection(connection, synchronous),
+            cp_openfun=opened,
             cp_noisy=False,
         )
         # dashboard and plot reads: their own read-only connections (issue 12, finding 8)
@@ -326,14 +346,15 @@ class Store(PlotQueries, Service):
 
     @classmethod
     def open(cls, path: str, settings, clock: Optional[IReactorTime] = None) -> "Store":
-        """Prepare the schema synchronously, then return a store on it."""
+        """Prepare the schema synchronously, then return a store on it (with a heartbeat when given a clock)."""
         return cls(path, settings, prepare_database(path, settings), clock=clock)
 
     def startService(self) -> None:
-        """Start the maintenance timer (side table and rollups, see :meth:`maintain`)."""
+        """Start the heartbeat (when the store has a clock) and the maintenance timer (side table and rollups, see :meth:`maintain`)."""
         super().startService()
+        self._start_heartbeat()
         self._maintenance = LoopingCall(self.maintain)
-        self._maintenance.clock = self.clock
+        self._maintenance.clock = self._maintenance_clock
         self._maintenance.start(self.maintenance_interval, now=True).addErrback(
             lambda f: log.failure("The maintenance timer stopped", f)
         )
@@ -341,6 +362,7 @@ class Store(PlotQueries, Service):
     def stopService(self) -> Optional[Deferred]:
         """Close the pools once every queued write has been committed (or has failed)."""
         super().stopService()
+        self._stop_heartbeat()
         if self._maintenance is not None and self._maintenance.running:
             self._maintenance.stop()
         waits = [self._maintaining] if self._maintaining is not None else []  # stops after its chunk
@@ -390,6 +412,8 @@ class Store(PlotQueries, Service):
         raising refuses the upload) and hear ``guard.committed(store)`` after
         the commit: replay counters and idempotency keys (issue 7).
         """
+        if self.lost is not None:
+            return fail(DatabaseLost(self.lost))
         if self._queued_rows >= self.queue_limit:
             self.write_stats["busy"] += 1
             return fail(StoreBusy("{} rows are waiting for the database".format(self._queued_rows)))
@@ -409,8 +433,12 @@ class Store(PlotQueries, Service):
 
     def _written(self, outcome, group: List["_Upload"]) -> None:
         """Back on the reactor: update the column cache, fire every caller, start the next group."""
+        self._note_write(outcome, [] if isinstance(outcome, Failure) else outcome[0])
         if isinstance(outcome, Failure):
-            log.failure("A write transaction of {uploads} uploads failed", outcome, uploads=len(group))
+            if outcome.check(DatabaseLost) or is_disk_error(outcome.value):  # said once more by /health: no traceback
+                log.error("A write transaction of {uploads} uploads failed: {why}", uploads=len(group), why=str(outcome.value))
+            else:
+                log.failure("A write transaction of {uploads} uploads failed", outcome, uploads=len(group))
             results = [outcome] * len(group)
         else:
             results, added = outcome
@@ -474,6 +502,7 @@ class Store(PlotQueries, Service):
                 log.failure("Indexing measurement times failed")
                 cursor.execute("ROLLBACK TO mtime")
             cursor.execute("RELEASE mtime")
+            self._check_files(connection)  # never acknowledge into a deleted or replaced file
             cursor.execute("COMMIT")
         except BaseException:
             if connection.in_transaction:
@@ -582,19 +611,6 @@ class Store(PlotQueries, Service):
             return stream
 
         return self.pool.runWithConnection(start)
-
-    def check_writable(self) -> Deferred:
-        """Fire with True after a write the database accepted (and that is then rolled back)."""
-
-        def run(connection):
-            connection.execute("BEGIN IMMEDIATE")
-            try:
-                connection.execute("INSERT INTO {} (version) VALUES (-1)".format(SCHEMA_VERSION_TABLE))
-            finally:
-                connection.rollback()
-            return True
-
-        return self.pool.runWithConnection(run)
 
     def rowid_at(self, query: "Query", offset: int) -> Deferred:
         """

@@ -1,10 +1,13 @@
 """
 Server-side SVG plots of downsampled time series.
 
-The store hands over, per column, the min and max of every pixel-wide time
-bucket (:meth:`co2logd.store.Store.plot_buckets`); this module only draws
-them: one panel per column, stacked over a shared UTC time axis, with the
-CO2 guidance bands behind columns that hold CO2.  Drawing both extremes of
+The store hands over, per column and source, the min and max of every
+pixel-wide bucket of measurement time (:meth:`co2logd.store.Store.plot_series`);
+this module only draws them: one panel per column, a line per source in
+Okabe–Ito colours, the CO2 guidance bands behind columns that hold CO2.
+:func:`render_svg` is the stand-alone ``/plot``; :func:`render_html_panel`
+the dashboard's, whose axis labels and legend are HTML text so they keep
+the page's size on a phone.  Drawing both extremes of
 every bucket means no spike is lost however many rows a pixel covers.
 
 Plain text in, plain text out: no reactor, no database, no JavaScript.

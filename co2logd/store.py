@@ -90,7 +90,7 @@ UPGRADES: List[Tuple[int, List[str]]] = [
             # plot rollups (issue 5): per plotted column, span (60 or 3600 s),
             # period start (UNIX seconds) and source, the min, max and count of
             # the numeric values; filled lazily from the rows after each
-            # column's done_rowid (see Store.plot_buckets).  Sources are
+            # column's done_rowid (see Store.plot_series).  Sources are
             # (transport, box) value pairs; odd rows are rows whose upload time
             # is not stored text of the usual shape, read exactly instead.
             "CREATE TABLE IF NOT EXISTS {} (id INTEGER PRIMARY KEY, transport, box)".format(ROLLUP_SOURCE_TABLE),

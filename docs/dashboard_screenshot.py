@@ -5,7 +5,7 @@ interface, one upload per sensor in co2logserver's columns format with a
 ``time`` column (as a logger that buffers a day would), then screenshot the
 dashboard's default view ``/`` with headless Chromium.
 
-Usage: python docs/dashboard_screenshot.py [--width 1000] [--height 1500]
+Usage: python docs/dashboard_screenshot.py [--width 1000] [--height 1340]
 (needs /usr/bin/chromium)
 """
 
@@ -65,7 +65,7 @@ def day_of(box: str, end: int, rng: random.Random) -> dict:
         level += (occupied(hour, spans) - level) * 0.03
         co2.append(int(base + rise * level + rng.gauss(0, 12)))
         temperature.append(round(warm + 1.8 * level + 1.2 * math.sin((hour - 9) / 24 * 2 * math.pi) + rng.gauss(0, 0.05), 2))
-        humidity.append(round(42 + 9 * level - 4 * math.sin((hour - 9) / 24 * 2 * math.pi) + rng.gauss(0, 0.3), 1))
+        humidity.append(round(42 + 9 * level - 4 * math.sin((hour - 9) / 24 * 2 * math.pi) + rng.gauss(0, 0.1), 1))
     return {"time": times, "scd30_co2_ppm": co2, "bme280_temperature_c": temperature, "bme280_humidity_percent": humidity,
             "box": [box] * len(times)}
 
@@ -73,7 +73,7 @@ def day_of(box: str, end: int, rng: random.Random) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--width", type=int, default=1000, help="browser window width in CSS px (default 1000)")
-    parser.add_argument("--height", type=int, default=1500, help="browser window height in CSS px (default 1500)")
+    parser.add_argument("--height", type=int, default=1340, help="browser window height in CSS px (default 1340)")
     parser.add_argument("--output", default=os.path.join(HERE, "dashboard.png"))
     args = parser.parse_args()
     work = tempfile.mkdtemp(prefix="co2logd-shot-")

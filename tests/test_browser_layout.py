@@ -9,7 +9,9 @@ page beside it: the dashboard in a 390 px wide iframe (its viewport is then
 loaded, measures what it rendered: every axis label's and legend entry's
 font size as drawn (SVG text scaled by its screen transform, as an inline
 SVG shrinks with the page), the series paths with their computed stroke
-colours, the legend entries and the latest-values rows.  ``--dump-dom``
+colours, the legend entries and the latest-values rows.  (HTML text is
+scaled by the ratio of its box on screen to its layout box, which catches
+CSS transforms.)  ``--dump-dom``
 prints the probe page with the measurements in it.
 """
 
@@ -40,9 +42,11 @@ function probe(frame) {
   var w = frame.contentWindow, d = frame.contentDocument, out = {width: w.innerWidth};
   function shown(el) { return el.getClientRects().length > 0 && el.textContent.trim() !== ""; }
   function drawn(el) {
-    // the font size in CSS px as rendered: SVG text is scaled with its viewBox
+    // the font size in CSS px as rendered: SVG text is scaled with its viewBox,
+    // HTML text by any CSS transform (its box on screen against its layout box)
     var px = parseFloat(w.getComputedStyle(el).fontSize), m = el.getScreenCTM ? el.getScreenCTM() : null;
     if (m) { px *= Math.sqrt(Math.abs(m.a * m.d - m.b * m.c)); }
+    else if (el.offsetHeight > 0) { px *= el.getBoundingClientRect().height / el.offsetHeight; }
     return px;
   }
   function texts(selector) {

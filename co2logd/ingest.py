@@ -88,6 +88,7 @@ class IngestService(Service):
         self.automatic_columns: List[str] = list(settings.automatic_columns)
         self.automatic = set(self.automatic_columns)
         self.time_columns: List[str] = [name.lower() for name in settings.TIME_COLS]
+        self.limits = payloads.Limits.from_settings(settings)
         # auth only matters when salts are set or it is required
         self.check_uploads = bool(settings.CHECKSUM_SALTS) or settings.UPLOAD_REQUIRES_AUTH
         # replay protection and idempotency keys (issue 7); both read the headers
@@ -266,14 +267,10 @@ class IngestService(Service):
                 else:
                     if guard is not None:
                         guards.append(guard)
-        table = payloads.parse(body, content_type)
+        # the parser refuses more than MAX_ROWS_PER_UPLOAD rows or MAX_COLUMNS columns as it counts them
+        table = payloads.parse(body, content_type, self.limits)
         table = self.normalise(table, extra_columns)
         nrows = payloads.row_count(table)
-        if nrows > settings.MAX_ROWS_PER_UPLOAD:
-            raise bad_request(
-                "The upload has {} rows; the limit is {} (MAX_ROWS_PER_UPLOAD)".format(nrows, settings.MAX_ROWS_PER_UPLOAD),
-                "too-many-rows",
-            )
         new_columns = self._new_columns(table)
         if not table and not settings.ALLOW_EMPTY_ROWS:
             log.info("Upload from {transport} held no data columns; nothing stored", transport=transport)
@@ -345,6 +342,13 @@ class IngestService(Service):
     def _checked_name(self, raw: Any) -> str:
         """The column name for an uploaded name, or a 400; good names are remembered."""
         settings = self.settings
+        if isinstance(raw, str) and not raw.isascii():
+            # lower() folds some letters into ASCII ones (KELVIN SIGN → 'k'), so a
+            # look-alike name would land in another column: refuse it instead
+            raise bad_request(
+                "Invalid column name {!r}: only ASCII letters, digits and '_' are allowed".format(raw[:80]),
+                "bad-column",
+            )
         name = raw.lower() if isinstance(raw, str) else raw
         if not is_safe_identifier(name, settings.MAX_COLUMN_NAME_LENGTH):
             if isinstance(name, str) and len(name) > settings.MAX_COLUMN_NAME_LENGTH:

@@ -149,6 +149,7 @@ class SerialIngestProtocol(LineReceiver):
         self.reject_log = RejectLog(log, clock, settings.TRANSPORT_LOG_INTERVAL)
         self.nodes: "collections.OrderedDict[Any, NodeState]" = collections.OrderedDict()
         self.sequence_field: Optional[str] = settings.SEQUENCE_FIELD
+        self.limits = payloads.Limits.from_settings(settings)
         self.sequences = SequenceTracker(clock, memory_seconds=settings.SEQUENCE_MEMORY_SECONDS)
         self.last_data = clock.seconds()
         self.in_flight = InFlight()
@@ -312,7 +313,7 @@ class SerialIngestProtocol(LineReceiver):
 
     def _sequence(self, body: bytes, content_type: Optional[str]) -> Optional[int]:
         try:
-            return sequence_number(payloads.parse(body, content_type), self.sequence_field)
+            return sequence_number(payloads.parse(body, content_type, self.limits), self.sequence_field)
         except IngestError:
             return None  # ingest refuses it the same way and says why
 

@@ -249,7 +249,11 @@ class IngestService(Service):
             if claim is not None:
                 signed = claim.signed(body)
         if self.check_uploads:
-            matches = self.authenticator.check(signed, headers, settings.UPLOAD_REQUIRES_AUTH)
+            matches = self.authenticator.matches(signed, headers)
+            if claim is not None and matches and not any(matches.values()):
+                self._refuse_renamed_claim(claim, body, headers)
+            if settings.UPLOAD_REQUIRES_AUTH:
+                self.authenticator.require(matches)
             matched, failed = self.authenticator.columns(matches)
         else:
             matches = {}
@@ -300,6 +304,22 @@ class IngestService(Service):
             row_dicts = [dict(zip(names, (col[i] for col in data))) for i in range(nrows)]
             outbox, queued = self.outbox_entries(row_dicts)
         return columns, rows, new_columns, outbox, queued, guards, idempotent
+
+    def _refuse_renamed_claim(self, claim, body: bytes, headers) -> None:
+        """
+        A 403 ``replay`` when checksums that fail for this claim match the same
+        value under the other header: a captured upload sent again with
+        ``Content-Timestamp`` renamed ``Content-Counter`` (or back).  Only
+        uploads whose checksums failed pay for this second hash.
+        """
+        renamed = claim.renamed()
+        if any(self.authenticator.matches(renamed.signed(body), headers).values()):
+            raise replay_error(
+                claim,
+                "carries a checksum made for {}: a copy of another upload with its header renamed".format(
+                    "Content-Timestamp" if renamed.kind == "timestamp" else "Content-Counter"
+                ),
+            )
 
     def normalise(self, table: payloads.Table, extra_columns: Mapping[str, Any]) -> payloads.Table:
         """

@@ -5,20 +5,29 @@ Bounded parsing (finding 2): each parser counts rows and columns as it
 goes and refuses at ``MAX_ROWS_PER_UPLOAD``/``MAX_COLUMNS``, so a body whose
 rest would be an error of another kind is refused for its size, without
 the rest being read.  Duplicate JSON/msgpack keys and non-ASCII names that
-``lower()`` folds into ASCII ones are refused (finding 14).
+``lower()`` folds into ASCII ones are refused (finding 14).  A replay with
+its Content-Timestamp header renamed Content-Counter is a 403 ``replay``
+over every transport (finding 4).  Checksum work is one hash per algorithm,
+with a cap on checksum headers (finding 6).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import time
 
 import msgpack
+import treq
 from twisted.internet import defer
+from twisted.web.http_headers import Headers
 from twisted.trial import unittest
 
-from co2logd import payloads
+from co2logd import auth, payloads
 from co2logd.errors import IngestError
-from tests.helpers import SiteMixin, make_settings, rows_in
+from co2logd.settings import Settings
+from tests.helpers import README_JSON, README_SALT, SiteMixin, make_settings, rows_in
+from tests.test_serial import PtyMixin
 from tests.test_udp import UDPTestMixin
 from tests.transport_behaviour import TransportHarness
 
@@ -187,3 +196,169 @@ class LimitsUnitTests(unittest.TestCase):
         """The linear row-object table keeps every value in its own row."""
         table = payloads.table_from_structure([{"a": 1}, {"b": 2}, {"a": 3, "c": 4}], "JSON")
         self.assertEqual(table, {"a": [1, None, 3], "b": [None, 2, None], "c": [None, None, 4]})
+
+
+def timestamp_upload(body: bytes = README_JSON):
+    """A device's upload with Content-Timestamp (now) and the checksum over ``timestamp:T``, ``\\n``, body."""
+    value = str(int(time.time()))
+    digest = hashlib.md5(b"timestamp:" + value.encode() + b"\n" + body + README_SALT.encode()).hexdigest()
+    return value, [("Content-Timestamp", value), ("Content-MD5-Salted", digest)]
+
+
+def renamed(headers):
+    """What an attacker sends again: the same headers with Content-Timestamp renamed Content-Counter."""
+    return [("Content-Counter" if name == "Content-Timestamp" else name, value) for name, value in headers]
+
+
+REPLAY = {"CHECKSUM_SALTS": [README_SALT], "REPLAY_PROTECTION": "optional"}
+
+
+class RenamedReplayMixin:
+    """Finding 4 over a transport with ``send(payload, headers)``: the claim's kind is signed."""
+
+    @defer.inlineCallbacks
+    def test_renamed_claim_is_a_replay(self):
+        """Stored once with Content-Timestamp; the same bytes under Content-Counter are 403 replay."""
+        yield self.start(**REPLAY)
+        _, headers = timestamp_upload()
+        outcome = yield self.send(README_JSON, headers)
+        self.assertEqual(outcome, {"saved-in-db": 2})
+        outcome = yield self.send(README_JSON, renamed(headers))
+        self.assertEqual((outcome.get("status"), outcome.get("reason")), (403, "replay"), outcome)
+        (count,), = yield self.store.pool.runQuery("SELECT count(*) FROM data")
+        self.assertEqual(count, 2)
+
+    @defer.inlineCallbacks
+    def test_renamed_claim_is_a_replay_when_auth_is_required(self):
+        """With UPLOAD_REQUIRES_AUTH the renamed copy is still named a replay, not only a bad checksum."""
+        yield self.start(UPLOAD_REQUIRES_AUTH=True, **REPLAY)
+        _, headers = timestamp_upload()
+        self.assertEqual((yield self.send(README_JSON, headers)), {"saved-in-db": 2})
+        outcome = yield self.send(README_JSON, renamed(headers))
+        self.assertEqual((outcome.get("status"), outcome.get("reason")), (403, "replay"), outcome)
+
+    @defer.inlineCallbacks
+    def test_devices_without_a_claim_are_unchanged(self):
+        """An old device's co2logserver checksum over the payload alone still matches."""
+        yield self.start(UPLOAD_REQUIRES_AUTH=True, **REPLAY)
+        digest = hashlib.md5(README_JSON + README_SALT.encode()).hexdigest()
+        self.assertEqual((yield self.send(README_JSON, [("Content-MD5-Salted", digest)])), {"saved-in-db": 2})
+
+
+class RenamedReplayOverUDPTests(RenamedReplayMixin, UDPTestMixin, TransportHarness, unittest.TestCase):
+    """Finding 4 on a real UDP socket."""
+
+
+class RenamedReplayOverSerialTests(RenamedReplayMixin, PtyMixin, TransportHarness, unittest.TestCase):
+    """Finding 4 on a real pty."""
+
+
+class RenamedReplayOverHTTPTests(SiteMixin, unittest.TestCase):
+    """Finding 4 on a real HTTP port."""
+
+    @defer.inlineCallbacks
+    def test_renamed_claim_is_a_replay(self):
+        """The captured upload with its header renamed is 403 replay; one copy stored."""
+        self.start_site(make_settings(**REPLAY))
+        _, headers = timestamp_upload()
+        status, answer = yield self.post(README_JSON, "application/json", dict(headers))
+        self.assertEqual((status, answer), (200, {"saved-in-db": 2}))
+        status, answer = yield self.post(README_JSON, "application/json", dict(renamed(headers)))
+        self.assertEqual((status, answer["reason"]), (403, "replay"), answer)
+        self.assertEqual(len(rows_in(self.db_path)), 2)
+
+
+class ChecksumWorkTests(SiteMixin, unittest.TestCase):
+    """Finding 6: at most MAX_CHECKSUM_HEADERS headers, one pass over the body per algorithm."""
+
+    @defer.inlineCallbacks
+    def test_too_many_checksum_headers_are_refused_before_hashing(self):
+        """Nine checksum headers are a 400 naming MAX_CHECKSUM_HEADERS; eight, one of them right, are fine."""
+        self.start_site(make_settings(CHECKSUM_SALTS=["a", "b", README_SALT], UPLOAD_REQUIRES_AUTH=True))
+        digests = []
+        self.patch(auth, "salted_digests", lambda *args: digests.append(args[2]) or ["0" * 64] * 3)
+        wrong = [("Content-SHA256-Salted", "{:064x}".format(i)) for i in range(8)]
+        response = yield treq.post(self.url + "/upload", data=README_JSON, headers=Headers(
+            {"Content-Type": ["application/json"], "Content-SHA256-Salted": [v for _, v in wrong] + ["0" * 64]}), persistent=False)
+        answer = yield treq.json_content(response)
+        self.assertEqual((response.code, answer["reason"]), (400, "too-many-checksums"), answer)
+        self.assertIn("MAX_CHECKSUM_HEADERS", answer["error"])
+        self.assertEqual(digests, [])  # refused before any hashing
+        self.assertEqual(rows_in(self.db_path), [])
+
+    @defer.inlineCallbacks
+    def test_eight_headers_are_accepted(self):
+        """Up to MAX_CHECKSUM_HEADERS headers are read; the right one authenticates."""
+        self.start_site(make_settings(CHECKSUM_SALTS=["a", "b", README_SALT], UPLOAD_REQUIRES_AUTH=True))
+        right = hashlib.md5(README_JSON + README_SALT.encode()).hexdigest()
+        response = yield treq.post(self.url + "/upload", data=README_JSON, headers=Headers(
+            {"Content-Type": ["application/json"], "Content-MD5-Salted": ["0" * 32] * 7 + [right]}), persistent=False)
+        answer = yield treq.json_content(response)
+        self.assertEqual((response.code, answer), (200, {"saved-in-db": 2}))
+        self.assertEqual({r["matched_checksums"] for r in rows_in(self.db_path)}, {"md5"})
+
+    def test_one_pass_over_the_body_per_algorithm(self):
+        """Eight headers of two algorithms with three salts read the body twice, not 24 times."""
+        hashed = []
+        real_new = hashlib.new
+
+        class Counting:
+            def __init__(self, name):
+                self.h = real_new(name)
+
+            def update(self, data):
+                hashed.append(len(data))
+                self.h.update(data)
+
+            def copy(self):
+                twin = Counting.__new__(Counting)
+                twin.h = self.h.copy()
+                return twin
+
+            def hexdigest(self, *args):
+                return self.h.hexdigest(*args)
+
+            @property
+            def digest_size(self):
+                return self.h.digest_size
+
+        self.patch(auth.hashlib, "new", Counting)
+        body = b"x" * 100_000
+        headers = [("Content-MD5-Salted", "0" * 32)] * 4 + [("Content-SHA256-Salted", "0" * 64)] * 4
+        settings = Settings.from_values({"CHECKSUM_SALTS": ["a", "b", "c"]}, environ={})
+        matches = auth.Authenticator.from_settings(settings).check(body, headers, False)
+        self.assertEqual(matches, {"md5": None, "sha256": None})
+        self.assertEqual(sum(n for n in hashed if n == len(body)), 2 * len(body))
+
+
+class SerialCSVHeaderTests(PtyMixin, TransportHarness, unittest.TestCase):
+    """Finding 13 on a real pty: a row's checksum covers the CSV header line above it."""
+
+    @defer.inlineCallbacks
+    def test_signed_header_and_row_are_authenticated(self):
+        """The checksum over ``header\\nrow`` marks the row authenticated."""
+        yield self.start(CHECKSUM_SALTS=["psk"])
+        digest = hashlib.md5(b"co2,temp\n400,20" + b"psk").hexdigest()
+        self.write(b"co2,temp\r\nContent-MD5-Salted: " + digest.encode() + b"\r\n400,20\r\n")
+        self.assertEqual((yield self.outcome()), {"saved-in-db": 1})
+        rows = yield self.store.pool.runQuery("SELECT co2, temp, matched_checksums, failed_checksums FROM data")
+        self.assertEqual(rows, [(400, 20, "md5", "")])
+
+    @defer.inlineCallbacks
+    def test_forged_header_leaves_the_row_unauthenticated(self):
+        """A forged header before a row signed without it: stored, but not marked authenticated."""
+        yield self.start(CHECKSUM_SALTS=["psk"])
+        digest = hashlib.md5(b"400,20" + b"psk").hexdigest()  # the row alone, as before issue 12
+        self.write(b"temp,co2\r\nContent-MD5-Salted: " + digest.encode() + b"\r\n400,20\r\n")
+        self.assertEqual((yield self.outcome()), {"saved-in-db": 1})
+        rows = yield self.store.pool.runQuery("SELECT co2, temp, matched_checksums, failed_checksums FROM data")
+        self.assertEqual(rows, [(20, 400, "", "md5")])
+
+    @defer.inlineCallbacks
+    def test_forged_header_is_refused_when_auth_is_required(self):
+        """Under UPLOAD_REQUIRES_AUTH a row under a header its checksum does not cover is 403."""
+        yield self.start(CHECKSUM_SALTS=["psk"], UPLOAD_REQUIRES_AUTH=True)
+        digest = hashlib.md5(b"co2,temp\n400,20" + b"psk").hexdigest()
+        self.write(b"temp,co2\r\nContent-MD5-Salted: " + digest.encode() + b"\r\n400,20\r\n")
+        self.assertEqual((yield self.outcome())["reason"], "auth-invalid")
+        self.assertEqual((yield self.store.pool.runQuery("SELECT count(*) FROM data")), [(0,)])

@@ -14,7 +14,7 @@ growth of the server process during the attack (``VmHWM`` after, reset
 through ``/proc/PID/clear_refs`` before, minus ``VmRSS`` before).  Attacks:
 
 * ``json-columns``: one 100,000-value column and 1,000 empty columns (≈205 KiB)
-* ``json-rows``: a list of 20,000 row objects with a new name each (≈300 KiB)
+* ``json-rows``: a list of 6,000 row objects with a new name each (≈70 KiB)
 * ``csv-rows``: 5 million one-cell CSV rows (10 MiB)
 * ``form-rows``: 2.6 million ``a=1`` form fields (10 MiB)
 * ``msgpack-rows``: a 10 MiB msgpack column of 10 million values
@@ -62,7 +62,7 @@ def attacks() -> Dict[str, Tuple[bytes, List[Tuple[str, str]]]]:
     columns = {"c0": [1] * 100_000}
     columns.update(("e{}".format(i), []) for i in range(1, 1001))
     json_columns = json.dumps(columns, separators=(",", ":")).encode()
-    json_rows = json.dumps([{"c{}".format(i): 1} for i in range(20_000)], separators=(",", ":")).encode()
+    json_rows = json.dumps([{"c{}".format(i): 1} for i in range(6_000)], separators=(",", ":")).encode()
     csv_rows = b"a\n" + b"1\n" * ((10 * MIB - 2) // 2)
     form_rows = b"&".join([b"a=1"] * ((10 * MIB) // 4))
     msgpack_rows = msgpack.packb({"a": [1] * (10 * MIB - 16)})

@@ -25,6 +25,7 @@ from co2logd.idempotency import DuplicateUpload, Idempotency
 from co2logd.replay import ReplayPolicy, ReplayRefused, replay_error
 from co2logd.errors import IngestError, bad_request
 from co2logd.names import is_safe_identifier
+from co2logd.rowid import is_reserved
 from co2logd.store import StoreBusy, sql_type, sql_value
 
 log = Logger()
@@ -381,6 +382,11 @@ class IngestService(Service):
             raise bad_request(
                 "Invalid column name {!r}: use up to {} letters, digits and '_', "
                 "not starting with a digit".format(raw, settings.MAX_COLUMN_NAME_LENGTH),
+                "bad-column",
+            )
+        if is_reserved(name):
+            raise bad_request(
+                "The column name {!r} is SQLite's rowid (rowid, _rowid_ and oid are reserved)".format(raw),
                 "bad-column",
             )
         if name in self.automatic:

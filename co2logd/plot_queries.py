@@ -129,7 +129,7 @@ class PlotQueries:
 
     def _cheaper_to_read(self, connection, job: "_PlotJob") -> bool:
         """True when reading the range's rows costs less than catching the rollups up first."""
-        (top,) = connection.execute("SELECT coalesce(max(rowid), 0) FROM {}".format(self.table)).fetchone()
+        (top,) = connection.execute("SELECT coalesce(max({}), 0) FROM {}".format(self.rowid, self.table)).fetchone()
         names = self._rollup_names()
         marks = dict(
             (col, done if was == names else 0)
@@ -143,10 +143,10 @@ class PlotQueries:
             return False
         t = quote_identifier(self.settings.UPLOAD_TIME_COL)
         first = connection.execute(
-            "SELECT rowid FROM {} WHERE {t} >= ? ORDER BY {t} LIMIT 1".format(self.table, t=t), (job.bounds[0],)
+            "SELECT {r} FROM {} WHERE {t} >= ? ORDER BY {t} LIMIT 1".format(self.table, t=t, r=self.rowid), (job.bounds[0],)
         ).fetchone()
         last = connection.execute(
-            "SELECT rowid FROM {} WHERE {t} < ? ORDER BY {t} DESC LIMIT 1".format(self.table, t=t), (job.bounds[-1],)
+            "SELECT {r} FROM {} WHERE {t} < ? ORDER BY {t} DESC LIMIT 1".format(self.table, t=t, r=self.rowid), (job.bounds[-1],)
         ).fetchone()
         rows = max(0, last[0] - first[0] + 1) if first and last else 0  # about the rows in range (rowids follow time)
         return rows < self.rollup_cost * lag
@@ -191,8 +191,8 @@ class PlotQueries:
         """
         columns, bounds, filters = job.columns, job.bounds, job.filters
         time_col = quote_identifier(self.settings.UPLOAD_TIME_COL)
-        index_scan = "SELECT min(rowid), max(rowid), count(*) FROM {table} WHERE {t} >= ? AND {t} < ?".format(
-            table=self.table, t=time_col
+        index_scan = "SELECT min({r}), max({r}), count(*) FROM {table} WHERE {t} >= ? AND {t} < ?".format(
+            table=self.table, t=time_col, r=self.rowid
         )
         filter_sql = "".join(" AND {} = ?".format(quote_identifier(c)) for c, _ in filters)
         filter_values = [v for _, v in filters]
@@ -206,9 +206,10 @@ class PlotQueries:
                     c = quote_identifier(column)
                     value = _numeric(c) if numeric_only else c
                     parts += ["min({})".format(value), "max({})".format(value)]
-                statements[key] = "SELECT {} FROM {} NOT INDEXED WHERE rowid BETWEEN ? AND ?{}{}".format(
+                statements[key] = "SELECT {} FROM {} NOT INDEXED WHERE {} BETWEEN ? AND ?{}{}".format(
                     ", ".join(parts),
                     self.table,
+                    self.rowid,
                     " AND {t} >= ? AND {t} < ?".format(t=time_col) if check_time else "",
                     filter_sql,
                 )
@@ -248,7 +249,7 @@ class PlotQueries:
         """One interaction: roll up at most ``rollup_chunk_rows`` rows; if that was all, answer with ``then`` too."""
         names = self._rollup_names()
         with transaction(connection):
-            (top,) = connection.execute("SELECT coalesce(max(rowid), 0) FROM {}".format(self.table)).fetchone()
+            (top,) = connection.execute("SELECT coalesce(max({}), 0) FROM {}".format(self.rowid, self.table)).fetchone()
             marks = "({})".format(", ".join("?" * len(columns)))
             states = {
                 col: (done, was)
@@ -301,8 +302,8 @@ class PlotQueries:
         box = quote_identifier(s.OSEM_BOX_COL) if has_box else "NULL"
         grouped = (
             "SELECT substr({t}, 1, 16), {transport}, {box}, min({t}), {{stats}} FROM {table} "
-            "WHERE rowid > ? AND rowid <= ? GROUP BY 1, 2, 3".format(
-                t=t, transport=quote_identifier(s.TRANSPORT_COL), box=box, table=self.table
+            "WHERE {r} > ? AND {r} <= ? GROUP BY 1, 2, 3".format(
+                t=t, transport=quote_identifier(s.TRANSPORT_COL), box=box, table=self.table, r=self.rowid
             )
         )
 
@@ -355,9 +356,9 @@ class PlotQueries:
         if odd:
             keys = list(odd)
             connection.execute(
-                "INSERT OR IGNORE INTO {odd} (row) SELECT rowid FROM {table} WHERE rowid > ? AND rowid <= ? "
+                "INSERT OR IGNORE INTO {odd} (row) SELECT {r} FROM {table} WHERE {r} > ? AND {r} <= ? "
                 "AND substr({t}, 1, 16) IN ({marks})".format(
-                    odd=ROLLUP_ODD_TABLE, table=self.table, t=t, marks=", ".join("?" * len(keys))
+                    odd=ROLLUP_ODD_TABLE, table=self.table, t=t, marks=", ".join("?" * len(keys)), r=self.rowid
                 ),
                 [low, high] + keys,
             )
@@ -394,9 +395,9 @@ class PlotQueries:
             found[i] = pairs
         # rows whose upload time has an unusual shape are in no rollup: read them as they are
         odd_rows = connection.execute(
-            "SELECT {t}, {cols} FROM {table} WHERE rowid IN (SELECT row FROM {odd}) AND {t} >= ? AND {t} < ?{f}".format(
+            "SELECT {t}, {cols} FROM {table} WHERE {r} IN (SELECT row FROM {odd}) AND {t} >= ? AND {t} < ?{f}".format(
                 t=t, cols=", ".join(_numeric(quote_identifier(c)) for c in columns), table=self.table,
-                odd=ROLLUP_ODD_TABLE, f=filter_sql,
+                odd=ROLLUP_ODD_TABLE, f=filter_sql, r=self.rowid,
             ),
             [bounds[0], bounds[-1]] + filter_values,
         ).fetchall()
@@ -439,13 +440,13 @@ class PlotQueries:
         """
 
         def run(connection):
-            (top,) = connection.execute("SELECT coalesce(max(rowid), 0) FROM {}".format(self.table)).fetchone()
+            (top,) = connection.execute("SELECT coalesce(max({}), 0) FROM {}".format(self.rowid, self.table)).fetchone()
             seen, counted = self._row_count
             if top < seen:
                 seen, counted = 0, 0
             if top > seen:
                 (more,) = connection.execute(
-                    "SELECT count(*) FROM {} WHERE rowid > ? AND rowid <= ?".format(self.table), (seen, top)
+                    "SELECT count(*) FROM {} WHERE {r} > ? AND {r} <= ?".format(self.table, r=self.rowid), (seen, top)
                 ).fetchone()
                 counted += more
             self._row_count = (top, counted)
@@ -490,8 +491,9 @@ class PlotQueries:
         box = quote_identifier(box_column) if box_column else "NULL"
         sql = (
             "SELECT {transport}, {box}, max({t}), count(*) FROM {table} "
-            "WHERE rowid > ? AND rowid <= ? GROUP BY 1, 2"
+            "WHERE {r} > ? AND {r} <= ? GROUP BY 1, 2"
         ).format(
+            r=self.rowid,
             transport=quote_identifier(self.settings.TRANSPORT_COL),
             box=box,
             t=quote_identifier(self.settings.UPLOAD_TIME_COL),
@@ -502,7 +504,7 @@ class PlotQueries:
 
         def step(connection):
             if reached[1] is None:
-                (reached[1],) = connection.execute("SELECT coalesce(max(rowid), 0) FROM {}".format(self.table)).fetchone()
+                (reached[1],) = connection.execute("SELECT coalesce(max({}), 0) FROM {}".format(self.rowid, self.table)).fetchone()
             low, top = reached
             high = min(top, low + self.activity_chunk_rows)
             if high > low:

@@ -31,6 +31,7 @@ from twisted.python.failure import Failure
 
 from co2logd.db import StoreError, transaction
 from co2logd.names import quote_identifier
+from co2logd.rowid import rowid_alias
 from co2logd.plot_queries import (
     ROLLUP_ODD_TABLE,
     ROLLUP_SOURCE_TABLE,
@@ -229,6 +230,8 @@ class Store(PlotQueries, Service):
         self.settings = settings
         self.columns: Dict[str, str] = dict(columns)
         self.table = quote_identifier(settings.DATA_TABLE_NAME)
+        #: how every query names the data table's rowid: a column called rowid may hide it
+        self.rowid: str = rowid_alias(self.columns)
         self.queue_limit: int = settings.WRITE_QUEUE_MAX_ROWS
         self._queue: List[_Upload] = []
         self._queued_rows = 0
@@ -502,7 +505,7 @@ class Store(PlotQueries, Service):
     def rowid_at(self, query: "Query", offset: int) -> Deferred:
         """
         The rowid of the row ``offset`` places into ``query``'s result (its
-        ``columns`` must be ``["rowid"]``), or None: where the next page of a
+        ``columns`` must be ``[store.rowid]``), or None: where the next page of a
         paged download starts.
         """
         sql, params = query.sql(self.table)

@@ -362,3 +362,78 @@ class SerialCSVHeaderTests(PtyMixin, TransportHarness, unittest.TestCase):
         self.write(b"temp,co2\r\nContent-MD5-Salted: " + digest.encode() + b"\r\n400,20\r\n")
         self.assertEqual((yield self.outcome())["reason"], "auth-invalid")
         self.assertEqual((yield self.store.pool.runQuery("SELECT count(*) FROM data")), [(0,)])
+
+
+class ReservedRowidTests(SiteMixin, unittest.TestCase):
+    """Finding 3 on a real HTTP port: rowid, _rowid_, oid cannot be uploaded, and old files with them still work."""
+
+    @defer.inlineCallbacks
+    def test_rowid_names_are_refused(self):
+        """Every rowid alias, in any case and format, is a 400 naming it; nothing stored."""
+        self.start_site()
+        for name in ["rowid", "ROWID", "_rowid_", "oid", "Oid"]:
+            status, answer = yield self.post(json.dumps({name: "x", "co2": 1}).encode(), "application/json")
+            self.assertEqual((status, answer["reason"]), (400, "bad-column"), name)
+            self.assertIn("rowid", answer["error"])
+        status, answer = yield self.post(b"co2,oid\n1,2\n", "text/csv")
+        self.assertEqual(status, 400)
+        self.assertEqual(rows_in(self.db_path), [])
+
+    def old_database(self, column: str, value) -> str:
+        """A data table that an older co2logd let a ``column`` into, with 30 rows."""
+        import sqlite3
+
+        path = self.mktemp()
+        connection = sqlite3.connect(path)
+        connection.execute(
+            'CREATE TABLE data (upload_time DATETIME, matched_checksums TEXT, failed_checksums TEXT, '
+            'transport TEXT, co2 INTEGER, "{}" {})'.format(column, "TEXT" if isinstance(value, str) else "INTEGER")
+        )
+        now = time.time()
+        for i in range(30):
+            stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(now - 300 + i))
+            connection.execute(
+                'INSERT INTO data VALUES (?, NULL, NULL, ?, ?, ?)',
+                (stamp + ".000000+00:00", "http", 400 + i, value if isinstance(value, str) else 1000 - i),
+            )
+        connection.commit()
+        connection.close()
+        return path
+
+    @defer.inlineCallbacks
+    def check_old_database(self, column: str, value):
+        """Dashboard, plot, health and paging all work on a file whose table hides ``column``."""
+        self.start_site(path=self.old_database(column, value))
+        self.assertNotEqual(self.store.rowid, column)
+        status, _, body = yield self.get("/")
+        self.assertEqual(status, 200, body[:300])
+        status, _, body = yield self.get("/plot?cols=co2&since=1h&width=400&height=150")
+        self.assertEqual(status, 200, body[:300])
+        status, _, body = yield self.get("/health")
+        self.assertEqual(status, 200, body[:300])
+        status, answer = yield self.post(b'{"co2": 999}', "application/json")
+        self.assertEqual((status, answer), (200, {"saved-in-db": 1}))
+        seen = []
+        query = "after=0&number=7&format=json&cols=co2"
+        for _ in range(10):
+            response = yield treq.get(self.url + "/download?" + query, persistent=False)
+            self.assertEqual(response.code, 200)
+            data = yield treq.json_content(response)
+            seen += [row["co2"] if isinstance(row, dict) else row[0] for row in (data.get("rows", data) if isinstance(data, dict) else data)]
+            link = response.headers.getRawHeaders("link")
+            if not link:
+                break
+            query = link[0].split("?", 1)[1].split(">", 1)[0]
+        self.assertEqual(seen, list(range(400, 430)) + [999])
+
+    def test_old_database_with_a_text_rowid_column(self):
+        """A text ``rowid`` column (500s and a 503 health before issue 12) is read through ``_rowid_``."""
+        return self.check_old_database("rowid", "abc")
+
+    def test_old_database_with_an_integer_rowid_column(self):
+        """An integer ``rowid`` column running backwards no longer misleads paging and counts."""
+        return self.check_old_database("rowid", 7)
+
+    def test_old_database_with_an_oid_column(self):
+        """An ``oid`` column is harmless: ``rowid`` still names the rows."""
+        return self.check_old_database("oid", "x")

@@ -400,6 +400,9 @@ KEYS: Dict[str, Key] = {
     "PLOT_CO2_COLUMN_REGEX": Key(re.compile(r"co2", re.IGNORECASE), _kind_regex, "columns that get the CO2 bands"),
     "HEALTH_OUTBOX_MAX_AGE": Key(3600, _kind_positive_number, "/health is 503 when the oldest OpenSenseMap outbox entry is older (seconds)"),
     "HEALTH_SILENT_SOURCES": Key(False, _kind_bool, "/health is 503 while a source is silent (see DASHBOARD_SILENT_SECONDS)"),
+    # health that sees the disk (issue 12)
+    "HEALTH_HEARTBEAT_SECONDS": Key(10, _kind_positive_number, "seconds between heartbeat writes (a committed one-row update, synchronous as uploads, and a check that the database file is still the one opened); /health is 503 when the last one failed"),
+    "HEALTH_MIN_FREE_MB": Key(8, _kind_non_negative_number, "/health is 503 when the database's file system has less free space (MB; 0: no check)"),
     # hardening (issue 7)
     "HTTP_MAX_CONNECTIONS": Key(256, _kind_positive_int, "HTTP connections open at once; more are answered 503 and closed"),
     "HTTP_REQUEST_TIMEOUT": Key(60, _kind_positive_number, "seconds a client has to send a whole HTTP request (headers and body) from its first byte; slower ones get 408"),

@@ -145,7 +145,7 @@ def make_root(settings, ingest, store, clock, extra_children=None, services=()) 
     (see :mod:`co2logd.health`, :mod:`co2logd.metrics`).
     """
     root = Resource()
-    sources = SourceTracker(store, settings)
+    sources = SourceTracker(store, settings, clock)
     index = DashboardResource(settings, store, clock, sources, services)
     root.putChild(b"", index)
     root.putChild(b"index", index)

@@ -85,7 +85,7 @@ def build_service(
     root = Co2logdService()
     if store is None:
         try:
-            store = Store.open(settings.DB, settings)
+            store = Store.open(settings.DB, settings, clock=reactor)
         except StoreError as e:
             raise StartupError("co2logd: {}".format(e))
     store.setServiceParent(root)

@@ -528,13 +528,22 @@ def read_config_file(path: str) -> Dict[str, Any]:
     Like Flask's ``from_pyfile`` (which co2logserver uses), other names (imports,
     lower-case helpers) are left out.  Raises :class:`SettingsError` when the
     file cannot be read or fails to execute.
+
+    co2logserver's own config files run unmodified: ``co2logserver.utils`` is
+    answered with :mod:`co2logd.legacy_utils` inside the file (and its hooks)
+    only, and its helpers are predefined for files whose import was removed.
     """
+    from co2logd import legacy_utils
+
     try:
         with open(path, "rb") as f:
             source = f.read()
     except OSError as e:
         raise SettingsError("Cannot read config file {}: {}".format(path, e.strerror or e))
-    namespace: Dict[str, Any] = {"__file__": os.path.abspath(path), "__name__": "co2logd_config"}
+    namespace: Dict[str, Any] = {name: getattr(legacy_utils, name) for name in legacy_utils.HELPERS}
+    namespace.update(
+        __file__=os.path.abspath(path), __name__="co2logd_config", __builtins__=legacy_utils.config_builtins()
+    )
     try:
         code = compile(source, path, "exec")
         exec(code, namespace)

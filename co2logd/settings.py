@@ -369,6 +369,7 @@ KEYS: Dict[str, Key] = {
     "SERIAL_GATEWAY_PATTERN": Key(None, _kind_gateway_pattern, "regex matching a gateway's prefix of each serial line; its named groups become columns"),
     "SERIAL_WATCHDOG_SECONDS": Key(0, _kind_non_negative_number, "reopen a serial port that sent nothing for this long (0: off)"),
     "SERIAL_RECONNECT_MAX_SECONDS": Key(60, _kind_transport_seconds, "longest wait between attempts to reopen a lost serial device"),
+    "SERIAL_REQUIRED": Key(False, _kind_bool, "every --serial device must exist at start-up (else start-up fails); by default a missing device is waited for"),
     "TRANSPORT_LOG_INTERVAL": Key(60, _kind_transport_seconds, "at most one reject log line per source and reason in this many seconds (UDP, serial)"),
     # OpenSenseMap uploader (issue 4)
     "OSEM_BATCH_SIZE": Key(2500, _kind_osem_batch_size, "most measurements per OpenSenseMap request (≤ 2500)"),

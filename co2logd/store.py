@@ -270,6 +270,10 @@ class Store(PlotQueries, Service):
             return None
         return DeferredList(waits).addCallback(lambda _: self._close_pool())
 
+    def abandon(self) -> None:
+        """Close the (unstarted) pool: start-up failed before the store ran."""
+        self._close_pool()
+
     def _close_pool(self) -> None:
         self._closed = True
         if self.pool.running:  # stopping twice (a test's cleanup after its own stop) is harmless

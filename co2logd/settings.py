@@ -401,6 +401,8 @@ KEYS: Dict[str, Key] = {
     "REPLAY_REQUIRED_SALTS": Key([], _kind_str_list, "salts whose uploads must carry a Content-Counter or Content-Timestamp, whatever REPLAY_PROTECTION says"),
     "REPLAY_WINDOW_SECONDS": Key(300, _kind_positive_number, "how far a Content-Timestamp may be from the server's clock"),
     "IDEMPOTENCY_RETENTION_SECONDS": Key(86400, _kind_non_negative_number, "how long an Idempotency-Key answers repeats with the original receipt (0: keys are ignored)"),
+    # hold under attack (issue 12)
+    "DOWNLOAD_CSV_NEUTRALISE_FORMULAS": Key(True, _kind_bool, "CSV downloads put a ' before text cells starting with = + - @ tab or CR, so spreadsheets do not run them as formulas"),
 }
 
 

@@ -35,6 +35,7 @@ from co2logd.payloads import text_value
 from co2logd.store import Query
 from co2logd.timerange import TimeRangeError, parse_time, time_text
 from co2logd.web.common import error_reply, escape, finish_quietly, header_pairs, query_args
+from co2logd.web.formulas import neutralise_cell
 
 log = Logger()
 
@@ -119,8 +120,12 @@ def next_page_link(request, args: Dict[str, str], next_after: int) -> str:
 class TableWriter:
     """Formats a stream of rows as HTML, CSV or JSON, chunk by chunk."""
 
-    def __init__(self, fmt: str, header: List[str], name: str, args: Dict[str, str], next_link: Optional[str] = None):
+    def __init__(
+        self, fmt: str, header: List[str], name: str, args: Dict[str, str], next_link: Optional[str] = None,
+        neutralise_formulas: bool = True,
+    ):
         self.fmt = fmt
+        self.neutralise_formulas = neutralise_formulas
         self.header = header
         self.name = name
         self.args = args
@@ -172,8 +177,9 @@ class TableWriter:
         more = '<p><a rel="next" href="{}">Next page</a></p>\n'.format(escape(self.next_link)) if self.next_link else ""
         return "</table>\n{}</body></html>\n".format(more).encode("utf-8")
 
-    @staticmethod
-    def _csv(rows) -> bytes:
+    def _csv(self, rows) -> bytes:
+        if self.neutralise_formulas:
+            rows = ([neutralise_cell(v) for v in row] for row in rows)
         buf = io.StringIO()
         csv.writer(buf, lineterminator="\r\n").writerows(rows)
         return buf.getvalue().encode("utf-8")
@@ -231,7 +237,9 @@ class DownloadResource(Resource):
         if fmt == "csv":
             filename = "{}-data.csv".format(re.sub(r"\W+", "-", self.settings.NAME))
             request.setHeader(b"content-disposition", 'attachment; filename="{}"'.format(filename).encode("utf-8"))
-        writer = TableWriter(fmt, stream.header, self.settings.NAME, args, next_link)
+        writer = TableWriter(
+            fmt, stream.header, self.settings.NAME, args, next_link, self.settings.DOWNLOAD_CSV_NEUTRALISE_FORMULAS
+        )
         request.write(writer.start())
         try:
             while True:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+from typing import List, Optional
 
 from twisted.logger import Logger
 from twisted.web import server
@@ -57,21 +58,21 @@ class BoundedRequest(server.Request):
 
     def render(self, resrc):
         """
-        Methods Twisted does not serve at all (PUT, DELETE, TRACE, ...) get a
-        405 with ``Allow`` and a JSON error, not Twisted's 501 page.
+        A method the resource does not serve (POST /download, HEAD /upload,
+        PUT, OPTIONS, ...) gets co2logd's JSON 405 with ``Allow``, not
+        Twisted's HTML 405 or 501 page, nor a 500 from ``render_HEAD``.
         """
-        if self.method in server.supportedMethods:
-            return super().render(resrc)
-        allowed = sorted(name[len("render_"):].encode("ascii") for name in dir(resrc) if name.startswith("render_"))
-        if b"GET" not in allowed and b"HEAD" in allowed:
-            allowed.remove(b"HEAD")  # Resource's render_HEAD only runs render_GET
-        if self.method in allowed:
+        allowed = allowed_methods(resrc)
+        if allowed is None or self.method in allowed:
             return super().render(resrc)
         self.setResponseCode(405)
         self.setHeader(b"allow", b", ".join(allowed))
         self.setHeader(b"content-type", b"application/json")
-        body = json.dumps({"error": "Method {} is not allowed here; use {}".format(
-            self.method.decode("latin-1"), ", ".join(m.decode("ascii") for m in allowed))}).encode("utf-8")
+        body = json.dumps({
+            "error": "Method {} is not allowed here; use {}".format(
+                self.method.decode("latin-1"), ", ".join(m.decode("ascii") for m in allowed)),
+            "reason": "method-not-allowed",
+        }).encode("utf-8")
         self.setHeader(b"content-length", str(len(body)).encode("ascii"))
         self.write(body)
         self.finish()
@@ -91,6 +92,26 @@ class BoundedRequest(server.Request):
             b"connection: close\r\ncontent-length: " + str(len(body)).encode() + b"\r\n\r\n" + body
         )
         transport.loseConnection()
+
+
+def allowed_methods(resrc) -> Optional[List[bytes]]:
+    """
+    The methods ``resrc`` serves, sorted: its ``render_*`` methods, HEAD
+    exactly when GET is there (Resource's ``render_HEAD`` only runs
+    ``render_GET``).  A wrapper names its inner resource's methods in
+    ``allowed_methods``.  None for a resource that overrides ``render``
+    itself (error pages), which answers every method.
+    """
+    explicit = getattr(resrc, "allowed_methods", None)
+    if explicit is not None:
+        return sorted(explicit)
+    if type(resrc).render is not Resource.render:
+        return None
+    names = {name[len("render_"):] for name in dir(resrc) if name.startswith("render_")}
+    names.discard("HEAD")
+    if "GET" in names:
+        names.add("HEAD")
+    return sorted(name.encode("ascii") for name in names)
 
 
 class OpenAPIResource(Resource):

@@ -84,12 +84,17 @@ class EndpointListener(Service):
             log.info("Listening for {kind} on {address}", kind=self.kind.upper(), address=self.address)
 
     def stopService(self) -> defer.Deferred:
-        """Stop listening: no new connections (the open ones are the factory's business)."""
+        """
+        Stop listening, then let the factory drain its connections (requests
+        in flight finish) when it can (``drain()``, as the co2logd Site has).
+        """
         super().stopService()
         port, self.port = self.port, None
-        if port is None:
-            return defer.succeed(None)
-        return defer.maybeDeferred(port.stopListening)
+        stopped = defer.maybeDeferred(port.stopListening) if port is not None else defer.succeed(None)
+        drain = getattr(self.factory, "drain", None)
+        if drain is not None:
+            stopped.addCallback(lambda _: drain())
+        return stopped
 
     def abandon(self) -> None:
         """Stop listening without having run (start-up failed elsewhere)."""

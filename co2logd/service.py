@@ -11,14 +11,15 @@ from __future__ import annotations
 import os
 from typing import Optional, Sequence
 
-from twisted.application.service import MultiService
-from twisted.internet import endpoints
+from twisted.application.service import MultiService, Service
+from twisted.internet import defer, endpoints
 from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 
 from co2logd import __version__
 from co2logd.ingest import IngestService
 from co2logd.listeners import EndpointListener
+from co2logd.logs import set_verbose
 from co2logd.store import Store, StoreError
 from co2logd.web.site import make_site
 
@@ -71,6 +72,21 @@ class Co2logdService(MultiService):
             if abandon is not None:
                 abandon()
 
+    @defer.inlineCallbacks
+    def stopService(self):
+        """
+        Stop the children one after another, last added first: listeners stop
+        accepting and finish what is in flight (HTTP requests get their
+        receipts) before ingest stops, and the database closes last.
+        """
+        Service.stopService(self)
+        for child in reversed(list(self)):
+            try:
+                yield defer.maybeDeferred(child.stopService)
+            except Exception:
+                log.failure("Stopping {name} failed", name=child.name)
+        log.info("co2logd stopped")
+
     def privilegedStartService(self):
         self._guard(super().privilegedStartService)
 
@@ -111,6 +127,7 @@ def build_service(
     endpoint strings; ``udp`` and ``serial`` the specs of ``--udp``/``--serial``.
     Nothing listens yet: call the root's ``bind()`` (or start it).
     """
+    set_verbose(verbose)
     root = Co2logdService()
     root.database = os.path.abspath(settings.DB)
     root.config_file = config_file

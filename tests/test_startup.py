@@ -18,7 +18,7 @@ import urllib.error
 import urllib.request
 from typing import List, Optional
 
-from twisted.internet import defer, threads
+from twisted.internet import defer, task, threads
 from twisted.trial import unittest
 
 from tests.helpers import README_JSON, REPO, free_port, wait_for_port
@@ -316,6 +316,7 @@ class SerialMissingAtStartTests(unittest.TestCase):
             master, slave = os.openpty()
             os.symlink(os.ttyname(slave), link)
             out["opened"] = wait_until(lambda: health(port)[0] == 200)
+            os.write(master, b"# comment-for-humans\n")
             os.write(master, b'{"co2": 4242}\n')
             out["stored"] = wait_until(lambda: b"4242" in urllib.request.urlopen(
                 "http://127.0.0.1:{}/download?format=csv".format(port), timeout=10).read())
@@ -343,3 +344,42 @@ class SerialMissingAtStartTests(unittest.TestCase):
         self.assertTrue(out["opened"], out["output"])
         self.assertTrue(out["stored"], out["output"])
         self.assertIn("Serial device {} cannot be opened (No such file or directory); waiting for it".format(out["link"]), out["output"])
+        self.assertNotIn("comment-for-humans", out["output"])  # debug level: only with -v
+
+
+class VerbosityTests(unittest.TestCase):
+    """Debug events of co2logd's loggers pass the gate only with -v."""
+
+    def test_serial_comment_only_with_verbose(self):
+        """A serial '# …' line is a debug event: dropped by default, logged after set_verbose(True)."""
+        from twisted.logger import LogLevel, globalLogPublisher
+
+        from co2logd.logs import set_verbose
+        from co2logd.settings import Settings
+        from co2logd.transports.serial import SerialIngestProtocol
+
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        self.addCleanup(set_verbose, False)
+        protocol = SerialIngestProtocol(None, Settings.from_values({}), task.Clock(), "/dev/ttyX")
+        protocol._comment("serial:/dev/ttyX", b"# quiet")
+        set_verbose(True)
+        protocol._comment("serial:/dev/ttyX", b"# loud")
+        said = [e for e in events if e.get("log_namespace") == "co2logd.transports.serial"]
+        self.assertEqual([(e["line"], e["log_level"]) for e in said], [("# loud", LogLevel.debug)])
+
+
+class HostPortTests(unittest.TestCase):
+    """Peers and listeners are logged as host:port."""
+
+    def test_forms(self):
+        """IPv4, IPv6 (bracketed), tuples, UNIX sockets."""
+        from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
+
+        from co2logd.net import host_port
+
+        self.assertEqual(host_port(IPv4Address("TCP", "10.0.0.2", 5555)), "10.0.0.2:5555")
+        self.assertEqual(host_port(IPv6Address("TCP", "::1", 8080)), "[::1]:8080")
+        self.assertEqual(host_port(("192.168.1.9", 8125)), "192.168.1.9:8125")
+        self.assertEqual(host_port(UNIXAddress(b"/run/co2logd.sock")), "/run/co2logd.sock")

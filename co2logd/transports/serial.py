@@ -56,6 +56,7 @@ from twisted.logger import Logger
 from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
 
+from co2logd.logs import gate
 from co2logd.auth import salted_checksum
 from co2logd.errors import IngestError, bad_request
 from co2logd import payloads
@@ -64,7 +65,7 @@ from co2logd.transports.counters import Counters, InFlight, RejectLog
 from co2logd.transports.framing import MAX_HEADER_LINES, error_reply, header_value, parse_header_line
 from co2logd.transports.sequence import NEW, SequenceTracker, sequence_number
 
-log = Logger()
+log = Logger(observer=gate)
 
 DEFAULT_BAUD = 9600
 RECONNECT_FIRST_DELAY = 1.0

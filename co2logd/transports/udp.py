@@ -22,6 +22,7 @@ from twisted.internet import defer
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 
+from co2logd.logs import gate
 from co2logd import payloads
 from co2logd.errors import IngestError
 from co2logd.net import host_port
@@ -29,7 +30,7 @@ from co2logd.transports.counters import Counters, InFlight, RejectLog
 from co2logd.transports.framing import Frame, error_reply, split_message
 from co2logd.transports.sequence import IN_FLIGHT, NEW, SequenceTracker, sequence_number
 
-log = Logger()
+log = Logger(observer=gate)
 
 SPEC_HELP = "use PORT or udp:PORT[:interface=ADDR], e.g. 8125 or udp:8125:interface=127.0.0.1"
 
@@ -86,7 +87,7 @@ class UDPIngestProtocol(DatagramProtocol):
         try:
             self._received(datagram, addr)
         except Exception:
-            log.failure("Unexpected error handling a datagram from {source}", source=addr[0])
+            log.failure("Unexpected error handling a datagram from {source}", source=host_port(addr))
 
     def _received(self, datagram: bytes, addr: Any) -> None:
         host = addr[0]
@@ -115,7 +116,7 @@ class UDPIngestProtocol(DatagramProtocol):
             node, seq = node_seq
             verdict = self.sequences.begin(node, seq)
             if verdict != NEW:
-                log.debug("Duplicate upload {seq} from {source}", seq=seq, source=host)
+                log.debug("Duplicate upload {seq} from {source}", seq=seq, source=host_port(addr))
                 if verdict != IN_FLIGHT:  # the first copy's ack is still to come
                     self._ack(addr, {"saved-in-db": 0, "duplicate": True, "seq": seq})
                 return None
@@ -151,7 +152,7 @@ class UDPIngestProtocol(DatagramProtocol):
             self.sequences.done(node_seq[0], node_seq[1], stored=False)
         error = failure.value
         if not isinstance(error, IngestError):
-            log.failure("Ingest failed on a datagram from {source}", failure, source=addr[0])
+            log.failure("Ingest failed on a datagram from {source}", failure, source=host_port(addr))
             error = IngestError(500, "internal", "The server failed on this upload; nothing was saved")
         self._refused(error, addr, None if node_seq is None else node_seq[1])
 
@@ -172,7 +173,7 @@ class UDPIngestProtocol(DatagramProtocol):
         try:
             self.transport.write(json.dumps(reply, separators=(",", ":")).encode("utf-8"), addr)
         except Exception as e:  # an unreachable sender must not matter to anyone else
-            log.debug("Cannot acknowledge to {source}: {error}", source=addr[0], error=e)
+            log.debug("Cannot acknowledge to {source}: {error}", source=host_port(addr), error=e)
 
     @property
     def pending(self) -> int:

@@ -390,6 +390,8 @@ KEYS: Dict[str, Key] = {
     "DASHBOARD_SILENT_SECONDS": Key(3600, _kind_positive_number, "a source not heard from for this many seconds is marked silent"),
     "DASHBOARD_REFRESH_SECONDS": Key(60, _kind_non_negative_number, "the dashboard reloads itself this often (0: never)"),
     "PLOT_CO2_BANDS": Key([1000, 1400], _kind_number_list, "CO2 guidance thresholds (ppm) drawn as bands behind CO2 plots"),
+    "PLOT_MAX_COLUMNS": Key(8, _kind_positive_int, "most distinct columns in one plot (/plot?cols=, the dashboard); more are refused (400)"),
+    "PLOT_MAX_PIXELS": Key(2_000_000, _kind_positive_int, "most columns × width × panel height of one plot; larger plots are refused (400)"),
     "PLOT_CO2_COLUMN_REGEX": Key(re.compile(r"co2", re.IGNORECASE), _kind_regex, "columns that get the CO2 bands"),
     "HEALTH_OUTBOX_MAX_AGE": Key(3600, _kind_positive_number, "/health is 503 when the oldest OpenSenseMap outbox entry is older (seconds)"),
     "HEALTH_SILENT_SOURCES": Key(False, _kind_bool, "/health is 503 while a source is silent (see DASHBOARD_SILENT_SECONDS)"),

@@ -5,11 +5,17 @@
 The database reduces the range to min/max per pixel-wide bucket of upload
 time (:meth:`co2logd.store.Store.plot_buckets`), :mod:`co2logd.plot` draws
 it.  Also used by the dashboard to embed its plots.
+
+The work and the answer are bounded before the query runs: a column asked
+for twice is drawn once, at most ``PLOT_MAX_COLUMNS`` distinct columns and
+``PLOT_MAX_PIXELS`` columns × width × panel height, and every panel holds at
+most one min/max pair per pixel-wide bucket (so at most two path points per
+pixel of width).
 """
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -25,6 +31,8 @@ log = Logger()
 
 NUMERIC_TYPES = ("INTEGER", "REAL", "INT", "FLOAT", "DOUBLE", "NUMERIC")
 MAX_MAIN_COLUMNS = 4
+MIN_WIDTH, MAX_WIDTH = 200, 4000  # pixels of the whole plot
+MIN_PANEL_HEIGHT, MAX_PANEL_HEIGHT = 80, 1000  # pixels of each column's panel
 
 
 class PlotError(ValueError):
@@ -48,11 +56,17 @@ def main_columns(settings, columns: Mapping[str, str]) -> List[str]:
     """
     numeric = numeric_columns(settings, columns)
     if settings.DASHBOARD_COLUMNS is not None:
-        return [c for c in settings.DASHBOARD_COLUMNS if c in numeric]
+        chosen = unique(c for c in settings.DASHBOARD_COLUMNS if c in numeric)
+        return chosen[:settings.PLOT_MAX_COLUMNS]
     position = {settings.OSEM_LAT_COL, settings.OSEM_LON_COL, settings.OSEM_HEIGHT_COL}
     candidates = [c for c in numeric if c not in position]
     co2 = [c for c in candidates if settings.PLOT_CO2_COLUMN_REGEX.search(c)]
-    return (co2 + [c for c in candidates if c not in co2])[:MAX_MAIN_COLUMNS]
+    return (co2 + [c for c in candidates if c not in co2])[:min(MAX_MAIN_COLUMNS, settings.PLOT_MAX_COLUMNS)]
+
+
+def unique(names: Iterable[str]) -> List[str]:
+    """``names`` without repeats, in first-seen order."""
+    return list(dict.fromkeys(names))
 
 
 def row_filters(settings, columns: Mapping[str, str], args: Mapping[str, str]) -> List[Tuple[str, Any]]:
@@ -81,7 +95,7 @@ class PlotSpec:
     """What to draw: columns, time range, size and row filters, validated."""
 
     def __init__(self, columns: Sequence[str], time_range: TimeRange, width: int = 800, panel_height: int = 180, filters: Sequence[Tuple[str, Any]] = ()):
-        self.columns = list(columns)
+        self.columns = unique(columns)  # a column asked for twice is drawn once
         self.time_range = time_range
         self.width = width
         self.panel_height = panel_height
@@ -89,16 +103,35 @@ class PlotSpec:
 
     @classmethod
     def from_args(cls, args: Mapping[str, str], settings, columns: Mapping[str, str], now: float) -> "PlotSpec":
-        """Read the query arguments; raise PlotError or TimeRangeError with a clear message."""
-        wanted = [c.strip().lower() for c in args.get("cols", "").split(",") if c.strip()]
+        """
+        Read the query arguments; raise PlotError or TimeRangeError with a
+        clear message.  Repeated columns collapse into one; more than
+        ``PLOT_MAX_COLUMNS`` distinct columns, or more than
+        ``PLOT_MAX_PIXELS`` columns × width × panel height, are refused
+        before anything is read.
+        """
+        wanted = unique(c.strip().lower() for c in args.get("cols", "").split(",") if c.strip())
+        if len(wanted) > settings.PLOT_MAX_COLUMNS:
+            raise PlotError("Too many columns: {} asked for, at most {} (PLOT_MAX_COLUMNS)".format(
+                len(wanted), settings.PLOT_MAX_COLUMNS))
         unknown = [c for c in wanted if c not in columns]
         if unknown:
             raise PlotError("Unknown column(s): {}".format(", ".join(unknown)))
+        chosen = wanted or main_columns(settings, columns)
+        width = _bounded_int(args, "width", 800, MIN_WIDTH, MAX_WIDTH)
+        height = _bounded_int(args, "height", 180, MIN_PANEL_HEIGHT, MAX_PANEL_HEIGHT)
+        pixels = max(1, len(chosen)) * width * height
+        if pixels > settings.PLOT_MAX_PIXELS:
+            raise PlotError(
+                "Plot too large: {} column(s) × width {} × height {} = {} pixels, at most {} (PLOT_MAX_PIXELS); "
+                "ask for fewer columns or a smaller width or height".format(
+                    max(1, len(chosen)), width, height, pixels, settings.PLOT_MAX_PIXELS)
+            )
         return cls(
-            wanted or main_columns(settings, columns),
+            chosen,
             TimeRange.from_args(args.get("since"), args.get("until"), now),
-            _bounded_int(args, "width", 800, 200, 4000),
-            _bounded_int(args, "height", 180, 80, 1000),
+            width,
+            height,
             row_filters(settings, columns, args),
         )
 
@@ -114,6 +147,7 @@ def render_plot(store, settings, spec: PlotSpec, title: str = "") -> defer.Defer
         d = store.plot_buckets(spec.columns, edges, spec.filters)
 
     def draw(rows):
+        # spec.columns has no repeats, so each panel gets at most one entry per bucket
         per_column: Dict[str, list] = {c: [] for c in spec.columns}
         for index, pairs in rows:
             for column, (low, high) in zip(spec.columns, pairs):

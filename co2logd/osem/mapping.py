@@ -34,6 +34,8 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from twisted.logger import Logger
 
+from co2logd.logs import gate
+
 log = Logger(observer=gate)
 
 Row = Mapping[str, Any]

@@ -56,10 +56,10 @@ from twisted.logger import Logger
 from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
 
-from co2logd.logs import gate
+from co2logd import payloads
 from co2logd.auth import salted_checksum
 from co2logd.errors import IngestError, bad_request
-from co2logd import payloads
+from co2logd.logs import gate
 from co2logd.payloads import text_value
 from co2logd.transports.counters import Counters, InFlight, RejectLog
 from co2logd.transports.framing import MAX_HEADER_LINES, error_reply, header_value, parse_header_line

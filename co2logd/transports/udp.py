@@ -22,9 +22,9 @@ from twisted.internet import defer
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 
-from co2logd.logs import gate
 from co2logd import payloads
 from co2logd.errors import IngestError
+from co2logd.logs import gate
 from co2logd.net import host_port
 from co2logd.transports.counters import Counters, InFlight, RejectLog
 from co2logd.transports.framing import Frame, error_reply, split_message

@@ -6,9 +6,9 @@ from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
+from co2logd.errors import IngestError
 from co2logd.logs import gate
 from co2logd.net import host_port
-from co2logd.errors import IngestError
 from co2logd.web.common import error_reply, finish_quietly, json_reply
 
 log = Logger(observer=gate)

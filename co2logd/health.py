@@ -92,12 +92,9 @@ class HealthChecker:
         now = self.clock.seconds()
         reasons: List[str] = []
         report: Dict[str, Any] = {}
-        try:
-            yield self.store.check_writable()
-            report["database"] = {"writable": True}
-        except Exception as e:
-            report["database"] = {"writable": False, "error": str(e)}
-            reasons.append("the database is not writable: {}".format(e))
+        # the heartbeat's last committed write, the file checks, disk errors of uploads (co2logd.dbwatch)
+        report["database"], database_reasons = self.store.disk_report(now)
+        reasons += database_reasons
         components = []
         for service in list(self.services):
             health = component_health(service)

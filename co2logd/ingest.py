@@ -25,6 +25,7 @@ from co2logd.idempotency import DuplicateUpload, Idempotency
 from co2logd.replay import ReplayPolicy, ReplayRefused, replay_error
 from co2logd.errors import IngestError, bad_request
 from co2logd.names import is_safe_identifier
+from co2logd.dbwatch import DatabaseLost, is_disk_error
 from co2logd.store import StoreBusy, sql_type, sql_value
 
 log = Logger()
@@ -147,12 +148,19 @@ class IngestService(Service):
             if failure.check(StoreBusy):
                 self.counters["rejects"][(kind, "busy")] += 1
                 raise self.busy_error()
+            if failure.check(DatabaseLost):  # the database file went away: nothing is acknowledged until a restart
+                error = IngestError(503, "database", "The upload was not stored: " + str(failure.value))
+                error.retry_after = self.settings.WRITE_RETRY_AFTER_SECONDS  # type: ignore[attr-defined]
+                return self._refuse(kind, error)
             if failure.check(ReplayRefused):
                 return self._refuse(kind, replay_error(failure.value.claim, "is not larger than the last one stored"))
             if failure.check(DuplicateUpload):  # a copy with the same key got in first
                 return self.store.idempotency_lookup(idempotent.key, idempotent.cutoff).addCallbacks(repeated, failed)
             self.counters["rejects"][(kind, "store")] += 1
-            log.failure("Could not store {rows} rows from {transport}", failure, rows=len(rows), transport=transport)
+            if is_disk_error(failure.value):  # /health reports it too; the traceback would say nothing more
+                log.error("Could not store {rows} rows from {transport}: {error}", rows=len(rows), transport=transport, error=str(failure.value))
+            else:
+                log.failure("Could not store {rows} rows from {transport}", failure, rows=len(rows), transport=transport)
             error = IngestError(503, "store", "The upload could not be stored; nothing was saved, try again")
             error.retry_after = self.settings.WRITE_RETRY_AFTER_SECONDS  # type: ignore[attr-defined]
             raise error

@@ -35,7 +35,7 @@ class PlotQueries:
     """The read side of :class:`co2logd.store.Store` used by the dashboard, plots and /health."""
 
     #
-    # Reads only (and one rolled-back write in check_writable).  Time bounds
+    # Reads only.  Time bounds
     # are text in the stored upload-time format (co2logd.timerange.time_text),
     # so comparisons are text comparisons the upload-time index serves.
 

@@ -133,7 +133,7 @@ def build_service(
     root.config_file = config_file
     if store is None:
         try:
-            store = Store.open(settings.DB, settings)
+            store = Store.open(settings.DB, settings, clock=reactor)
         except StoreError as e:
             raise StartupError("co2logd: {}".format(e))
     store.setServiceParent(root)

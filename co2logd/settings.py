@@ -126,6 +126,12 @@ def _kind_optional_str(value: Any) -> Any:
     return value
 
 
+def _kind_optional_token(value: Any) -> Any:
+    if value is not None and not (isinstance(value, str) and len(value) >= 16 and value.isascii() and value.isprintable()):
+        raise TypeError("None or a string of at least 16 printable ASCII characters")
+    return value
+
+
 def _kind_bool(value: Any) -> Any:
     if not isinstance(value, bool):
         raise TypeError("True or False")
@@ -292,7 +298,7 @@ KEYS: Dict[str, Key] = {
     "SENSEMAPI_LOGLEVEL": Key(logging.WARNING, _kind_loglevel, "log level of sensemapi"),
     "CHECKSUM_SALTS": Key([], _kind_str_list, "pre-shared salts for the salted checksums"),
     "UPLOAD_REQUIRES_AUTH": Key(False, _kind_bool, "uploads need a matching salted checksum"),
-    "DOWNLOAD_REQUIRES_AUTH": Key(False, _kind_bool, "downloads need a salted checksum of the path"),
+    "DOWNLOAD_REQUIRES_AUTH": Key(False, _kind_bool, "the data (dashboard, /download, /plot, /health details, /metrics) needs a salted checksum of the path, DASHBOARD_TOKEN or its session"),
     "UPLOAD_HELP": Key(True, _kind_bool, "serve /uploadhelp"),
     "AUTH_CHECKER": Key(default_auth_checker, _kind_callable, "matches → granted?"),
     "DATA_TABLE_NAME": Key("data", _kind_identifier, "table holding the data"),
@@ -395,6 +401,9 @@ KEYS: Dict[str, Key] = {
     "PLOT_CO2_COLUMN_REGEX": Key(re.compile(r"co2", re.IGNORECASE), _kind_regex, "columns that get the CO2 bands"),
     "HEALTH_OUTBOX_MAX_AGE": Key(3600, _kind_positive_number, "/health is 503 when the oldest OpenSenseMap outbox entry is older (seconds)"),
     "HEALTH_SILENT_SOURCES": Key(False, _kind_bool, "/health is 503 while a source is silent (see DASHBOARD_SILENT_SECONDS)"),
+    # health that sees the disk (issue 12)
+    "HEALTH_HEARTBEAT_SECONDS": Key(10, _kind_positive_number, "seconds between heartbeat writes (a committed one-row update, synchronous as uploads, and a check that the database file is still the one opened); /health is 503 when the last one failed"),
+    "HEALTH_MIN_FREE_MB": Key(8, _kind_non_negative_number, "/health is 503 when the database's file system has less free space (MB; 0: no check)"),
     # hardening (issue 7)
     "HTTP_MAX_CONNECTIONS": Key(256, _kind_positive_int, "HTTP connections open at once; more are answered 503 and closed"),
     "HTTP_REQUEST_TIMEOUT": Key(60, _kind_positive_number, "seconds a client has to send a whole HTTP request (headers and body) from its first byte; slower ones get 408"),
@@ -405,6 +414,8 @@ KEYS: Dict[str, Key] = {
     "REPLAY_WINDOW_SECONDS": Key(300, _kind_positive_number, "how far a Content-Timestamp may be from the server's clock"),
     "IDEMPOTENCY_RETENTION_SECONDS": Key(86400, _kind_non_negative_number, "how long an Idempotency-Key answers repeats with the original receipt (0: keys are ignored)"),
     # hold under attack (issue 12)
+    "DASHBOARD_TOKEN": Key(None, _kind_optional_token, "with DOWNLOAD_REQUIRES_AUTH: a secret (at least 16 characters) that opens every data route: ?token= once in a browser (then a session cookie) or Authorization: Bearer"),
+    "DASHBOARD_SESSION_SECONDS": Key(86400, _kind_positive_number, "how long the session cookie set by ?token=DASHBOARD_TOKEN stays valid"),
     "DOWNLOAD_CSV_NEUTRALISE_FORMULAS": Key(True, _kind_bool, "CSV downloads put a ' before text cells starting with = + - @ tab or CR, so spreadsheets do not run them as formulas"),
 }
 

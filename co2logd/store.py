@@ -30,6 +30,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from co2logd.db import StoreError, transaction
+from co2logd.dbwatch import HEARTBEAT_TABLE, DatabaseLost, DatabaseWatch, is_disk_error
 from co2logd.names import quote_identifier
 from co2logd.plot_queries import (
     ROLLUP_ODD_TABLE,
@@ -94,6 +95,15 @@ UPGRADES: List[Tuple[int, List[str]]] = [
             "CREATE TABLE IF NOT EXISTS {} (col TEXT PRIMARY KEY, done_rowid INTEGER NOT NULL, "
             "names TEXT NOT NULL)".format(ROLLUP_STATE_TABLE),
             "CREATE TABLE IF NOT EXISTS {} (row INTEGER PRIMARY KEY)".format(ROLLUP_ODD_TABLE),
+        ],
+    ),
+    (
+        5,
+        [
+            # the heartbeat /health writes (issue 12): one row, updated in a committed transaction
+            "CREATE TABLE IF NOT EXISTS {} (id INTEGER PRIMARY KEY CHECK (id = 1), beat_at REAL NOT NULL)".format(
+                HEARTBEAT_TABLE
+            ),
         ],
     ),
 ]
@@ -213,9 +223,13 @@ def _table_columns(connection: sqlite3.Connection, table: str) -> Dict[str, str]
     return {name.lower(): declared for name, declared in rows}
 
 
-class Store(PlotQueries, Service):
+class Store(PlotQueries, DatabaseWatch, Service):
     """
     Writes and reads the data table through one adbapi connection.
+
+    With a ``clock``, a heartbeat write runs every ``HEALTH_HEARTBEAT_SECONDS``
+    (see :mod:`co2logd.dbwatch`, which also refuses writes into a database
+    file that was deleted or replaced).
 
     ``columns`` is the cached schema of the data table (name → declared type),
     kept current by :meth:`write`; readers on the reactor thread may use it
@@ -224,8 +238,16 @@ class Store(PlotQueries, Service):
 
     name = "store"
 
-    def __init__(self, path: str, settings, columns: Mapping[str, str], pool_factory: Callable[..., adbapi.ConnectionPool] = adbapi.ConnectionPool):
+    def __init__(
+        self,
+        path: str,
+        settings,
+        columns: Mapping[str, str],
+        pool_factory: Callable[..., adbapi.ConnectionPool] = adbapi.ConnectionPool,
+        clock=None,
+    ):
         self.path = path
+        self._watch_init(clock)
         self.settings = settings
         self.columns: Dict[str, str] = dict(columns)
         self.table = quote_identifier(settings.DATA_TABLE_NAME)
@@ -242,24 +264,35 @@ class Store(PlotQueries, Service):
         #: transactions written, uploads in them, the largest group, writes refused as busy
         self.write_stats: Dict[str, int] = {"transactions": 0, "uploads": 0, "largest_group": 0, "busy": 0}
         synchronous = settings.DB_SYNCHRONOUS
+
+        def opened(connection) -> None:
+            configure_connection(connection, synchronous)
+            self._remember_files()  # the files this connection writes (dbwatch)
+
         self.pool = pool_factory(
             "sqlite3",
             path,
             check_same_thread=False,
             cp_min=1,
             cp_max=1,
-            cp_openfun=lambda connection: configure_connection(connection, synchronous),
+            cp_openfun=opened,
             cp_noisy=False,
         )
 
     @classmethod
-    def open(cls, path: str, settings) -> "Store":
-        """Prepare the schema synchronously, then return a store on it."""
-        return cls(path, settings, prepare_database(path, settings))
+    def open(cls, path: str, settings, clock=None) -> "Store":
+        """Prepare the schema synchronously, then return a store on it (with a heartbeat when given a clock)."""
+        return cls(path, settings, prepare_database(path, settings), clock=clock)
+
+    def startService(self) -> None:
+        """Start the heartbeat (when the store has a clock)."""
+        super().startService()
+        self._start_heartbeat()
 
     def stopService(self) -> Optional[Deferred]:
         """Close the pool once every queued write has been committed (or has failed)."""
         super().stopService()
+        self._stop_heartbeat()
         waits = [d for d in self._filling.values()]  # a background rollup fill stops after its chunk
         if self._writing:
             drained: Deferred = Deferred()
@@ -310,6 +343,8 @@ class Store(PlotQueries, Service):
         raising refuses the upload) and hear ``guard.committed(store)`` after
         the commit: replay counters and idempotency keys (issue 7).
         """
+        if self.lost is not None:
+            return fail(DatabaseLost(self.lost))
         if self._queued_rows >= self.queue_limit:
             self.write_stats["busy"] += 1
             return fail(StoreBusy("{} rows are waiting for the database".format(self._queued_rows)))
@@ -329,8 +364,12 @@ class Store(PlotQueries, Service):
 
     def _written(self, outcome, group: List["_Upload"]) -> None:
         """Back on the reactor: update the column cache, fire every caller, start the next group."""
+        self._note_write(outcome, [] if isinstance(outcome, Failure) else outcome[0])
         if isinstance(outcome, Failure):
-            log.failure("A write transaction of {uploads} uploads failed", outcome, uploads=len(group))
+            if outcome.check(DatabaseLost) or is_disk_error(outcome.value):  # said once more by /health: no traceback
+                log.error("A write transaction of {uploads} uploads failed: {why}", uploads=len(group), why=str(outcome.value))
+            else:
+                log.failure("A write transaction of {uploads} uploads failed", outcome, uploads=len(group))
             results = [outcome] * len(group)
         else:
             results, added = outcome
@@ -381,6 +420,7 @@ class Store(PlotQueries, Service):
                     cursor.execute("RELEASE upload")
                     added.update(mine)
                     results.append(len(upload.rows))
+            self._check_files(connection)  # never acknowledge into a deleted or replaced file
             cursor.execute("COMMIT")
         except BaseException:
             if connection.in_transaction:
@@ -489,19 +529,6 @@ class Store(PlotQueries, Service):
             return stream
 
         return self.pool.runWithConnection(start)
-
-    def check_writable(self) -> Deferred:
-        """Fire with True after a write the database accepted (and that is then rolled back)."""
-
-        def run(connection):
-            connection.execute("BEGIN IMMEDIATE")
-            try:
-                connection.execute("INSERT INTO {} (version) VALUES (-1)".format(SCHEMA_VERSION_TABLE))
-            finally:
-                connection.rollback()
-            return True
-
-        return self.pool.runWithConnection(run)
 
     def rowid_at(self, query: "Query", offset: int) -> Deferred:
         """

@@ -658,7 +658,7 @@ class HealthTests(DaemonSiteMixin, unittest.TestCase):
         yield self.post(b'{"co2": [500]}', "application/json")
         status, report = yield self.health()
         self.assertEqual((status, report["healthy"], report["reasons"]), (200, True, []))
-        self.assertEqual(report["database"], {"writable": True})
+        self.assertTrue(report["database"]["writable"])
         self.assertEqual(report["components"][0]["kind"], "serial")
         self.assertEqual([s["transport"] for s in report["sources"]], ["http"])
         devices.unplug("/dev/ttyFAKE0")
@@ -683,17 +683,20 @@ class HealthTests(DaemonSiteMixin, unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_read_only_database(self):
-        """A database that refuses writes makes /health 503."""
+        """An upload the database refuses with a disk error (read-only here) makes /health 503 until an upload is written again."""
         self.start()
-
-        def refuse():
-            return defer.fail(sqlite3.OperationalError("attempt to write a readonly database"))
-
-        self.store.check_writable = refuse
+        yield self.store.pool.runWithConnection(lambda c: c.execute("PRAGMA query_only = 1"))
+        status, _ = yield self.post(b'{"co2": [500]}', "application/json")
+        self.assertEqual(status, 503)
         status, report = yield self.health()
         self.assertEqual(status, 503)
         self.assertEqual(report["database"]["writable"], False)
         self.assertIn("readonly", report["reasons"][0])
+        yield self.store.pool.runWithConnection(lambda c: c.execute("PRAGMA query_only = 0"))
+        status, _ = yield self.post(b'{"co2": [501]}', "application/json")
+        self.assertEqual(status, 200)
+        status, report = yield self.health()
+        self.assertEqual(status, 200, report)
 
     @defer.inlineCallbacks
     def test_silent_sources_can_count(self):

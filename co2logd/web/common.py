@@ -6,6 +6,7 @@ import html
 import json
 from typing import Any, Dict, List, Optional, Tuple
 
+from twisted.web.resource import Resource
 from twisted.web.server import Request
 
 
@@ -66,3 +67,23 @@ def finish_quietly(request: Request, data: Optional[bytes] = None) -> None:
     if data:
         request.write(data)
     request.finish()
+
+
+def allowed_methods(resrc) -> Optional[List[bytes]]:
+    """
+    The methods ``resrc`` serves, sorted: its ``render_*`` methods, HEAD
+    exactly when GET is there (Resource's ``render_HEAD`` only runs
+    ``render_GET``).  A wrapper names its inner resource's methods in
+    ``allowed_methods``.  None for a resource that overrides ``render``
+    itself (error pages), which answers every method.
+    """
+    explicit = getattr(resrc, "allowed_methods", None)
+    if explicit is not None:
+        return sorted(explicit)
+    if type(resrc).render is not Resource.render:
+        return None
+    names = {name[len("render_"):] for name in dir(resrc) if name.startswith("render_")}
+    names.discard("HEAD")
+    if "GET" in names:
+        names.add("HEAD")
+    return sorted(name.encode("ascii") for name in names)

@@ -29,12 +29,11 @@ from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
-from co2logd.errors import IngestError
 from co2logd.ingest import json_default
 from co2logd.payloads import text_value
 from co2logd.store import Query
 from co2logd.timerange import TimeRangeError, parse_time, time_text
-from co2logd.web.common import error_reply, escape, finish_quietly, header_pairs, query_args
+from co2logd.web.common import error_reply, escape, finish_quietly, query_args
 from co2logd.web.formulas import neutralise_cell
 
 log = Logger()
@@ -186,7 +185,7 @@ class TableWriter:
 
 
 class DownloadResource(Resource):
-    """Serves the data table; ``DOWNLOAD_REQUIRES_AUTH`` checks the path's checksum."""
+    """Serves the data table (behind :class:`co2logd.web.access.GuardedResource` for ``DOWNLOAD_REQUIRES_AUTH``)."""
 
     isLeaf = True
 
@@ -202,10 +201,6 @@ class DownloadResource(Resource):
         fmt = args.get("format", "html")
         if fmt not in FORMATS:
             return error_reply(request, 400, "Unknown format: '{}'; use html, csv or json".format(fmt))
-        try:
-            self.ingest.check_auth(full_path(request), header_pairs(request), self.settings.DOWNLOAD_REQUIRES_AUTH)
-        except IngestError as e:
-            return error_reply(request, e.status, e.message)
         columns = list(self.store.columns)
         query = build_query(args, columns, self.settings.MAX_LIMIT_OF_ROWS)
         now = self.clock.seconds() if self.clock is not None else time.time()

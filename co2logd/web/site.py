@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import json
 import os
-from typing import List, Optional
 
 from twisted.logger import Logger
 from twisted.web import server
@@ -16,11 +15,14 @@ from twisted.web.static import File
 from co2logd.activity import SourceTracker
 from co2logd.health import HealthChecker
 from co2logd.metrics import Metrics
+from co2logd.web.access import DataAccess, GuardedResource
+from co2logd.web.common import allowed_methods
 from co2logd.web.dashboard import DashboardResource, static_directory
 from co2logd.web.download import DownloadResource
 from co2logd.web.guard import GuardedSite
 from co2logd.web.pages import UploadHelpResource
 from co2logd.web.plot import PlotResource
+from co2logd.web.public import PublicHealthResource, PublicIndexResource
 from co2logd.web.status import HealthResource, MetricsResource
 from co2logd.web.upload import UploadResource
 
@@ -94,26 +96,6 @@ class BoundedRequest(server.Request):
         transport.loseConnection()
 
 
-def allowed_methods(resrc) -> Optional[List[bytes]]:
-    """
-    The methods ``resrc`` serves, sorted: its ``render_*`` methods, HEAD
-    exactly when GET is there (Resource's ``render_HEAD`` only runs
-    ``render_GET``).  A wrapper names its inner resource's methods in
-    ``allowed_methods``.  None for a resource that overrides ``render``
-    itself (error pages), which answers every method.
-    """
-    explicit = getattr(resrc, "allowed_methods", None)
-    if explicit is not None:
-        return sorted(explicit)
-    if type(resrc).render is not Resource.render:
-        return None
-    names = {name[len("render_"):] for name in dir(resrc) if name.startswith("render_")}
-    names.discard("HEAD")
-    if "GET" in names:
-        names.add("HEAD")
-    return sorted(name.encode("ascii") for name in names)
-
-
 class OpenAPIResource(Resource):
     """``GET /openapi.yaml``: the OpenAPI description of these routes (docs/openapi.yaml)."""
 
@@ -146,15 +128,20 @@ def make_root(settings, ingest, store, clock, extra_children=None, services=()) 
     """
     root = Resource()
     sources = SourceTracker(store, settings)
-    index = DashboardResource(settings, store, clock, sources, services)
+    # DOWNLOAD_REQUIRES_AUTH covers every route that shows data (co2logd.web.access)
+    access = DataAccess(settings, ingest, clock)
+    checker = HealthChecker(settings, store, clock, services, sources)
+    index = GuardedResource(
+        DashboardResource(settings, store, clock, sources, services), access, PublicIndexResource(settings, store)
+    )
     root.putChild(b"", index)
     root.putChild(b"index", index)
     root.putChild(b"upload", UploadResource(ingest))
-    root.putChild(b"download", DownloadResource(settings, store, ingest, clock))
+    root.putChild(b"download", GuardedResource(DownloadResource(settings, store, ingest, clock), access))
     root.putChild(b"uploadhelp", UploadHelpResource(settings))
-    root.putChild(b"plot", PlotResource(settings, store, clock))
-    root.putChild(b"health", HealthResource(HealthChecker(settings, store, clock, services, sources)))
-    root.putChild(b"metrics", MetricsResource(Metrics(settings, ingest, store, clock, services)))
+    root.putChild(b"plot", GuardedResource(PlotResource(settings, store, clock), access))
+    root.putChild(b"health", GuardedResource(HealthResource(checker), access, PublicHealthResource(checker)))
+    root.putChild(b"metrics", GuardedResource(MetricsResource(Metrics(settings, ingest, store, clock, services)), access))
     root.putChild(b"static", StaticFiles(static_directory(), defaultType="application/octet-stream"))
     root.putChild(b"openapi.yaml", OpenAPIResource())
     for name, child in (extra_children or {}).items():

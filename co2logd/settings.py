@@ -369,6 +369,7 @@ KEYS: Dict[str, Key] = {
     "MAX_NEW_COLUMNS_PER_UPLOAD": Key(100, _kind_positive_int, "most new columns one upload may add"),
     "MAX_COLUMNS": Key(1000, _kind_positive_int, "most columns the data table may have"),
     "MAX_COLUMN_NAME_LENGTH": Key(64, _kind_positive_int, "longest column name"),
+    "MAX_CHECKSUM_HEADERS": Key(8, _kind_positive_int, "most Content-*-Salted headers on one upload; more are refused (400) before any hashing"),
     "DB_SYNCHRONOUS": Key("FULL", _kind_synchronous, "SQLite PRAGMA synchronous"),
     # transports (issue 3)
     "UDP_MAX_DATAGRAM": Key(8192, _kind_udp_datagram, "largest UDP datagram (header block + body) in bytes; larger ones are refused"),

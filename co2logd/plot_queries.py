@@ -85,6 +85,8 @@ class PlotQueries:
     index_chunk_rows = 20_000
     #: rows folded into the rollups per maintenance transaction
     rollup_chunk_rows = 20_000
+    #: uploads of at most this many rows are folded into the rollups in the writer's own transaction
+    fold_in_writer_rows = 2_000
     #: a plot reads the rows beyond the rollups' watermark exactly; past this many it reads the range's rows instead
     tail_limit_rows = 100_000
     #: rows read per interaction by the exact path
@@ -248,6 +250,19 @@ class PlotQueries:
         for sql in mtime.index_statements(self.settings, columns, self.table, rowid):
             cursor.execute(sql, (before, top))
         cursor.execute("UPDATE {} SET filled_to = ? WHERE k = 1".format(MTIME_STATE_TABLE), (top,))
+        if top - before > self.fold_in_writer_rows:
+            return  # a big upload: maintenance folds it in chunks, not this transaction
+        # the usual small upload: fold it into the rollups that are current, under the same fsync
+        names = self._rollup_names()
+        current = [
+            col for col, done, was in cursor.execute("SELECT col, done_rowid, names FROM {}".format(ROLLUP_STATE_TABLE))
+            if done == before and was == names and col in columns
+        ]
+        if current:
+            self._roll_up(cursor, current, before, top)
+            cursor.executemany(
+                "UPDATE {} SET done_rowid = ? WHERE col = ?".format(ROLLUP_STATE_TABLE), [(top, c) for c in current]
+            )
 
     def _rollup_names(self) -> str:
         """The settings a rollup depends on; a column rolled up under other names is rebuilt."""
@@ -411,7 +426,7 @@ class PlotQueries:
         tail_source_sql, _ = self._source_clause(job.sources, "m.src")
         tail = connection.execute(
             "SELECT m.t, m.src, {cols} FROM {mt} AS m JOIN {table} AS d ON d.{rowid} = m.row "
-            "WHERE m.row > ? AND m.t >= ? AND m.t < ?{f}".format(
+            "WHERE m.row > ? AND +m.t >= ? AND +m.t < ?{f}".format(  # + : by row range, not the time index
                 cols=", ".join(_numeric("d." + quote_identifier(c)) for c in columns), mt=MTIME_TABLE,
                 table=self.table, rowid=self._rowid(), f=tail_source_sql,
             ),

@@ -233,7 +233,7 @@ def _body(panel: Panel, frame: Frame, colours: Dict[str, str], left: float, scal
             return left + frame.x_of_time((edges[i] + edges[i + 1]) / 2)
     for label, buckets in panel.series:
         points = path_points(buckets, x_of, frame.y_of)
-        d = "".join("{}{},{}".format(c, _num(x), _num(y)) for c, x, y in points)
+        d = "".join(["%s%.1f,%.1f" % point for point in points])
         out.append('<path class="series" data-source="{s}" data-column="{c}" data-points="{n}" stroke="{colour}"{v} d="{d}"/>'.format(
             s=html.escape(label), c=html.escape(panel.column), n=len(points), colour=colours.get(label, OKABE_ITO[0]),
             v=stretch, d=d))

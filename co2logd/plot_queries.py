@@ -339,7 +339,8 @@ class PlotQueries:
         job = _PlotJob(list(columns), [float(b) for b in bounds], list(filters), max_series)
         self.want_rollups(job.columns)
         if rollups and job.columns:
-            job.pieces = rollup.plan_seconds(job.bounds)
+            job.whole = rollup.whole_range_piece(job.bounds)
+            job.pieces = [] if job.whole is not None else rollup.plan_seconds(job.bounds)
         return self._in_steps(self.read_pool, self._plot_step, job).addCallback(self._plot_data, job)
 
     def _plot_step(self, connection, job: "_PlotJob"):
@@ -447,17 +448,36 @@ class PlotQueries:
         nothing = [(None, None)] * len(columns)
         exact = self._bucket_sql(columns, chosen)
         _, exact_ids = self._source_clause(chosen, "m.src")
-        for i, piece in enumerate(job.pieces):
-            for span_, first, end in piece.periods:
-                for column, source, lo, hi in connection.execute(summary, list(columns) + [span_, first, end] + keep_ids):
-                    pairs = found.setdefault((i, source), list(nothing))
-                    k = position[column]
-                    pairs[k] = rollup.merge(pairs[k], lo, hi)
-            for a, b in piece.exact:
+
+        def add(i: int, source: SourceId, k: int, lo, hi) -> None:
+            pairs = found.setdefault((i, source), list(nothing))
+            pairs[k] = rollup.merge(pairs[k], lo, hi)
+
+        whole = job.whole
+        if whole is not None:
+            # inner edges on whole periods: one query per span for the whole range, each period into its bucket
+            last = len(bounds) - 2
+            for span_, first, end in whole.periods:
+                for column, source, start, lo, hi in connection.execute(
+                    "SELECT col, source, start, lo, hi FROM {} WHERE col IN ({}) AND span = ? AND start >= ? AND start < ?{}".format(
+                        ROLLUP_TABLE, ", ".join("?" * len(columns)), keep_sql),
+                    list(columns) + [span_, first, end] + keep_ids,
+                ):
+                    add(min(bisect.bisect_right(bounds, start) - 1, last), source, position[column], lo, hi)
+            for a, b in whole.exact:
+                i = min(bisect.bisect_right(bounds, a) - 1, last)
                 for source, _n, *values in connection.execute(exact, [a, b] + exact_ids):
-                    pairs = found.setdefault((i, source), list(nothing))
                     for k in range(len(columns)):
-                        pairs[k] = rollup.merge(pairs[k], values[2 * k], values[2 * k + 1])
+                        add(i, source, k, values[2 * k], values[2 * k + 1])
+        else:
+            for i, piece in enumerate(job.pieces):
+                for span_, first, end in piece.periods:
+                    for column, source, lo, hi in connection.execute(summary, list(columns) + [span_, first, end] + keep_ids):
+                        add(i, source, position[column], lo, hi)
+                for a, b in piece.exact:
+                    for source, _n, *values in connection.execute(exact, [a, b] + exact_ids):
+                        for k in range(len(columns)):
+                            add(i, source, k, values[2 * k], values[2 * k + 1])
         for when, source, *values in tail:
             if source not in chosen:
                 continue
@@ -745,6 +765,7 @@ class _PlotJob:
         self.filters = filters
         self.max_series = max_series
         self.pieces: Optional[list] = None  # co2logd.rollup.plan_seconds(bounds) when rollups may answer
+        self.whole: Optional[rollup.Piece] = None  # or the whole range at once (co2logd.rollup.whole_range_piece)
         self.mode: Optional[str] = None  # "exact" or "rollup", chosen in the first interaction
         self.sources: Optional[Dict[SourceId, str]] = None  # the filters' sources (None: all)
         self.left_out = 0

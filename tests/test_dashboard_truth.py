@@ -299,6 +299,25 @@ class ReadsNeverWriteTests(TruthMixin, unittest.TestCase):
             yield self.store.read_pool.runOperation("DELETE FROM data")
 
 
+class SharedRenderTests(TruthMixin, unittest.TestCase):
+    """Pollers cannot multiply the dashboard's work: identical views share one render for DASHBOARD_CACHE_SECONDS."""
+
+    @defer.inlineCallbacks
+    def test_identical_views_share_a_render(self):
+        """Eight concurrent views of ``/`` and two more right after run one plot query; another range runs its own."""
+        self.start()
+        yield self.upload({"time": [int(self.now) - 60], "co2": [500]})
+        calls = []
+        real = self.store.plot_series
+        self.patch(self.store, "plot_series", lambda *a, **k: (calls.append(a), real(*a, **k))[1])
+        pages = yield defer.gatherResults([self.page() for _ in range(8)])
+        pages += [(yield self.page()), (yield self.page())]
+        self.assertEqual(len(calls), 1)
+        self.assertEqual(len(set(pages)), 1)
+        yield self.page("?since=1h")
+        self.assertEqual(len(calls), 2)
+
+
 class MaintenanceTests(StoreMixin, unittest.TestCase):
     """The side table and rollups are kept by a timer on the injected clock, rows from other programs included."""
 

@@ -247,7 +247,13 @@ class PlotQueries:
         (top,) = cursor.execute("SELECT coalesce(max({}), 0) FROM {}".format(rowid, self.table)).fetchone()
         if top <= before:
             return
-        for sql in mtime.index_statements(self.settings, columns, self.table, rowid):
+        key = (rowid, tuple(columns))
+        statements = self._index_sql.get(key)
+        if statements is None:
+            if len(self._index_sql) >= 100:
+                self._index_sql.clear()  # a bound, not an LRU: column sets change rarely
+            statements = self._index_sql[key] = mtime.index_statements(self.settings, columns, self.table, rowid)
+        for sql in statements:
             cursor.execute(sql, (before, top))
         cursor.execute("UPDATE {} SET filled_to = ? WHERE k = 1".format(MTIME_STATE_TABLE), (top,))
         if top - before > self.fold_in_writer_rows:
@@ -276,16 +282,19 @@ class PlotQueries:
         (min, max and count merge, so rows arriving late, or a backfill of
         last month, land in their own minutes).
         """
-        stats = ", ".join(
-            "min({v}), max({v}), count({v})".format(v=_numeric("d." + quote_identifier(c))) for c in columns
-        )
-        rows = connection.execute(
-            "SELECT m.src, CAST(m.t AS INTEGER) / 60 * 60, {stats} FROM {mt} AS m JOIN {table} AS d ON d.{rowid} = m.row "
-            "WHERE m.row > ? AND m.row <= ? AND m.t IS NOT NULL GROUP BY 1, 2".format(
-                stats=stats, mt=MTIME_TABLE, table=self.table, rowid=self._rowid()
-            ),
-            (low, high),
-        ).fetchall()
+        key = ("rollup", self._rowid(), tuple(columns))
+        sql = self._index_sql.get(key)
+        if sql is None:
+            stats = ", ".join(
+                "min({v}), max({v}), count({v})".format(v=_numeric("d." + quote_identifier(c))) for c in columns
+            )
+            sql = self._index_sql[key] = (
+                "SELECT m.src, CAST(m.t AS INTEGER) / 60 * 60, {stats} FROM {mt} AS m JOIN {table} AS d ON d.{rowid} = m.row "
+                "WHERE m.row > ? AND m.row <= ? AND +m.t IS NOT NULL GROUP BY 1, 2".format(
+                    stats=stats, mt=MTIME_TABLE, table=self.table, rowid=self._rowid()
+                )
+            )
+        rows = connection.execute(sql, (low, high)).fetchall()
         minutes = []
         hours: Dict[Tuple[str, int, Any], Tuple[Any, Any, int]] = {}
         for source, start, *values in rows:

@@ -369,6 +369,7 @@ KEYS: Dict[str, Key] = {
     "MAX_NEW_COLUMNS_PER_UPLOAD": Key(100, _kind_positive_int, "most new columns one upload may add"),
     "MAX_COLUMNS": Key(1000, _kind_positive_int, "most columns the data table may have"),
     "MAX_COLUMN_NAME_LENGTH": Key(64, _kind_positive_int, "longest column name"),
+    "MAX_CHECKSUM_HEADERS": Key(8, _kind_positive_int, "most Content-*-Salted headers on one upload; more are refused (400) before any hashing"),
     "DB_SYNCHRONOUS": Key("FULL", _kind_synchronous, "SQLite PRAGMA synchronous"),
     # transports (issue 3)
     "UDP_MAX_DATAGRAM": Key(8192, _kind_udp_datagram, "largest UDP datagram (header block + body) in bytes; larger ones are refused"),
@@ -522,13 +523,22 @@ def read_config_file(path: str) -> Dict[str, Any]:
     Like Flask's ``from_pyfile`` (which co2logserver uses), other names (imports,
     lower-case helpers) are left out.  Raises :class:`SettingsError` when the
     file cannot be read or fails to execute.
+
+    co2logserver's own config files run unmodified: ``co2logserver.utils`` is
+    answered with :mod:`co2logd.legacy_utils` inside the file (and its hooks)
+    only, and its helpers are predefined for files whose import was removed.
     """
+    from co2logd import legacy_utils
+
     try:
         with open(path, "rb") as f:
             source = f.read()
     except OSError as e:
         raise SettingsError("Cannot read config file {}: {}".format(path, e.strerror or e))
-    namespace: Dict[str, Any] = {"__file__": os.path.abspath(path), "__name__": "co2logd_config"}
+    namespace: Dict[str, Any] = {name: getattr(legacy_utils, name) for name in legacy_utils.HELPERS}
+    namespace.update(
+        __file__=os.path.abspath(path), __name__="co2logd_config", __builtins__=legacy_utils.config_builtins()
+    )
     try:
         code = compile(source, path, "exec")
         exec(code, namespace)

@@ -35,6 +35,7 @@ from co2logd.db import StoreError, transaction
 from co2logd.dbwatch import HEARTBEAT_TABLE, DatabaseLost, DatabaseWatch, is_disk_error
 from co2logd.names import quote_identifier
 from co2logd import mtime
+from co2logd.rowid import rowid_alias
 from co2logd.plot_queries import (
     MTIME_STATE_TABLE,
     MTIME_TABLE,
@@ -301,6 +302,8 @@ class Store(PlotQueries, DatabaseWatch, Service):
         self.settings = settings
         self.columns: Dict[str, str] = dict(columns)
         self.table = quote_identifier(settings.DATA_TABLE_NAME)
+        #: how every query names the data table's rowid: a column called rowid may hide it
+        self.rowid: str = rowid_alias(self.columns)
         self.queue_limit: int = settings.WRITE_QUEUE_MAX_ROWS
         self._queue: List[_Upload] = []
         self._queued_rows = 0
@@ -616,7 +619,7 @@ class Store(PlotQueries, DatabaseWatch, Service):
     def rowid_at(self, query: "Query", offset: int) -> Deferred:
         """
         The rowid of the row ``offset`` places into ``query``'s result (its
-        ``columns`` must be ``["rowid"]``), or None: where the next page of a
+        ``columns`` must be ``[store.rowid]``), or None: where the next page of a
         paged download starts.
         """
         sql, params = query.sql(self.table)

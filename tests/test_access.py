@@ -110,7 +110,8 @@ class WithoutCredentialsTests(AccessMixin, unittest.TestCase):
     @defer.inlineCallbacks
     def test_unhealthy_status_line(self):
         """An unhealthy daemon is a 503 status line without the reasons (which name boxes)."""
-        self.start_site(protected(HEALTH_SILENT_SOURCES=True, DASHBOARD_SILENT_SECONDS=1))
+        # a source in HEALTH_WATCHED_SOURCES is watched from its first upload (issue 12, finding 9)
+        self.start_site(protected(HEALTH_WATCHED_SOURCES=[BOX], DASHBOARD_SILENT_SECONDS=1))
         yield self.seed()
         yield task.deferLater(reactor, 1.5, lambda: None)
         response, content = yield self.fetch("GET", "/health")

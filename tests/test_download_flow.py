@@ -127,6 +127,8 @@ class FlowControlTests(SiteMixin, unittest.TestCase):
         self.assertTrue(producer.paused, "the producer was never paused")
         self.assertLess(held, 200_000, "the server buffers {} bytes for a client that reads nothing".format(held))
         self.assertLess(producer.chunks, ROWS // CHUNK // 4, "the server read ahead of the client")
+        stored = yield self.store.write(["co2"], [[1]], {})  # the paused download's cursor does not block writes
+        self.assertEqual(stored, 1)
         client.transport.resumeProducing()
         whole = yield client.closed
         fast = yield treq.get(self.url + path.decode(), persistent=False).addCallback(treq.content)
@@ -190,3 +192,182 @@ class FlowControlTests(SiteMixin, unittest.TestCase):
         self.assertEqual(response.code, 200)
         self.assertEqual(response.headers.getRawHeaders("content-type"), ["text/csv; charset=utf-8"])
         self.assertEqual(self.producers[-1].chunks, 0)
+
+
+class FakeStream:
+    """Rows in chunks, each fetch a Deferred the test fires; counts fetches and closes."""
+
+    def __init__(self, chunks):
+        self.chunks = list(chunks)
+        self.pending = []
+        self.closes = 0
+
+    def next_chunk(self):
+        d = defer.Deferred()
+        self.pending.append(d)
+        return d
+
+    def deliver(self):
+        """Fire the fetch in flight with the next chunk (or the end)."""
+        self.pending.pop(0).callback(self.chunks.pop(0) if self.chunks else [])
+
+    def close(self):
+        self.closes += 1
+        return defer.succeed(None)
+
+
+class FakeRequest:
+    """What RowProducer uses of a Request: producer registration, write, finish, notifyFinish."""
+
+    def __init__(self, method=b"GET", connected=True):
+        self.method = method
+        self.channel = object() if connected else None
+        self.producer = None
+        self.written = []
+        self.finished = 0
+        self._disconnected = not connected
+
+    def registerProducer(self, producer, streaming):
+        assert streaming and self.producer is None
+        self.producer = producer
+
+    def unregisterProducer(self):
+        self.producer = None
+
+    def write(self, data):
+        self.written.append(data)
+
+    def finish(self):
+        self.finished += 1
+
+    def notifyFinish(self):
+        return defer.Deferred()
+
+    def getClientAddress(self):
+        return "127.0.0.1"
+
+
+class RowProducerTests(unittest.TestCase):
+    """RowProducer alone, on a FakeRequest and a Clock: one fetch at a time, none while paused."""
+
+    def make(self, chunks, method=b"GET"):
+        self.request = FakeRequest(method)
+        self.stream = FakeStream(chunks)
+        self.clock = task.Clock()
+        self.producer = RowProducer(
+            self.request, self.stream, b"[", lambda rows: b"".join(rows), lambda: b"]", clock=self.clock, stall_timeout=5
+        )
+        return self.producer.begin()
+
+    def test_no_fetch_while_paused(self):
+        """Paused, it fetches nothing more (the one in flight is written); resumed, it goes on to the end."""
+        done = self.make([[b"a"], [b"b"], [b"c"]])
+        self.assertEqual(len(self.stream.pending), 1)
+        self.producer.pauseProducing()
+        self.stream.deliver()
+        self.assertEqual(self.stream.pending, [])
+        self.producer.resumeProducing()
+        self.stream.deliver()
+        self.stream.deliver()
+        self.stream.deliver()
+        self.assertEqual(b"".join(self.request.written), b"[abc]")
+        self.assertEqual(self.request.finished, 1)
+        self.assertEqual(self.stream.closes, 1)
+        self.assertIsNone(self.request.producer)
+        self.successResultOf(done)
+
+    def test_head(self):
+        """HEAD: the start and the end, no fetch."""
+        done = self.make([[b"a"]], method=b"HEAD")
+        self.assertEqual((self.stream.pending, b"".join(self.request.written)), ([], b"[]"))
+        self.successResultOf(done)
+
+    def test_stop_while_fetching(self):
+        """Stopped with a fetch in flight: its rows are dropped, nothing more is fetched, the cursor is closed once."""
+        done = self.make([[b"a"], [b"b"]])
+        self.producer.stopProducing()
+        self.assertEqual(self.stream.closes, 0)
+        self.stream.deliver()
+        self.assertEqual(self.stream.pending, [])
+        self.assertEqual(self.stream.closes, 1)
+        self.assertEqual(b"".join(self.request.written), b"[")
+        self.successResultOf(done)
+
+    def test_gone_before_start(self):
+        """A client that left before the rows started: nothing is fetched or written."""
+        request = FakeRequest(connected=False)
+        stream = FakeStream([[b"a"]])
+        done = RowProducer(request, stream, b"[", lambda rows: b"", lambda: b"]").begin()
+        self.successResultOf(done)
+        self.assertEqual((stream.pending, stream.closes, request.written), ([], 1, []))
+
+    def test_stall_timer(self):
+        """Paused for stall_timeout seconds on the clock: stopped; resumed in time: not."""
+        self.make([[b"a"]])
+        self.producer.pauseProducing()
+        self.clock.advance(4)
+        self.producer.resumeProducing()
+        self.clock.advance(10)
+        self.assertFalse(self.producer.stopped)
+        self.producer.pauseProducing()
+        self.request.channel = type("Channel", (), {"transport": None})()
+        self.clock.advance(5)
+        self.assertTrue(self.producer.stopped)
+
+
+class ChunkSizeTests(unittest.TestCase):
+    """Rows per chunk: the setting, fewer for wide tables."""
+
+    def test_chunk_rows(self):
+        """DOWNLOAD_CHUNK_ROWS for narrow tables, at most DOWNLOAD_CHUNK_CELLS cells for wide ones, never 0."""
+        from co2logd.web.download import DOWNLOAD_CHUNK_CELLS, chunk_rows
+
+        self.assertEqual(chunk_rows(500, 8), 500)
+        self.assertEqual(chunk_rows(500, 404), DOWNLOAD_CHUNK_CELLS // 404)
+        self.assertEqual(chunk_rows(500, 10 * DOWNLOAD_CHUNK_CELLS), 1)
+        self.assertEqual(chunk_rows(500, 0), 500)
+
+
+class CooperativeFormattingTests(unittest.TestCase):
+    """A chunk formatted in slices by a Cooperator on a Clock: the reactor gets turns between slices."""
+
+    def make(self):
+        self.request = FakeRequest()
+        self.stream = FakeStream([[b"a", b"b", b"c", b"d", b"e"]])
+        self.clock = task.Clock()
+        cooperator = task.Cooperator(
+            scheduler=lambda work: self.clock.callLater(1, work),  # a turn of the reactor: one advance(1)
+            terminationPredicateFactory=lambda: lambda: True,  # one slice per turn
+        )
+        self.producer = RowProducer(
+            self.request, self.stream, b"[", lambda rows: b"".join(rows), lambda: b"]", cooperator=cooperator, slice_rows=2
+        )
+        return self.producer.begin()
+
+    def test_slices(self):
+        """Five rows in slices of two: one slice per turn, then the next fetch, then the end."""
+        done = self.make()
+        self.stream.deliver()
+        self.assertEqual(self.request.written, [b"["])
+        self.clock.advance(1)
+        self.assertEqual(self.request.written, [b"[", b"ab"])
+        self.assertEqual(self.stream.pending, [])  # no fetch while the chunk is being written
+        self.clock.advance(1)
+        self.clock.advance(1)
+        self.clock.advance(1)
+        self.assertEqual(b"".join(self.request.written), b"[abcde")
+        self.stream.deliver()
+        self.assertEqual(b"".join(self.request.written), b"[abcde]")
+        self.successResultOf(done)
+
+    def test_stop_between_slices(self):
+        """The client goes away mid-chunk: the slices stop, the cursor is closed once."""
+        done = self.make()
+        self.stream.deliver()
+        self.clock.advance(1)
+        self.producer.stopProducing()
+        self.clock.advance(1)
+        self.clock.advance(1)
+        self.assertEqual(self.request.written, [b"[", b"ab"])
+        self.assertEqual((self.stream.pending, self.stream.closes), ([], 1))
+        self.successResultOf(done)

@@ -25,7 +25,7 @@ import time
 from typing import Dict, List, Optional
 from urllib.parse import unquote_to_bytes, urlencode
 
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
@@ -72,6 +72,15 @@ def build_query(args: Dict[str, str], columns: List[str], max_rows: int) -> Quer
 
 
 MAX_ROWID = 2**63 - 1
+
+#: cells per chunk at most: a wide table is read in fewer rows at a time, so a
+#: chunk (what a slow client holds, and one turn of the reactor's formatting) stays small
+DOWNLOAD_CHUNK_CELLS = 20_000
+
+
+def chunk_rows(setting: int, columns: int) -> int:
+    """Rows per chunk: ``DOWNLOAD_CHUNK_ROWS``, fewer for wide tables (at most DOWNLOAD_CHUNK_CELLS cells)."""
+    return max(1, min(setting, DOWNLOAD_CHUNK_CELLS // max(1, columns)))
 
 
 def is_whole_number(text: str) -> bool:
@@ -197,6 +206,8 @@ class DownloadResource(Resource):
         self.store = store
         self.ingest = ingest
         self.clock = clock
+        # formats the chunks of all downloads in turns of at most 10 ms, on the injected clock
+        self.cooperator = None if clock is None else task.Cooperator(scheduler=lambda work: clock.callLater(0, work))
 
     def render_GET(self, request):
         args = query_args(request)
@@ -224,9 +235,8 @@ class DownloadResource(Resource):
         if next_start is not None:
             next_link = next_page_link(request, args, next_start - 1)
             request.setHeader(b"link", '<{}>; rel="next"'.format(next_link).encode("utf-8"))
-        return self.store.select(query, self.settings.DOWNLOAD_CHUNK_ROWS).addCallback(
-            self._stream, request, fmt, args, next_link
-        )
+        rows = chunk_rows(self.settings.DOWNLOAD_CHUNK_ROWS, len(query.columns or self.store.columns))
+        return self.store.select(query, rows).addCallback(self._stream, request, fmt, args, next_link)
 
     def _stream(self, stream, request, fmt, args, next_link=None):
         """Hand the rows to a producer: the next chunk is read only when the client has taken the last one."""
@@ -245,6 +255,8 @@ class DownloadResource(Resource):
             writer.end,
             clock=self.clock,
             stall_timeout=self.settings.HTTP_IDLE_TIMEOUT,
+            cooperator=self.cooperator,
+            slice_rows=chunk_rows(self.settings.DOWNLOAD_CHUNK_ROWS, len(stream.header)) // 10 or 1,
         )
         return producer.begin()
 

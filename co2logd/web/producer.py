@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Optional
 
+from twisted.internet import task
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IPushProducer
 from twisted.logger import Logger
@@ -40,6 +41,9 @@ class RowProducer:
     :param end: called once after the last chunk → bytes after the rows
     :param clock: for the stall timeout (None: no timeout)
     :param stall_timeout: seconds a paused download may stay paused
+    :param cooperator: formats each chunk ``slice_rows`` rows per step as a
+        cooperative task (so many downloads at once still leave the reactor
+        time for other requests); None: a chunk at once
     """
 
     def __init__(
@@ -51,6 +55,8 @@ class RowProducer:
         end: Callable[[], bytes],
         clock=None,
         stall_timeout: Optional[float] = None,
+        cooperator: Optional[task.Cooperator] = None,
+        slice_rows: int = 0,
     ):
         self.request = request
         self.stream = stream
@@ -59,6 +65,9 @@ class RowProducer:
         self.end = end
         self.clock = clock
         self.stall_timeout = stall_timeout
+        self.cooperator = cooperator
+        self.slice_rows = slice_rows
+        self._work: Optional[task.CooperativeTask] = None
         self.paused = False
         self.fetching = False
         self.stopped = False  # the client went away (or stalled): fetch nothing more
@@ -71,6 +80,9 @@ class RowProducer:
 
     def begin(self) -> Deferred:
         """Register on the request, write the start, pump; fire :attr:`done` at the end."""
+        if self.request.channel is None:  # the client left while the query started
+            self.stopProducing()
+            return self.done
         self.request.notifyFinish().addErrback(lambda _: self.stopProducing())
         self.request.registerProducer(self, True)
         self.request.write(self.start_bytes)
@@ -100,7 +112,9 @@ class RowProducer:
             return
         self.stopped = True
         self._cancel_stall()
-        if not self.fetching:
+        if self._work is not None:
+            self._work.stop()  # its errback closes the cursor
+        elif not self.fetching:
             self._close()
 
     # -- the loop ------------------------------------------------------------------
@@ -112,21 +126,45 @@ class RowProducer:
         self.stream.next_chunk().addCallbacks(self._got, self._failed)
 
     def _got(self, rows: list) -> None:
-        self.fetching = False
         self.chunks += 1
         if self.stopped:
+            self.fetching = False
             self._close()
             return
         if not rows:
+            self.fetching = False
             self._finish()
             return
-        self.request.write(self.format_rows(rows))  # may pause us at once
+        if self.cooperator is None or not self.slice_rows or len(rows) <= self.slice_rows:
+            self.fetching = False
+            self.request.write(self.format_rows(rows))  # may pause us at once
+            self._pump()
+            return
+        self._work = self.cooperator.cooperate(self._slices(rows))
+        self._work.whenDone().addCallbacks(self._formatted, self._not_formatted)
+
+    def _slices(self, rows: list):
+        for start in range(0, len(rows), self.slice_rows):
+            self.request.write(self.format_rows(rows[start : start + self.slice_rows]))
+            yield None
+
+    def _formatted(self, _: Any) -> None:
+        self._work = None
+        self.fetching = False
         self._pump()
+
+    def _not_formatted(self, failure: Failure) -> None:
+        self._work = None
+        if failure.check(task.TaskStopped):  # stopProducing: the client went away
+            self.fetching = False
+            self._close()
+        else:
+            self._failed(failure)
 
     def _finish(self) -> None:
         self.finished = True
         self._cancel_stall()
-        self.request.unregisterProducer()
+        self._unregister()
         finish_quietly(self.request, self.end())
         self._close()
 
@@ -135,7 +173,7 @@ class RowProducer:
         log.failure("A download failed after {chunks} chunks", failure, chunks=self.chunks)
         self.finished = True
         self._cancel_stall()
-        self.request.unregisterProducer()
+        self._unregister()
         finish_quietly(self.request)  # the client sees a cut-off response
         self._close()
 
@@ -150,6 +188,12 @@ class RowProducer:
         transport: Any = self.request.channel.transport if self.request.channel is not None else None
         if transport is not None:
             transport.abortConnection()
+
+    def _unregister(self) -> None:
+        if self.request.channel is not None:
+            self.request.unregisterProducer()
+        else:
+            self.request.producer = None  # the channel is gone with its producer
 
     def _cancel_stall(self) -> None:
         if self._stall is not None:

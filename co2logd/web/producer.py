@@ -10,7 +10,10 @@ its ``bufferSize`` (64 KiB), so a slow client holds about one chunk plus that
 buffer, not the whole response.  A client that reads nothing for
 ``stall_timeout`` seconds is disconnected (it would otherwise keep a
 connection slot and a read cursor open for ever); one that goes away stops
-the fetching and closes the cursor.
+the fetching and closes the cursor.  With a ``Cooperator``, a chunk is
+formatted and written in slices, a slice per turn, so twenty downloads
+filling their sockets at once still leave the reactor time for other
+requests.
 """
 
 from __future__ import annotations

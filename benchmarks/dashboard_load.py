@@ -31,6 +31,7 @@ import math
 import multiprocessing
 import os
 import shutil
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -131,12 +132,24 @@ class Pollers:
         }
 
 
+class Traced(Server):
+    """The daemon run by strace: stopping it signals the daemon (strace would detach and leave it running)."""
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            with open("/proc/{}/task/{}/children".format(self.process.pid, self.process.pid)) as f:
+                for child in f.read().split():
+                    os.kill(int(child), signal.SIGTERM)
+        super().stop()
+
+
 def start_daemon(work: str, db: str, strace_log: Optional[str] = None) -> Server:
     port = free_port()
     argv = [sys.executable, "-m", "co2logd", "--http", "tcp:{}:interface=127.0.0.1".format(port), "--db", db]
     if strace_log:
         argv = [STRACE, "-f", "-qq", "--seccomp-bpf", "-ttt", "-e", "trace=fsync,fdatasync", "-e", "signal=none",
                 "-o", strace_log] + argv
+        return Traced("co2logd", argv, work, port, {"PYTHONPATH": REPO}, os.path.join(work, "co2logd.log"))
     return Server("co2logd", argv, work, port, {"PYTHONPATH": REPO}, os.path.join(work, "co2logd.log"))
 
 
@@ -253,8 +266,9 @@ def main(argv=None) -> int:
     print("  median latency with pollers / alone: {:.1f}x".format(polled["p50_ms"] / alone["p50_ms"]))
     fsyncs = writes["fsyncs"]
     n = writes["views"]
-    print("  {} (single-row upload, dashboard view) pairs in a row ({:.1f} s): {} views committed a write transaction "
-          "(PRAGMA data_version seen from another connection)".format(n, writes["seconds"], writes["writing_views"]))
+    print("  {} (single-row upload, dashboard view) pairs in a row ({:.1f} s): the database changed during {} of the views "
+          "(PRAGMA data_version seen from another connection: the view's writes, or a maintenance timer's "
+          "meanwhile)".format(n, writes["seconds"], writes["writing_views"]))
     if fsyncs is not None:
         print("  fsync/fdatasync calls: {} for {} uploads alone, {} for {} uploads + {} views: {:.2f} per view".format(
             writes["upload_fsyncs"], n, fsyncs, n, n, (fsyncs - writes["upload_fsyncs"]) / n))

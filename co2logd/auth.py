@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from typing import Dict, Iterable, Iterator, Mapping, Optional, Sequence, Tuple, Union
+from typing import Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 from twisted.logger import Logger
 
@@ -42,17 +42,28 @@ def salted_checksum(payload: bytes, salt: Union[str, bytes], algorithm: str) -> 
     return h.hexdigest() if not algorithm.startswith("shake_") else h.hexdigest(32)  # type: ignore[call-arg]
 
 
-def given_checksums(headers: Headers, header_regex) -> Iterator[Tuple[str, str]]:
+def given_checksums(headers: Headers, header_regex, max_headers: Optional[int] = None) -> List[Tuple[str, str]]:
     """
     (algorithm, lowercase hex) for every well-formed checksum header.
 
     Unknown algorithms and digests of the wrong length are ignored (logged),
-    as co2logserver does.
+    as co2logserver does.  More than ``max_headers`` headers named like a
+    checksum is a 400 (reason ``"too-many-checksums"``), raised before any
+    hashing.
     """
+    found: List[Tuple[str, str]] = []
+    named = 0
     for name, value in header_items(headers):
         m = header_regex.fullmatch(name)
         if not m:
             continue
+        named += 1
+        if max_headers is not None and named > max_headers:
+            raise IngestError(
+                400,
+                "too-many-checksums",
+                "More than {} salted checksum headers (MAX_CHECKSUM_HEADERS); send one per algorithm".format(max_headers),
+            )
         algorithm = (m.groupdict().get("algorithm") or "").lower()
         if algorithm not in hashlib.algorithms_guaranteed or algorithm.startswith("shake_"):
             log.warn("Ignoring checksum header {header}: no such hash function", header=name)
@@ -66,19 +77,44 @@ def given_checksums(headers: Headers, header_regex) -> Iterator[Tuple[str, str]]
                 algorithm=algorithm,
             )
             continue
-        yield algorithm, value.lower()
+        found.append((algorithm, value.lower()))
+    return found
+
+
+def salted_digests(payload: bytes, salts: Sequence[str], algorithm: str) -> List[str]:
+    """
+    ``salted_checksum(payload, salt, algorithm)`` for every salt, reading the
+    payload once: the hash of the payload is copied and each copy finishes
+    with one salt.
+    """
+    h = hashlib.new(algorithm)
+    h.update(payload)
+    digests = []
+    for salt in salts:
+        finished = h.copy()
+        finished.update(salt.encode() if isinstance(salt, str) else salt)
+        digests.append(finished.hexdigest())
+    return digests
 
 
 def salted_matches(
-    payload: bytes, headers: Headers, salts: Sequence[str], header_regex
+    payload: bytes, headers: Headers, salts: Sequence[str], header_regex, max_headers: Optional[int] = None
 ) -> Dict[str, Optional[str]]:
-    """Algorithm → the salt whose checksum matched, or None."""
+    """
+    Algorithm → the salt whose checksum matched, or None (the last header of
+    an algorithm decides).  The payload is hashed at most once per algorithm,
+    however many headers and salts there are.
+    """
     matches: Dict[str, Optional[str]] = {}
-    for algorithm, given in given_checksums(headers, header_regex):
+    digests: Dict[str, List[str]] = {}
+    for algorithm, given in given_checksums(headers, header_regex, max_headers):
+        expected = digests.get(algorithm)
+        if expected is None:
+            expected = digests[algorithm] = salted_digests(payload, salts, algorithm)
         matched = None
-        for salt in salts:
+        for salt, digest in zip(salts, expected):
             # compare_digest: a mismatch takes as long wherever it differs
-            if hmac.compare_digest(salted_checksum(payload, salt, algorithm), given):
+            if hmac.compare_digest(digest, given):
                 matched = salt
                 break
         matches[algorithm] = matched
@@ -99,35 +135,49 @@ def hint() -> str:
 class Authenticator:
     """Checks salted checksums against the configured salts and ``AUTH_CHECKER``."""
 
-    def __init__(self, salts: Sequence[str], checker, header_regex):
+    def __init__(self, salts: Sequence[str], checker, header_regex, max_headers: Optional[int] = None):
         self.salts = list(salts)
         self.checker = checker
         self.header_regex = header_regex
+        self.max_headers = max_headers
 
     @classmethod
     def from_settings(cls, settings) -> "Authenticator":
         """Build from :class:`co2logd.settings.Settings`."""
-        return cls(settings.CHECKSUM_SALTS, settings.AUTH_CHECKER, settings.SALTED_CHECKSUM_HEADER_REGEX)
+        return cls(
+            settings.CHECKSUM_SALTS,
+            settings.AUTH_CHECKER,
+            settings.SALTED_CHECKSUM_HEADER_REGEX,
+            settings.MAX_CHECKSUM_HEADERS,
+        )
 
     def check(self, payload: bytes, headers: Headers, required: bool) -> Dict[str, Optional[str]]:
         """
         The matches for this payload; raise a 403 IngestError when auth is
         required and missing or not granted by the checker.
         """
-        matches = salted_matches(payload, headers, self.salts, self.header_regex)
+        matches = self.matches(payload, headers)
         if required:
-            if not matches:
-                raise IngestError(403, "auth-missing", "No salted payload checksum given. " + hint())
-            try:
-                granted = self.checker(matches)
-            except Exception:
-                log.failure("AUTH_CHECKER raised; refusing the upload")
-                granted = False
-            if not granted:
-                raise IngestError(
-                    403, "auth-invalid", "Invalid or insufficient checksum authentication. " + hint()
-                )
+            self.require(matches)
         return matches
+
+    def matches(self, payload: bytes, headers: Headers) -> Dict[str, Optional[str]]:
+        """Algorithm → matching salt (or None) for this payload's checksum headers."""
+        return salted_matches(payload, headers, self.salts, self.header_regex, self.max_headers)
+
+    def require(self, matches: Mapping[str, Optional[str]]) -> None:
+        """Raise a 403 IngestError unless the matches are given and granted by ``AUTH_CHECKER``."""
+        if not matches:
+            raise IngestError(403, "auth-missing", "No salted payload checksum given. " + hint())
+        try:
+            granted = self.checker(matches)
+        except Exception:
+            log.failure("AUTH_CHECKER raised; refusing the upload")
+            granted = False
+        if not granted:
+            raise IngestError(
+                403, "auth-invalid", "Invalid or insufficient checksum authentication. " + hint()
+            )
 
     def columns(self, matches: Mapping[str, Optional[str]]) -> Tuple[Optional[str], Optional[str]]:
         """(matched, failed) comma-joined algorithm names; (None, None) when no salts are set."""

@@ -26,6 +26,7 @@ from co2logd.replay import ReplayPolicy, ReplayRefused, replay_error
 from co2logd.errors import IngestError, bad_request
 from co2logd.names import is_safe_identifier
 from co2logd.dbwatch import DatabaseLost, is_disk_error
+from co2logd.rowid import is_reserved
 from co2logd.store import StoreBusy, sql_type, sql_value
 
 log = Logger()
@@ -89,6 +90,7 @@ class IngestService(Service):
         self.automatic_columns: List[str] = list(settings.automatic_columns)
         self.automatic = set(self.automatic_columns)
         self.time_columns: List[str] = [name.lower() for name in settings.TIME_COLS]
+        self.limits = payloads.Limits.from_settings(settings)
         # auth only matters when salts are set or it is required
         self.check_uploads = bool(settings.CHECKSUM_SALTS) or settings.UPLOAD_REQUIRES_AUTH
         # replay protection and idempotency keys (issue 7); both read the headers
@@ -256,7 +258,11 @@ class IngestService(Service):
             if claim is not None:
                 signed = claim.signed(body)
         if self.check_uploads:
-            matches = self.authenticator.check(signed, headers, settings.UPLOAD_REQUIRES_AUTH)
+            matches = self.authenticator.matches(signed, headers)
+            if claim is not None and matches and not any(matches.values()):
+                self._refuse_renamed_claim(claim, body, headers)
+            if settings.UPLOAD_REQUIRES_AUTH:
+                self.authenticator.require(matches)
             matched, failed = self.authenticator.columns(matches)
         else:
             matches = {}
@@ -274,14 +280,10 @@ class IngestService(Service):
                 else:
                     if guard is not None:
                         guards.append(guard)
-        table = payloads.parse(body, content_type)
+        # the parser refuses more than MAX_ROWS_PER_UPLOAD rows or MAX_COLUMNS columns as it counts them
+        table = payloads.parse(body, content_type, self.limits)
         table = self.normalise(table, extra_columns)
         nrows = payloads.row_count(table)
-        if nrows > settings.MAX_ROWS_PER_UPLOAD:
-            raise bad_request(
-                "The upload has {} rows; the limit is {} (MAX_ROWS_PER_UPLOAD)".format(nrows, settings.MAX_ROWS_PER_UPLOAD),
-                "too-many-rows",
-            )
         new_columns = self._new_columns(table)
         if not table and not settings.ALLOW_EMPTY_ROWS:
             log.info("Upload from {transport} held no data columns; nothing stored", transport=transport)
@@ -311,6 +313,22 @@ class IngestService(Service):
             row_dicts = [dict(zip(names, (col[i] for col in data))) for i in range(nrows)]
             outbox, queued = self.outbox_entries(row_dicts)
         return columns, rows, new_columns, outbox, queued, guards, idempotent
+
+    def _refuse_renamed_claim(self, claim, body: bytes, headers) -> None:
+        """
+        A 403 ``replay`` when checksums that fail for this claim match the same
+        value under the other header: a captured upload sent again with
+        ``Content-Timestamp`` renamed ``Content-Counter`` (or back).  Only
+        uploads whose checksums failed pay for this second hash.
+        """
+        renamed = claim.renamed()
+        if any(self.authenticator.matches(renamed.signed(body), headers).values()):
+            raise replay_error(
+                claim,
+                "carries a checksum made for {}: a copy of another upload with its header renamed".format(
+                    "Content-Timestamp" if renamed.kind == "timestamp" else "Content-Counter"
+                ),
+            )
 
     def normalise(self, table: payloads.Table, extra_columns: Mapping[str, Any]) -> payloads.Table:
         """
@@ -353,6 +371,13 @@ class IngestService(Service):
     def _checked_name(self, raw: Any) -> str:
         """The column name for an uploaded name, or a 400; good names are remembered."""
         settings = self.settings
+        if isinstance(raw, str) and not raw.isascii():
+            # lower() folds some letters into ASCII ones (KELVIN SIGN → 'k'), so a
+            # look-alike name would land in another column: refuse it instead
+            raise bad_request(
+                "Invalid column name {!r}: only ASCII letters, digits and '_' are allowed".format(raw[:80]),
+                "bad-column",
+            )
         name = raw.lower() if isinstance(raw, str) else raw
         if not is_safe_identifier(name, settings.MAX_COLUMN_NAME_LENGTH):
             if isinstance(name, str) and len(name) > settings.MAX_COLUMN_NAME_LENGTH:
@@ -365,6 +390,11 @@ class IngestService(Service):
             raise bad_request(
                 "Invalid column name {!r}: use up to {} letters, digits and '_', "
                 "not starting with a digit".format(raw, settings.MAX_COLUMN_NAME_LENGTH),
+                "bad-column",
+            )
+        if is_reserved(name):
+            raise bad_request(
+                "The column name {!r} is SQLite's rowid (rowid, _rowid_ and oid are reserved)".format(raw),
                 "bad-column",
             )
         if name in self.automatic:

@@ -14,8 +14,8 @@ import io
 import json
 import math
 import re
-from typing import Any, Dict, Iterable, List, Optional, Tuple
-from urllib.parse import parse_qsl
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple
+from urllib.parse import unquote_plus
 
 import msgpack
 
@@ -83,12 +83,47 @@ def detect_format(body: bytes) -> str:
     return "csv"
 
 
-def parse(body: bytes, content_type: Optional[str]) -> Table:
+class Limits:
+    """
+    The most rows and columns one upload may hold (``MAX_ROWS_PER_UPLOAD``,
+    ``MAX_COLUMNS``).  The parsers count while they parse and refuse as soon
+    as a limit is passed, so a refusal costs time linear in the body and
+    padding never makes more than ``max_rows × max_columns`` cells.
+    """
+
+    __slots__ = ("max_rows", "max_columns")
+
+    def __init__(self, max_rows: int = 100_000, max_columns: int = 1000):
+        self.max_rows = max_rows
+        self.max_columns = max_columns
+
+    @classmethod
+    def from_settings(cls, settings) -> "Limits":
+        """Build from :class:`co2logd.settings.Settings`."""
+        return cls(settings.MAX_ROWS_PER_UPLOAD, settings.MAX_COLUMNS)
+
+    def too_many_rows(self) -> IngestError:
+        """The 400 for an upload with more rows than allowed."""
+        return bad_request(
+            "The upload has more than {} rows (MAX_ROWS_PER_UPLOAD)".format(self.max_rows), "too-many-rows"
+        )
+
+    def too_many_columns(self) -> IngestError:
+        """The 400 for an upload with more columns than the table may have."""
+        return bad_request(
+            "The upload has more than {} columns (MAX_COLUMNS)".format(self.max_columns), "too-many-columns"
+        )
+
+
+DEFAULT_LIMITS = Limits()
+
+
+def parse(body: bytes, content_type: Optional[str], limits: Limits = DEFAULT_LIMITS) -> Table:
     """Turn a payload into a table; raise IngestError (400/415) when it is not one."""
     fmt = format_of(content_type, body)
     if not body.strip():
         raise bad_request("The payload is empty")
-    return PARSERS[fmt](body)
+    return PARSERS[fmt](body, limits)
 
 
 def text_value(cell: str) -> Any:
@@ -117,76 +152,152 @@ def _reject_constant(name: str) -> Any:
     raise ValueError("{} is not a number JSON allows".format(name))
 
 
-# one decoder for every upload: json.loads(..., parse_constant=...) would build one per call
-_JSON_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+class _Objects:
+    """
+    ``object_pairs_hook`` for JSON and msgpack: builds each object, refusing
+    a key given twice (a dict would keep the last one silently), an object
+    with more members than columns allowed, and more objects than rows.
+    """
+
+    __slots__ = ("limits", "count", "what")
+
+    def __init__(self, limits: Limits, what: str):
+        self.limits = limits
+        self.count = 0
+        self.what = what
+
+    def __call__(self, pairs: List[Tuple[Any, Any]]) -> Dict[Any, Any]:
+        self.count += 1
+        # a list of row objects has one object per row; an object of columns is one more
+        if self.count > self.limits.max_rows + 1:
+            raise self.limits.too_many_rows()
+        if len(pairs) > self.limits.max_columns:
+            raise self.limits.too_many_columns()
+        obj = dict(pairs)
+        if len(obj) != len(pairs):
+            seen = set()
+            for key, _ in pairs:
+                if key in seen:
+                    raise bad_request(
+                        "The {} object gives the key {!r} twice".format(self.what, key), "bad-column"
+                    )
+                seen.add(key)
+        return obj
 
 
-def parse_json(body: bytes) -> Table:
+def parse_json(body: bytes, limits: Limits = DEFAULT_LIMITS) -> Table:
     """A JSON object of lists or scalars, or a list of row objects."""
     try:
         text = _decode(body, "JSON")
         if text.startswith("\ufeff"):  # what json.loads says about a BOM
             raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", text, 0)
-        data = _JSON_DECODER.decode(text)
+        decoder = json.JSONDecoder(parse_constant=_reject_constant, object_pairs_hook=_Objects(limits, "JSON"))
+        data = decoder.decode(text)
     except ValueError as e:
         raise bad_request("Invalid JSON: {}".format(e))
     except RecursionError:
         raise bad_request("Invalid JSON: nested too deeply")
-    table = table_from_structure(data, "JSON")
+    table = table_from_structure(data, "JSON", limits)
     if b"\\u" in body:
         # only a \uXXXX escape can make a lone surrogate, which SQLite cannot store
         _check_encodable(table.items(), "JSON")
     return table
 
 
-def parse_msgpack(body: bytes) -> Table:
+def parse_msgpack(body: bytes, limits: Limits = DEFAULT_LIMITS) -> Table:
     """The JSON shapes, msgpack-encoded."""
     try:
-        data = msgpack.unpackb(body, raw=False, strict_map_key=True, use_list=True)
+        data = msgpack.unpackb(
+            body,
+            raw=False,
+            strict_map_key=True,
+            use_list=True,
+            object_pairs_hook=_Objects(limits, "msgpack"),
+            # the unpacker refuses a longer array or map before building it
+            max_array_len=limits.max_rows,
+            max_map_len=limits.max_columns,
+        )
     except msgpack.ExtraData:
         raise bad_request("Invalid msgpack: extra bytes after the first object")
     except (ValueError, TypeError, msgpack.UnpackException) as e:
+        if "max_array_len" in str(e):
+            raise limits.too_many_rows()
+        if "max_map_len" in str(e):
+            raise limits.too_many_columns()
         raise bad_request("Invalid msgpack: {}".format(e or type(e).__name__))
-    return table_from_structure(data, "msgpack")
+    return table_from_structure(data, "msgpack", limits)
 
 
-def parse_csv(body: bytes) -> Table:
+def parse_csv(body: bytes, limits: Limits = DEFAULT_LIMITS) -> Table:
     """A header line, then rows with as many cells as the header."""
     text = _decode(body, "CSV")
+    header: Optional[List[str]] = None
+    columns: List[List[Any]] = []
+    count = 0
     try:
-        lines = [row for row in csv.reader(io.StringIO(text, newline="")) if row]
+        for row in csv.reader(io.StringIO(text, newline="")):
+            if not row:
+                continue
+            if header is None:
+                header = row
+                if len(header) > limits.max_columns:
+                    raise limits.too_many_columns()
+                _check_unique(header, "CSV header")
+                columns = [[] for _ in header]
+                continue
+            count += 1
+            if count > limits.max_rows:
+                raise limits.too_many_rows()
+            if len(row) != len(header):
+                raise bad_request(
+                    "Invalid CSV: line {} has {} cells, the header has {}".format(count + 1, len(row), len(header))
+                )
+            for column, cell in zip(columns, row):
+                column.append(text_value(cell))
     except csv.Error as e:
         raise bad_request("Invalid CSV: {}".format(e))
-    header, rows = lines[0], lines[1:]
-    _check_unique(header, "CSV header")
-    table: Table = {name: [] for name in header}
-    columns = list(table.values())
-    for number, row in enumerate(rows, start=2):
-        if len(row) != len(header):
-            raise bad_request(
-                "Invalid CSV: line {} has {} cells, the header has {}".format(
-                    number, len(row), len(header)
-                )
-            )
-        for column, cell in zip(columns, row):
-            column.append(text_value(cell))
-    return table
+    if header is None:
+        raise bad_request("The CSV payload has no header line")
+    return dict(zip(header, columns))
 
 
-def parse_form(body: bytes) -> Table:
+def _form_fields(text: str) -> Iterator[str]:
+    """The ``&``-separated fields, one at a time (no list of them all)."""
+    start = 0
+    while True:
+        end = text.find("&", start)
+        if end < 0:
+            yield text[start:]
+            return
+        yield text[start:end]
+        start = end + 1
+
+
+def parse_form(body: bytes, limits: Limits = DEFAULT_LIMITS) -> Table:
     """``time_utc=43&co2=1223&time_utc=23&co2=2351``: repeated keys make rows."""
-    text = _decode(body, "form")
-    try:
-        pairs = parse_qsl(text.strip(), keep_blank_values=True, strict_parsing=True, max_num_fields=1_000_000)
-    except ValueError as e:
-        raise bad_request("Invalid form data: {}".format(e))
+    text = _decode(body, "form").strip()
     table: Table = {}
-    for name, value in pairs:
-        table.setdefault(name, []).append(text_value(value))
+    for field in _form_fields(text):
+        # what parse_qsl(strict_parsing=True, keep_blank_values=True) does, counting as it goes
+        name, equals, value = field.partition("=")
+        if not equals:
+            raise bad_request("Invalid form data: bad query field: {!r}".format(field[:80]))
+        if "%" in name or "+" in name:
+            name = unquote_plus(name)
+        if "%" in value or "+" in value:
+            value = unquote_plus(value)
+        column = table.get(name)
+        if column is None:
+            if len(table) >= limits.max_columns:
+                raise limits.too_many_columns()
+            column = table[name] = []
+        elif len(column) >= limits.max_rows:
+            raise limits.too_many_rows()
+        column.append(text_value(value))
     return pad(table)
 
 
-PARSERS = {
+PARSERS: Dict[str, Callable[[bytes, Limits], Table]] = {
     "json": parse_json,
     "msgpack": parse_msgpack,
     "csv": parse_csv,
@@ -194,14 +305,22 @@ PARSERS = {
 }
 
 
-def table_from_structure(data: Any, what: str) -> Table:
-    """Object of lists → table; object of scalars → one row; list of objects → rows."""
+def table_from_structure(data: Any, what: str, limits: Limits = DEFAULT_LIMITS) -> Table:
+    """
+    Object of lists → table; object of scalars → one row; list of objects → rows.
+
+    Linear in the input: limits are checked before any padding.
+    """
     if isinstance(data, dict):
         if not data:
             raise bad_request("The {} object has no columns".format(what))
         _check_keys(data, what)
+        if len(data) > limits.max_columns:
+            raise limits.too_many_columns()
         if all(isinstance(v, list) for v in data.values()):
             table = data  # the parsers' own fresh lists: no copy needed
+            if any(len(v) > limits.max_rows for v in table.values()):
+                raise limits.too_many_rows()
         elif not any(isinstance(v, list) for v in data.values()):
             table = {k: [v] for k, v in data.items()}
         else:
@@ -214,7 +333,12 @@ def table_from_structure(data: Any, what: str) -> Table:
     if isinstance(data, list):
         if not data:
             raise bad_request("The {} list has no rows".format(what))
-        table = {}
+        if len(data) > limits.max_rows:
+            raise limits.too_many_rows()
+        # each column's values and the rows they are in; the dense columns are
+        # built once at the end, so a row never costs more than its own cells
+        values: Dict[str, List[Any]] = {}
+        rows: Dict[str, List[int]] = {}
         for index, row in enumerate(data):
             if not isinstance(row, dict):
                 raise bad_request(
@@ -224,14 +348,25 @@ def table_from_structure(data: Any, what: str) -> Table:
                 )
             _check_keys(row, what)
             for name, value in row.items():
-                column = table.get(name)
+                column = values.get(name)
                 if column is None:
-                    column = table[name] = [None] * index
+                    if len(values) >= limits.max_columns:
+                        raise limits.too_many_columns()
+                    column = values[name] = []
+                    rows[name] = []
                 column.append(value)
-            for column in table.values():
-                if len(column) == index:
-                    column.append(None)
-        _check_scalars(table.items(), what)
+                rows[name].append(index)
+        _check_scalars(values.items(), what)
+        count = len(data)
+        table = {}
+        for name, column in values.items():
+            if len(column) == count:
+                table[name] = column
+            else:
+                dense: List[Any] = [None] * count
+                for index, value in zip(rows[name], column):
+                    dense[index] = value
+                table[name] = dense
         return table
     raise bad_request(
         "The {} payload must be an object of columns or a list of rows, not {}".format(

@@ -1,10 +1,13 @@
 """
 Server-side SVG plots of downsampled time series.
 
-The store hands over, per column, the min and max of every pixel-wide time
-bucket (:meth:`co2logd.store.Store.plot_buckets`); this module only draws
-them: one panel per column, stacked over a shared UTC time axis, with the
-CO2 guidance bands behind columns that hold CO2.  Drawing both extremes of
+The store hands over, per column and source, the min and max of every
+pixel-wide bucket of measurement time (:meth:`co2logd.store.Store.plot_series`);
+this module only draws them: one panel per column, a line per source in
+Okabe–Ito colours, the CO2 guidance bands behind columns that hold CO2.
+:func:`render_svg` is the stand-alone ``/plot``; :func:`render_html_panel`
+the dashboard's, whose axis labels and legend are HTML text so they keep
+the page's size on a phone.  Drawing both extremes of
 every bucket means no spike is lost however many rows a pixel covers.
 
 Plain text in, plain text out: no reactor, no database, no JavaScript.
@@ -16,12 +19,13 @@ import datetime
 import html
 import math
 import re
-from typing import List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 Bucket = Tuple[int, float, float]  # (bucket index, min, max)
 
 LEFT, RIGHT, TOP, BOTTOM = 58, 14, 24, 22
-COLOURS = ("#1f6fb2", "#c0392b", "#2e8b57", "#8e44ad", "#d35400", "#16a085")
+# Okabe & Ito's palette for colour-blind readers (black and yellow last: least legible on white)
+OKABE_ITO = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000", "#F0E442")
 BAND_FILLS = ("#e3f4e1", "#fff4cc", "#fde0dc")
 TIME_STEPS = [
     1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 2 * 3600, 3 * 3600, 6 * 3600, 12 * 3600,
@@ -41,12 +45,28 @@ def bucket_edges(since: float, until: float, buckets: int) -> List[float]:
 
 
 class Panel:
-    """One column's buckets, and whether the CO2 bands belong behind it."""
+    """One column: its unit, one series of buckets per source (label, buckets), and the CO2 bands if any."""
 
-    def __init__(self, column: str, buckets: Sequence[Bucket], bands: Sequence[float] = ()):
+    def __init__(self, column: str, series: Sequence[Tuple[str, Sequence[Bucket]]] = (), bands: Sequence[float] = (), unit: str = ""):
         self.column = column
-        self.buckets = list(buckets)
+        self.series = [(label, list(buckets)) for label, buckets in series]
         self.bands = sorted(bands)
+        self.unit = unit
+
+    @property
+    def buckets(self) -> List[Bucket]:
+        """Every series' buckets together (for the value axis)."""
+        return [b for _, buckets in self.series for b in buckets]
+
+    @property
+    def title(self) -> str:
+        """The column name with its unit, like ``scd30_co2_ppm (ppm)``."""
+        return "{} ({})".format(self.column, self.unit) if self.unit else self.column
+
+
+def colours_for(labels: Sequence[str]) -> Dict[str, str]:
+    """A colour per series label, in order, from the Okabe–Ito palette (colour-blind safe)."""
+    return {label: OKABE_ITO[k % len(OKABE_ITO)] for k, label in enumerate(labels)}
 
 
 def nice_step(span: float, count: int) -> float:
@@ -135,57 +155,87 @@ def _num(value: float) -> str:
     return "{:.1f}".format(value).rstrip("0").rstrip(".")
 
 
-def render_panel(panel: Panel, colour: str, since: float, until: float, width: int, height: int, top: float) -> List[str]:
-    """The SVG elements of one panel whose box starts at ``top``."""
-    area = plot_area_width(width)
-    y0, y1 = top + TOP, top + height - BOTTOM
-    out = [
-        '<g class="panel" data-column="{}">'.format(html.escape(panel.column)),
-        '<text class="title" x="{}" y="{}">{}</text>'.format(LEFT, _num(top + TOP - 7), html.escape(panel.column)),
-    ]
-    if not panel.buckets:
-        out.append('<rect class="frame" x="{}" y="{}" width="{}" height="{}"/>'.format(LEFT, _num(y0), area, _num(y1 - y0)))
-        out.append('<text class="empty" x="{}" y="{}">no data in this range</text>'.format(_num(LEFT + area / 2), _num((y0 + y1) / 2)))
-        out.append('<path class="series" data-column="{}" data-points="0" d=""/></g>'.format(html.escape(panel.column)))
-        return out
-    low, high, step = value_domain(panel.buckets)
+class Frame:
+    """Where one panel draws: value and time scales over a plot area ``area`` buckets wide."""
 
-    def y_of(value: float) -> float:
-        return y1 - (value - low) / (high - low) * (y1 - y0)
+    def __init__(self, panel: Panel, since: float, until: float, area: int, y0: float, y1: float):
+        self.since, self.until, self.area, self.y0, self.y1 = since, until, area, y0, y1
+        self.low, self.high, self.step = value_domain(panel.buckets) if panel.buckets else (0.0, 1.0, 1.0)
 
-    def x_of(index: int) -> float:
-        return LEFT + index + 0.5
+    def y_of(self, value: float) -> float:
+        return self.y1 - (value - self.low) / (self.high - self.low) * (self.y1 - self.y0)
 
-    if panel.bands:
+    def x_of_time(self, t: float) -> float:
+        return (t - self.since) / (self.until - self.since) * self.area
+
+    def value_ticks(self) -> List[float]:
+        ticks, value = [], self.low
+        while value <= self.high + self.step / 2 and len(ticks) < 50:
+            ticks.append(value)
+            value += self.step
+        return ticks
+
+
+def _body(panel: Panel, frame: Frame, colours: Dict[str, str], left: float, scaled: bool) -> List[str]:
+    """Bands, grid and one path per series, x from ``left``; ``scaled``: the SVG is stretched, keep strokes thin."""
+    out = []
+    stretch = ' vector-effect="non-scaling-stroke"' if scaled else ""
+    area, low, high = frame.area, frame.low, frame.high
+    if panel.bands and panel.buckets:
         edges = [low] + [b for b in panel.bands if low < b < high] + [high]
-        for k, (a, b) in enumerate(zip(edges, edges[1:])):
+        for a, b in zip(edges, edges[1:]):
             level = sum(1 for t in panel.bands if t <= a)
             fill = BAND_FILLS[min(level, len(BAND_FILLS) - 1)]
             out.append('<rect class="band" x="{}" y="{}" width="{}" height="{}" fill="{}"/>'.format(
-                LEFT, _num(y_of(b)), area, _num(y_of(a) - y_of(b)), fill))
+                _num(left), _num(frame.y_of(b)), area, _num(frame.y_of(a) - frame.y_of(b)), fill))
         for threshold in panel.bands:
             if low < threshold < high:
-                out.append('<line class="threshold" x1="{0}" x2="{1}" y1="{2}" y2="{2}"/>'.format(
-                    LEFT, LEFT + area, _num(y_of(threshold))))
-    value = low
-    while value <= high + step / 2:
-        y = _num(y_of(value))
-        out.append('<line class="grid" x1="{0}" x2="{1}" y1="{2}" y2="{2}"/>'.format(LEFT, LEFT + area, y))
-        out.append('<text class="ylabel" x="{}" y="{}">{}</text>'.format(LEFT - 4, _num(float(y) + 4), format_value(value, step)))
-        value += step
-    ticks, fmt = time_ticks(since, until, area)
-    for t in ticks:
-        x = _num(LEFT + (t - since) / (until - since) * area)
-        out.append('<line class="grid" x1="{0}" x2="{0}" y1="{1}" y2="{2}"/>'.format(x, _num(y0), _num(y1)))
-        label = datetime.datetime.fromtimestamp(t, datetime.timezone.utc).strftime(fmt)
-        out.append('<text class="xlabel" x="{}" y="{}">{}</text>'.format(x, _num(y1 + 15), label))
-    out.append('<rect class="frame" x="{}" y="{}" width="{}" height="{}"/>'.format(LEFT, _num(y0), area, _num(y1 - y0)))
-    points = path_points(panel.buckets, x_of, y_of)
-    d = "".join("{}{},{}".format(c, _num(x), _num(y)) for c, x, y in points)
-    out.append('<path class="series" data-column="{}" data-points="{}" stroke="{}" d="{}"/>'.format(
-        html.escape(panel.column), len(points), colour, d))
+                out.append('<line class="threshold" x1="{0}" x2="{1}" y1="{2}" y2="{2}"{3}/>'.format(
+                    _num(left), _num(left + area), _num(frame.y_of(threshold)), stretch))
+    if panel.buckets:
+        for value in frame.value_ticks():
+            out.append('<line class="grid" x1="{0}" x2="{1}" y1="{2}" y2="{2}"{3}/>'.format(
+                _num(left), _num(left + area), _num(frame.y_of(value)), stretch))
+        for t in time_ticks(frame.since, frame.until, area)[0]:
+            x = _num(left + frame.x_of_time(t))
+            out.append('<line class="grid" x1="{0}" x2="{0}" y1="{1}" y2="{2}"{3}/>'.format(
+                x, _num(frame.y0), _num(frame.y1), stretch))
+    for label, buckets in panel.series:
+        points = path_points(buckets, lambda i: left + i + 0.5, frame.y_of)
+        d = "".join("{}{},{}".format(c, _num(x), _num(y)) for c, x, y in points)
+        out.append('<path class="series" data-source="{s}" data-column="{c}" data-points="{n}" stroke="{colour}"{v} d="{d}"/>'.format(
+            s=html.escape(label), c=html.escape(panel.column), n=len(points), colour=colours.get(label, OKABE_ITO[0]),
+            v=stretch, d=d))
+    return out
+
+
+def render_panel(panel: Panel, colours: Dict[str, str], since: float, until: float, width: int, height: int, top: float) -> List[str]:
+    """The SVG elements of one panel whose box starts at ``top`` (the stand-alone /plot)."""
+    area = plot_area_width(width)
+    frame = Frame(panel, since, until, area, top + TOP, top + height - BOTTOM)
+    out = [
+        '<g class="panel" data-column="{}">'.format(html.escape(panel.column)),
+        '<text class="title" x="{}" y="{}">{}</text>'.format(LEFT, _num(top + TOP - 7), html.escape(panel.title)),
+    ]
+    out += _body(panel, frame, colours, LEFT, scaled=False)
+    if not panel.buckets:
+        out.append('<text class="empty" x="{}" y="{}">no data in this range</text>'.format(
+            _num(LEFT + area / 2), _num((frame.y0 + frame.y1) / 2)))
+    else:
+        for value in frame.value_ticks():
+            out.append('<text class="axis ylabel" x="{}" y="{}">{}</text>'.format(
+                LEFT - 4, _num(frame.y_of(value) + 4), format_value(value, frame.step)))
+        ticks, fmt = time_ticks(since, until, area)
+        for t in ticks:
+            out.append('<text class="axis xlabel" x="{}" y="{}">{}</text>'.format(
+                _num(LEFT + frame.x_of_time(t)), _num(frame.y1 + 15), _tick_label(t, fmt)))
+    out.append('<rect class="frame" x="{}" y="{}" width="{}" height="{}"/>'.format(LEFT, _num(frame.y0), area, _num(frame.y1 - frame.y0)))
     out.append("</g>")
     return out
+
+
+def _tick_label(t: float, fmt: str) -> str:
+    return datetime.datetime.fromtimestamp(t, datetime.timezone.utc).strftime(fmt)
 
 
 STYLE = (
@@ -193,22 +243,100 @@ STYLE = (
     ".ylabel{text-anchor:end}.xlabel{text-anchor:middle}.empty{text-anchor:middle;fill:#888}"
     ".grid{stroke:#e4e4e4;stroke-width:1}.frame{fill:none;stroke:#999}"
     ".threshold{stroke:#b07a00;stroke-dasharray:4 3}"
-    ".series{fill:none;stroke-width:1.3;stroke-linejoin:round}"
+    ".series{fill:none;stroke-width:1.5;stroke-linejoin:round}"
 )
+LEGEND_HEIGHT = 18
 
 
-def render_svg(panels: Sequence[Panel], since: float, until: float, width: int = 800, panel_height: int = 180, title: str = "") -> str:
-    """A whole SVG document: the panels stacked, sized ``width`` × (panels × ``panel_height``)."""
-    height = max(1, len(panels)) * panel_height
+def render_svg(
+    panels: Sequence[Panel],
+    since: float,
+    until: float,
+    width: int = 800,
+    panel_height: int = 180,
+    title: str = "",
+    labels: Sequence[str] = (),
+    left_out: int = 0,
+) -> str:
+    """
+    A whole SVG document (``GET /plot``): a legend line (one entry per
+    series label, and how many sources are left out), then the panels
+    stacked, sized ``width`` × (legend + panels × ``panel_height``).
+    """
+    colours = colours_for(labels)
+    legend = LEGEND_HEIGHT if labels or left_out else 0
+    height = legend + max(1, len(panels)) * panel_height
     out = [
         '<svg xmlns="http://www.w3.org/2000/svg" class="plot" viewBox="0 0 {w} {h}" width="{w}" height="{h}" '
         'role="img" aria-label="{t}">'.format(w=width, h=height, t=html.escape(title or "plot")),
         "<style>{}</style>".format(STYLE),
     ]
+    x = float(LEFT)
+    for label in labels:
+        out.append(
+            '<g class="legend-entry" data-source="{s}"><rect x="{x}" y="4" width="14" height="4" fill="{c}"/>'
+            '<text x="{tx}" y="12">{s}</text></g>'.format(s=html.escape(label), x=_num(x), c=colours[label], tx=_num(x + 18))
+        )
+        x += 30 + 7 * len(label)
+    if left_out:
+        out.append('<text class="left-out" x="{}" y="12">{} more source{} not shown</text>'.format(
+            _num(x), left_out, "" if left_out == 1 else "s"))
     for k, panel in enumerate(panels):
-        out += render_panel(panel, COLOURS[k % len(COLOURS)], since, until, width, panel_height, k * panel_height)
+        out += render_panel(panel, colours, since, until, width, panel_height, legend + k * panel_height)
     out.append("</svg>")
     return "\n".join(out)
+
+
+#: the dashboard's drawing area in SVG units (stretched to the page width, so text is never drawn inside it)
+HTML_AREA, HTML_HEIGHT = 800, 160
+
+
+def render_html_panel(panel: Panel, colours: Dict[str, str], since: float, until: float) -> str:
+    """
+    One dashboard panel as HTML: title with unit, value labels in a column
+    of their own and time labels under the plot as HTML text (so their
+    size is the page's, not scaled with the SVG), and the lines in an SVG
+    stretched to the width left (``preserveAspectRatio="none"``: one unit
+    per time bucket across, strokes kept thin).
+    """
+    frame = Frame(panel, since, until, HTML_AREA, 0.0, float(HTML_HEIGHT))
+    svg = [
+        '<svg class="lines" xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {w} {h}" preserveAspectRatio="none" '
+        'data-since="{s}" data-until="{u}" role="img" aria-label="{t}">'.format(
+            w=HTML_AREA, h=HTML_HEIGHT, s=_num(since), u=_num(until), t=html.escape(panel.title)),
+    ]
+    svg += _body(panel, frame, colours, 0.0, scaled=True)
+    svg.append("</svg>")
+    ylabels, xlabels = [], []
+    if panel.buckets:
+        for value in frame.value_ticks():
+            ylabels.append('<span class="axis" style="top:{:.2f}%">{}</span>'.format(
+                100.0 * frame.y_of(value) / HTML_HEIGHT, format_value(value, frame.step)))
+        ticks, fmt = time_ticks(since, until, 560)  # a tick per ~110 px of a typical screen
+        for t in ticks:
+            xlabels.append('<span class="axis" style="left:{:.2f}%">{}</span>'.format(
+                100.0 * frame.x_of_time(t) / HTML_AREA, _tick_label(t, fmt)))
+    empty = "" if panel.buckets else '<p class="empty">no data in this range</p>'
+    return (
+        '<figure class="panel" data-column="{c}"><figcaption>{title}</figcaption>'
+        '<div class="chart"><div class="yaxis">{y}</div><div class="area">{svg}{empty}'
+        '<div class="xaxis">{x}</div></div></div></figure>'.format(
+            c=html.escape(panel.column), title=html.escape(panel.title), y="".join(ylabels),
+            svg="".join(svg), empty=empty, x="".join(xlabels))
+    )
+
+
+def render_html_legend(labels: Sequence[str], left_out: int = 0) -> str:
+    """The dashboard's legend: one entry per series, and how many sources are left out."""
+    colours = colours_for(labels)
+    entries = "".join(
+        '<li class="legend-entry" data-source="{s}"><span class="swatch" style="background:{c}"></span>{s}</li>'.format(
+            s=html.escape(label), c=colours[label])
+        for label in labels
+    )
+    more = '<li class="left-out">{} more source{} not shown (busiest first)</li>'.format(
+        left_out, "" if left_out == 1 else "s") if left_out else ""
+    return '<ul class="legend">{}{}</ul>'.format(entries, more) if entries or more else ""
 
 
 def bands_for(column: str, pattern: "re.Pattern[str]", bands: Sequence[float]) -> Sequence[float]:

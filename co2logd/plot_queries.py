@@ -1,106 +1,116 @@
 """
-Read queries for the dashboard, plots, /health and paged downloads, with the
-plot rollups (min/max/count per minute and hour of upload time, filled
-lazily in bounded chunks).
+Read queries for the dashboard, plots and /health, and the maintenance that
+keeps the plot rollups and the measurement-time side table current.
 
-:class:`PlotQueries` is a mixin of :class:`co2logd.store.Store`: the same
-adbapi pool and connection, kept in a module of its own so store.py stays
-the schema and the write path.  All SQL is still here or in store.py.
+:class:`PlotQueries` is a mixin of :class:`co2logd.store.Store`.  Its two
+halves never share a connection:
+
+* **Reads** (plots, latest values, row counts, source activity) run on the
+  store's *read pool*: connections opened with ``PRAGMA query_only``, so a
+  dashboard or plot view never starts a write transaction, never fsyncs and
+  never waits for, or holds up, the writer (WAL readers see a snapshot).
+* **Maintenance** (:meth:`maintain`) runs on the writer's connection from a
+  clock-driven timer, in bounded chunks, one short transaction each: it
+  indexes rows the writer has not indexed (see :mod:`co2logd.mtime`) and
+  folds new rows into the rollups of the plotted columns.  Readers take the
+  rollups as they are plus the exact rows beyond each column's watermark, so
+  an answer is exact even while maintenance lags.
+
+Times are measurement times in UNIX seconds (``co2logd_mtime.t``); the
+rollups hold min, max and count of every column's numeric values per minute
+and hour of that time and per source.
 """
 
 from __future__ import annotations
 
 import bisect
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
-from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from co2logd import rollup
+from co2logd import mtime, rollup
 from co2logd.db import StoreError, transaction
 from co2logd.names import quote_identifier
 
 log = Logger()
 
 ROLLUP_TABLE = "co2logd_rollup"
-ROLLUP_SOURCE_TABLE = "co2logd_rollup_source"
+ROLLUP_SOURCE_TABLE = mtime.SOURCE_TABLE
 ROLLUP_STATE_TABLE = "co2logd_rollup_state"
-ROLLUP_ODD_TABLE = "co2logd_rollup_odd"
+ROLLUP_ODD_TABLE = "co2logd_rollup_odd"  # schema version 4 only; dropped by version 5
+MTIME_TABLE = mtime.MTIME_TABLE
+MTIME_STATE_TABLE = mtime.MTIME_STATE_TABLE
 
-_MORE = object()  # a rollup step that has more rows to fold in
+_MORE = object()  # a step that has more to do
+
+SourceId = int
+
+
+class PlotData:
+    """
+    What a plot shows: per series (a source label) the min/max pairs of
+    each column per bucket, the series in order (busiest first), and how
+    many sources with data in the range were left out.
+    """
+
+    def __init__(self, columns: Sequence[str]):
+        self.columns = list(columns)
+        self.series: List[str] = []
+        self.buckets: Dict[str, Dict[int, List[Tuple[Any, Any]]]] = {}
+        self.left_out = 0
+
+    def column_buckets(self, label: str, k: int) -> List[Tuple[int, Any, Any]]:
+        """``[(bucket, min, max)]`` of column number ``k`` for one series, in bucket order."""
+        out = []
+        for i, pairs in sorted(self.buckets.get(label, {}).items()):
+            low, high = pairs[k]
+            if low is not None:
+                out.append((i, low, high))
+        return out
+
+
+def source_label(transport: Any, box: Any) -> str:
+    """A source as people name it: its box, else its transport."""
+    if box is not None and box != "":
+        return str(box)
+    return str(transport) if transport is not None else "(unknown)"
 
 
 class PlotQueries:
-    """The read side of :class:`co2logd.store.Store` used by the dashboard, plots and /health."""
+    """The read side of :class:`co2logd.store.Store`, and the rollup maintenance."""
 
-    #
-    # Reads only.  Time bounds
-    # are text in the stored upload-time format (co2logd.timerange.time_text),
-    # so comparisons are text comparisons the upload-time index serves.
-
-    #: rows of the data table rolled up per database interaction: bounds how
-    #: long a rollup fill holds the database (and so delays uploads) at a time
-    rollup_chunk_rows = 25_000
-    #: rows read per interaction by the exact path (reading is cheaper than rolling up)
+    #: data rows indexed per maintenance transaction (rows not indexed by the writer)
+    index_chunk_rows = 20_000
+    #: rows folded into the rollups per maintenance transaction
+    rollup_chunk_rows = 20_000
+    #: a plot reads the rows beyond the rollups' watermark exactly; past this many it reads the range's rows instead
+    tail_limit_rows = 100_000
+    #: rows read per interaction by the exact path
     exact_chunk_rows = 100_000
-    #: rolling a row up costs about this many rows read exactly (measured: ~1.5 µs against ~0.5 µs)
-    rollup_cost = 3
+    #: columns whose rollups maintenance keeps (the dashboard's, and /plot's most recent)
+    max_rolled_columns = 32
+    #: seconds between maintenance runs
+    maintenance_interval = 1.0
 
-    def plot_buckets(
-        self,
-        columns: Sequence[str],
-        bounds: Sequence[str],
-        filters: Sequence[Tuple[str, Any]] = (),
-        rollups: bool = True,
-    ) -> Deferred:
-        """
-        Min and max of each column's numeric values per time bucket
-        ``[bounds[i], bounds[i+1])`` of the upload-time column, rows matching
-        ``filters`` (column = value) only.  Fires with ``[(i, [(min, max), …])]``
-        for the buckets holding any numeric value, in bucket order.  Exact
-        either way: every min and every max of the rows survives.
+    # -- helpers --------------------------------------------------------------
 
-        Buckets holding whole minutes are answered from the rollups (see
-        :mod:`co2logd.rollup`): whole hours and minutes from the per-source
-        summaries, only the ragged ends shorter than a minute from the rows.
-        The rollups first catch up with every row added since the columns
-        were last rolled up (rowid above the column's ``done_rowid``), in
-        chunks of :attr:`rollup_chunk_rows` rows per database interaction so
-        uploads get their turn between chunks; the last chunk and the bucket
-        queries share one transaction, so nothing committed before the
-        answer is missed.  Rows are folded in by rowid, not by time, so a row
-        that arrives late with an older upload time (a clock stepped back, a
-        long write queue, another program writing) still lands in its
-        period: min, max and count merge.
+    def _rowid(self) -> str:
+        """The data table's rowid as the store names it (an alias when a column shadows ``rowid``)."""
+        return getattr(self, "rowid", "rowid")
 
-        When catching up would cost more than reading the range's rows (the
-        first plot of a big table, or a short range after a long time), the
-        rows are read instead (:meth:`_exact_step`, also in bounded chunks)
-        and the rollups are filled in the background for the next plot.
-        Filters on anything but the transport and box columns, and plots
-        where no bucket holds a whole minute (short ranges), always read the
-        rows.  Rollups assume rows are appended, never edited: after editing
-        the data table by hand, ``DELETE FROM co2logd_rollup_state`` makes
-        the next plot rebuild them.
-        """
-        job = _PlotJob(list(columns), list(bounds), list(filters))
-        if rollups and job.columns and self._rollup_can_filter(job.filters):
-            job.pieces = rollup.plan(job.bounds)
-        d = self._in_steps(self._plot_step, job)
+    def _read(self, f: Callable[..., Any], *args: Any) -> Deferred:
+        """Run ``f(connection, *args)`` on a read-only connection."""
+        if self._closed:
+            return fail(StoreError("The store is closed"))
+        return self.read_pool.runWithConnection(f, *args)
 
-        def answered(result):
-            if job.mode == "exact" and job.pieces is not None:
-                self._fill_in_background(job.columns)
-            return result
-
-        return d.addCallback(answered)
-
-    def _in_steps(self, step: Callable[..., Any], *args: Any) -> Deferred:
+    def _in_steps(self, pool, step: Callable[..., Any], *args: Any) -> Deferred:
         """
         Run ``step(connection, *args)`` in one interaction after another until
         it returns something other than ``_MORE``; fire with that.  Between
-        steps other work (uploads) gets the connection.
+        steps other work gets the connection.
         """
         result: Deferred = Deferred()
 
@@ -108,7 +118,7 @@ class PlotQueries:
             if self._closed:
                 result.errback(Failure(StoreError("The store is closed")))
                 return
-            self.pool.runWithConnection(step, *args).addCallbacks(stepped, result.errback)
+            pool.runWithConnection(step, *args).addCallbacks(stepped, result.errback)
 
         def stepped(outcome) -> None:
             if outcome is _MORE:
@@ -119,230 +129,162 @@ class PlotQueries:
         run()
         return result
 
-    def _plot_step(self, connection, job: "_PlotJob"):
-        """One interaction of a plot: choose the path on the first, then read or roll up a chunk."""
-        if job.mode is None:
-            job.mode = "exact" if job.pieces is None or self._cheaper_to_read(connection, job) else "rollup"
-        if job.mode == "exact":
-            return self._exact_step(connection, job)
-        return self._rollup_step(connection, job.columns, lambda c: self._rollup_buckets(c, job))
-
-    def _cheaper_to_read(self, connection, job: "_PlotJob") -> bool:
-        """True when reading the range's rows costs less than catching the rollups up first."""
-        (top,) = connection.execute("SELECT coalesce(max(rowid), 0) FROM {}".format(self.table)).fetchone()
-        names = self._rollup_names()
-        marks = dict(
-            (col, done if was == names else 0)
-            for col, done, was in connection.execute(
-                "SELECT col, done_rowid, names FROM {} WHERE col IN ({})".format(ROLLUP_STATE_TABLE, ", ".join("?" * len(job.columns))),
-                job.columns,
-            )
+    def _values_sql(self, columns: Sequence[str], alias: str = "d") -> str:
+        return ", ".join(
+            "min({v}), max({v})".format(v=_numeric("{}.{}".format(alias, quote_identifier(c)))) for c in columns
         )
-        lag = top - min(marks.get(c, 0) for c in job.columns)
-        if lag <= self.rollup_chunk_rows:
-            return False
-        t = quote_identifier(self.settings.UPLOAD_TIME_COL)
-        first = connection.execute(
-            "SELECT rowid FROM {} WHERE {t} >= ? ORDER BY {t} LIMIT 1".format(self.table, t=t), (job.bounds[0],)
-        ).fetchone()
-        last = connection.execute(
-            "SELECT rowid FROM {} WHERE {t} < ? ORDER BY {t} DESC LIMIT 1".format(self.table, t=t), (job.bounds[-1],)
-        ).fetchone()
-        rows = max(0, last[0] - first[0] + 1) if first and last else 0  # about the rows in range (rowids follow time)
-        return rows < self.rollup_cost * lag
 
-    def _fill_in_background(self, columns: Sequence[str]) -> None:
-        """Catch the columns' rollups up, chunk by chunk, unless that is already under way."""
-        key = frozenset(columns)
-        if key in self._filling or not self.running:
-            return
-        columns = list(columns)
+    # -- maintenance (the writer's connection, from a timer) ------------------
 
-        def step(connection):  # stops after the chunk in hand when the store stops
-            return self._rollup_step(connection, columns, lambda c: None) if self.running else None
+    def want_rollups(self, columns: Iterable[str]) -> None:
+        """Ask maintenance to keep rollups of ``columns`` (bounded: the oldest wishes go first)."""
+        for column in columns:
+            if column in self.columns and column not in self._wanted:
+                self._wanted.append(column)
+        del self._wanted[: max(0, len(self._wanted) - self.max_rolled_columns)]
 
-        self._filling[key] = d = self._in_steps(step)
-        log.info("Filling the plot rollups of {columns} in the background", columns=", ".join(columns))
+    def maintain(self) -> Deferred:
+        """
+        Catch the side table and the rollups up, one bounded transaction per
+        interaction on the writer's connection (uploads get their turn in
+        between).  Fires with None; failures are logged, not raised, so the
+        timer keeps running.  Runs once at a time; a second call joins the first.
+        """
+        if self._maintaining is not None:
+            joined: Deferred = Deferred()
+            self._maintaining.addBoth(lambda r: (joined.callback(None), r)[1])
+            return joined
+        if self._closed or not self.running:
+            return succeed(None)
+        columns = dict(self.columns)
+        wanted = list(self._wanted)
+        self._maintaining = d = self._in_steps(self.pool, self._maintain_step, columns, wanted)
 
         def done(result):
-            del self._filling[key]
-            if isinstance(result, Failure) and self.running:
-                log.failure("Filling the plot rollups failed", result)
+            self._maintaining = None
+            if isinstance(result, Failure) and not self._closed:
+                log.failure("Plot maintenance failed; it is tried again on the next tick", result)
+            return None
 
-        d.addBoth(done)
+        return d.addBoth(done)
 
-    def rollups_idle(self) -> Deferred:
-        """Fires once no background rollup fill is running (for tests and benchmarks)."""
-        return DeferredList(list(self._filling.values())).addCallback(lambda _: None)
+    def catch_up(self) -> Deferred:
+        """Fire once maintenance has nothing left to do (for tests and benchmarks)."""
+        return self.maintain()
 
-    def _exact_step(self, connection, job: "_PlotJob"):
-        """
-        The next buckets from the rows, about :attr:`exact_chunk_rows` rows
-        per interaction.  No GROUP BY: grouping on a computed bucket makes
-        SQLite sort every row.  Instead the upload-time index gives each
-        bucket's smallest and largest rowid and its row count (an index-only
-        scan), and one aggregate per bucket reads that rowid range of the
-        table in order.  The range holds every row of the bucket; when it
-        holds nothing else (rowids and times grow together, as they do) the
-        time test is skipped, otherwise rows are checked against the bucket's
-        bounds.  Plain min/max are used unless a bucket holds text among the
-        numbers (SQLite sorts text after numbers); then that bucket is read
-        again keeping numeric values only.
-        """
-        columns, bounds, filters = job.columns, job.bounds, job.filters
-        time_col = quote_identifier(self.settings.UPLOAD_TIME_COL)
-        index_scan = "SELECT min(rowid), max(rowid), count(*) FROM {table} WHERE {t} >= ? AND {t} < ?".format(
-            table=self.table, t=time_col
-        )
-        filter_sql = "".join(" AND {} = ?".format(quote_identifier(c)) for c, _ in filters)
-        filter_values = [v for _, v in filters]
-        statements: Dict[Tuple[bool, bool], str] = {}
+    rollups_idle = catch_up
 
-        def statement(check_time: bool, numeric_only: bool) -> str:
-            key = (check_time, numeric_only)
-            if key not in statements:
-                parts = []
-                for column in columns:
-                    c = quote_identifier(column)
-                    value = _numeric(c) if numeric_only else c
-                    parts += ["min({})".format(value), "max({})".format(value)]
-                statements[key] = "SELECT {} FROM {} NOT INDEXED WHERE rowid BETWEEN ? AND ?{}{}".format(
-                    ", ".join(parts),
-                    self.table,
-                    " AND {t} >= ? AND {t} < ?".format(t=time_col) if check_time else "",
-                    filter_sql,
-                )
-            return statements[key]
-
-        budget = self.exact_chunk_rows
-        while job.next_bucket < len(bounds) - 1 and budget > 0:
-            i = job.next_bucket
-            job.next_bucket += 1
-            lo, hi = bounds[i], bounds[i + 1]
-            first, last, count = connection.execute(index_scan, (lo, hi)).fetchone()
-            if first is None:
-                continue
-            budget -= count
-            check_time = last - first + 1 != count
-            params = [first, last] + ([lo, hi] if check_time else []) + filter_values
-            row = connection.execute(statement(check_time, False), params).fetchone()
-            if any(isinstance(v, (str, bytes)) for v in row):
-                row = connection.execute(statement(check_time, True), params).fetchone()
-            pairs = [(row[2 * k], row[2 * k + 1]) for k in range(len(columns))]
-            if any(low is not None for low, _ in pairs):
-                job.out.append((i, pairs))
-        return job.out if job.next_bucket >= len(bounds) - 1 else _MORE
-
-    # The rollups.  All their SQL is here; co2logd.rollup does the arithmetic.
-
-    def _rollup_names(self) -> str:
-        """The settings a rollup depends on; a column rolled up under other names is rebuilt."""
-        s = self.settings
-        return "{}|{}|{}".format(s.UPLOAD_TIME_COL, s.TRANSPORT_COL, s.OSEM_BOX_COL)
-
-    def _rollup_can_filter(self, filters: Sequence[Tuple[str, Any]]) -> bool:
-        """True when every filter is on the transport or the box column (the rollups' sources)."""
-        return all(column in (self.settings.TRANSPORT_COL, self.settings.OSEM_BOX_COL) for column, _ in filters)
-
-    def _rollup_step(self, connection, columns: Sequence[str], then: Callable[[Any], Any]):
-        """One interaction: roll up at most ``rollup_chunk_rows`` rows; if that was all, answer with ``then`` too."""
-        names = self._rollup_names()
+    def _maintain_step(self, connection, columns: Dict[str, str], wanted: List[str]):
+        """One transaction: index a chunk of new rows, else roll a chunk up; ``_MORE`` while work remains."""
+        if not self.running:
+            return None
+        rowid = self._rowid()
         with transaction(connection):
-            (top,) = connection.execute("SELECT coalesce(max(rowid), 0) FROM {}".format(self.table)).fetchone()
-            marks = "({})".format(", ".join("?" * len(columns)))
+            (top,) = connection.execute("SELECT coalesce(max({}), 0) FROM {}".format(rowid, self.table)).fetchone()
+            filled = self._filled_to(connection)
+            if filled > top:  # rows deleted by hand: forget what was above
+                connection.execute("DELETE FROM {} WHERE row > ?".format(MTIME_TABLE), (top,))
+                connection.execute("DELETE FROM {}".format(ROLLUP_TABLE))
+                connection.execute("DELETE FROM {}".format(ROLLUP_STATE_TABLE))
+                filled = self._set_filled_to(connection, top)
+            if filled < top:
+                high = min(top, filled + self.index_chunk_rows)
+                # the table's own columns: rows not written by co2logd may come with columns it has not seen
+                actual = {
+                    name.lower(): declared
+                    for name, declared in connection.execute(
+                        "SELECT name, type FROM pragma_table_info(?)", (self.settings.DATA_TABLE_NAME,))
+                }
+                for sql in mtime.index_statements(self.settings, actual, self.table, rowid):
+                    connection.execute(sql, (filled, high))
+                self._set_filled_to(connection, high)
+                return _MORE
+            names = self._rollup_names()
             states = {
                 col: (done, was)
-                for col, done, was in connection.execute(
-                    "SELECT col, done_rowid, names FROM {} WHERE col IN {}".format(ROLLUP_STATE_TABLE, marks), list(columns)
-                )
+                for col, done, was in connection.execute("SELECT col, done_rowid, names FROM {}".format(ROLLUP_STATE_TABLE))
             }
+            rolled = [c for c in dict.fromkeys(list(states) + wanted) if c in columns][: self.max_rolled_columns * 2]
             done: Dict[str, int] = {}
-            for column in columns:
+            for column in rolled:
                 mark, was = states.get(column, (0, None))
-                if was != names or mark > top:  # new, other settings, or rows deleted: start afresh
+                if was != names or mark > filled:
                     connection.execute("DELETE FROM {} WHERE col = ?".format(ROLLUP_TABLE), (column,))
                     mark = 0
                 done[column] = mark
-            budget = self.rollup_chunk_rows
-            while budget > 0:
-                lagging = [c for c in columns if done[c] < top]
-                if not lagging:
-                    break
-                low = min(done[c] for c in lagging)
-                group = [c for c in lagging if done[c] == low]
-                high = min(top, low + budget)
-                self._roll_up(connection, group, low, high)
-                for column in group:
-                    done[column] = high
-                budget -= high - low
+            lagging = [c for c in rolled if done[c] < filled]
+            if not lagging:
+                return None
+            low = min(done[c] for c in lagging)
+            group = [c for c in lagging if done[c] == low]
+            high = min(filled, low + self.rollup_chunk_rows)
+            self._roll_up(connection, group, low, high)
             connection.executemany(
                 "INSERT OR REPLACE INTO {} (col, done_rowid, names) VALUES (?, ?, ?)".format(ROLLUP_STATE_TABLE),
-                [(c, done[c], names) for c in columns],
+                [(c, high, names) for c in group] + [(c, done[c], names) for c in rolled if c not in group],
             )
-            if any(done[c] < top for c in columns):
-                return _MORE
-            return then(connection)
+            return _MORE
+
+    def _filled_to(self, connection) -> int:
+        row = connection.execute("SELECT filled_to FROM {} WHERE k = 1".format(MTIME_STATE_TABLE)).fetchone()
+        return row[0] if row else 0
+
+    def _set_filled_to(self, connection, value: int) -> int:
+        connection.execute("UPDATE {} SET filled_to = ? WHERE k = 1".format(MTIME_STATE_TABLE), (value,))
+        return value
+
+    def _index_new_rows(self, cursor, before: int, filled: int, columns: Dict[str, str]) -> None:
+        """
+        In the writer's transaction: index the rows just written (rowid above
+        ``before``) when every earlier row is indexed (else maintenance
+        catches up in chunks and indexes these too).
+        """
+        if filled != before:
+            return
+        rowid = self._rowid()
+        (top,) = cursor.execute("SELECT coalesce(max({}), 0) FROM {}".format(rowid, self.table)).fetchone()
+        if top <= before:
+            return
+        for sql in mtime.index_statements(self.settings, columns, self.table, rowid):
+            cursor.execute(sql, (before, top))
+        cursor.execute("UPDATE {} SET filled_to = ? WHERE k = 1".format(MTIME_STATE_TABLE), (top,))
+
+    def _rollup_names(self) -> str:
+        """The settings a rollup depends on; a column rolled up under other names is rebuilt."""
+        return mtime.names(self.settings)
 
     def _roll_up(self, connection, columns: Sequence[str], low: int, high: int) -> None:
         """
-        Fold the rows with ``low < rowid <= high`` into the minute and hour
-        rollups of ``columns``: one GROUP BY (minute key, transport, box) over
-        that rowid range, plain min/max/count unless text hides among the
-        numbers (then those columns again, numbers only).  The minute key is
-        the first 16 characters of the stored upload time; a group whose key
-        is not a real minute, or whose smallest time sorts before the
-        minute's ``:00``, is odd: its rows go to the odd table instead.
+        Fold the rows with ``low < row <= high`` into the minute and hour
+        rollups of ``columns``: one GROUP BY (source, minute of measurement
+        time) over that range of the side table, merged into what is there
+        (min, max and count merge, so rows arriving late, or a backfill of
+        last month, land in their own minutes).
         """
-        s = self.settings
-        t = quote_identifier(s.UPLOAD_TIME_COL)
-        has_box = connection.execute(
-            "SELECT 1 FROM pragma_table_info(?) WHERE lower(name) = ?", (s.DATA_TABLE_NAME, s.OSEM_BOX_COL.lower())
-        ).fetchone()
-        box = quote_identifier(s.OSEM_BOX_COL) if has_box else "NULL"
-        grouped = (
-            "SELECT substr({t}, 1, 16), {transport}, {box}, min({t}), {{stats}} FROM {table} "
-            "WHERE rowid > ? AND rowid <= ? GROUP BY 1, 2, 3".format(
-                t=t, transport=quote_identifier(s.TRANSPORT_COL), box=box, table=self.table
-            )
+        stats = ", ".join(
+            "min({v}), max({v}), count({v})".format(v=_numeric("d." + quote_identifier(c))) for c in columns
         )
-
-        def stats(value) -> str:
-            return ", ".join("min({v}), max({v}), count({v})".format(v=value(quote_identifier(c))) for c in columns)
-
-        rows = connection.execute(grouped.format(stats=stats(str)), (low, high)).fetchall()
-        if any(isinstance(v, (str, bytes)) for row in rows for v in row[4:]):
-            rows = connection.execute(grouped.format(stats=stats(_numeric)), (low, high)).fetchall()
-        sources = dict(
-            ((transport, box_value), i)
-            for i, transport, box_value in connection.execute("SELECT id, transport, box FROM {}".format(ROLLUP_SOURCE_TABLE))
-        )
+        rows = connection.execute(
+            "SELECT m.src, CAST(m.t AS INTEGER) / 60 * 60, {stats} FROM {mt} AS m JOIN {table} AS d ON d.{rowid} = m.row "
+            "WHERE m.row > ? AND m.row <= ? AND m.t IS NOT NULL GROUP BY 1, 2".format(
+                stats=stats, mt=MTIME_TABLE, table=self.table, rowid=self._rowid()
+            ),
+            (low, high),
+        ).fetchall()
         minutes = []
-        hours: Dict[Tuple[str, int, int], Tuple[Any, Any, int]] = {}
-        odd = set()
-        for key, transport, box_value, earliest, *values in rows:
-            if key is None:
-                continue  # no upload time: in no time range
-            start = rollup.minute_start(key) if isinstance(key, str) else None
-            if start is None or not earliest >= key + ":00":
-                odd.add(key)
-                continue
-            source = sources.get((transport, box_value))
+        hours: Dict[Tuple[str, int, Any], Tuple[Any, Any, int]] = {}
+        for source, start, *values in rows:
             if source is None:
-                source = sources[(transport, box_value)] = connection.execute(
-                    "INSERT INTO {} (transport, box) VALUES (?, ?)".format(ROLLUP_SOURCE_TABLE), (transport, box_value)
-                ).lastrowid
+                continue
             hour = start - start % rollup.HOUR
             for k, column in enumerate(columns):
                 lo, hi, n = values[3 * k: 3 * k + 3]
                 if not n:
                     continue
                 minutes.append((column, rollup.MINUTE, start, source, lo, hi, n))
-                key3 = (column, hour, source)
-                old = hours.get(key3)
-                if old is None:
-                    hours[key3] = (lo, hi, n)
-                else:
-                    hours[key3] = (lo if lo < old[0] else old[0], hi if hi > old[1] else old[1], n + old[2])
+                key = (column, hour, source)
+                old = hours.get(key)
+                hours[key] = (lo, hi, n) if old is None else (min(lo, old[0]), max(hi, old[1]), n + old[2])
         upsert = (
             "INSERT INTO {} (col, span, start, source, lo, hi, n) VALUES (?, ?, ?, ?, ?, ?, ?) "
             "ON CONFLICT (col, span, start, source) DO UPDATE SET "
@@ -352,82 +294,316 @@ class PlotQueries:
         connection.executemany(
             upsert, [(c, rollup.HOUR, hour, source, lo, hi, n) for (c, hour, source), (lo, hi, n) in hours.items()]
         )
-        if odd:
-            keys = list(odd)
-            connection.execute(
-                "INSERT OR IGNORE INTO {odd} (row) SELECT rowid FROM {table} WHERE rowid > ? AND rowid <= ? "
-                "AND substr({t}, 1, 16) IN ({marks})".format(
-                    odd=ROLLUP_ODD_TABLE, table=self.table, t=t, marks=", ".join("?" * len(keys))
-                ),
-                [low, high] + keys,
-            )
 
-    def _rollup_buckets(self, connection, job: "_PlotJob") -> list:
-        """Every bucket from the rollups, the rows of its ragged ends and the odd rows."""
-        columns, bounds, pieces, filters = job.columns, job.bounds, job.pieces, job.filters
-        t = quote_identifier(self.settings.UPLOAD_TIME_COL)
-        marks = ", ".join("?" * len(columns))
-        filter_sql = "".join(" AND {} = ?".format(quote_identifier(c)) for c, _ in filters)
-        filter_values = [v for _, v in filters]
-        source_sql, source_ids = "", []
-        if filters:
-            source_ids = self._rollup_sources_matching(connection, filters)
-            source_sql = " AND source IN ({})".format(", ".join("?" * len(source_ids)))
-        summary = "SELECT col, min(lo), max(hi) FROM {} WHERE col IN ({}) AND span = ? AND start >= ? AND start < ?{} GROUP BY col".format(
-            ROLLUP_TABLE, marks, source_sql
+    # -- plots (read-only connections) ---------------------------------------
+
+    def plot_series(
+        self,
+        columns: Sequence[str],
+        bounds: Sequence[float],
+        filters: Sequence[Tuple[str, Any]] = (),
+        max_series: int = 6,
+        rollups: bool = True,
+    ) -> Deferred:
+        """
+        Fire with a :class:`PlotData`: for every source (a box, else a
+        transport) with data in ``[bounds[0], bounds[-1])`` of measurement
+        time, the exact min and max of each column's numeric values per
+        bucket ``[bounds[i], bounds[i+1])``; only sources matching
+        ``filters`` (transport/box = value), at most ``max_series`` of them,
+        busiest first.
+
+        Whole minutes and hours come from the rollups, the ragged ends of
+        buckets and the rows beyond a column's rollup watermark from the
+        rows themselves, all in one read transaction.  When the rollups lag
+        by more than :attr:`tail_limit_rows` (a fresh database, a large
+        backfill being rolled up), or a column has no rollups yet, the range's
+        rows are read instead, in chunks, and the columns are handed to
+        maintenance.
+        """
+        job = _PlotJob(list(columns), [float(b) for b in bounds], list(filters), max_series)
+        self.want_rollups(job.columns)
+        if rollups and job.columns:
+            job.pieces = rollup.plan_seconds(job.bounds)
+        return self._in_steps(self.read_pool, self._plot_step, job).addCallback(self._plot_data, job)
+
+    def _plot_step(self, connection, job: "_PlotJob"):
+        if job.mode is None:
+            job.sources = self._sources(connection, job.filters)
+            if job.sources is not None and not job.sources:
+                return {}
+            job.mode = "exact"
+            if job.pieces is not None:
+                connection.execute("BEGIN")  # one snapshot for the watermarks, the rollups and the rows
+                try:
+                    marks = self._watermarks(connection, job.columns)
+                    if marks is not None:
+                        job.mode = "rollup"
+                        return self._rollup_answer(connection, job, marks)
+                finally:
+                    connection.execute("COMMIT")
+        return self._exact_step(connection, job)
+
+    def _sources(self, connection, filters: Sequence[Tuple[str, Any]]) -> Optional[Dict[SourceId, str]]:
+        """``{source id: label}`` of the sources the filters select, or None for all sources."""
+        if not filters:
+            return None
+        clauses, params = [], []
+        for column, value in filters:
+            field = "transport" if column == self.settings.TRANSPORT_COL else "box"
+            forms = _value_forms(value)
+            clauses.append("{} IN ({})".format(field, ", ".join("?" * len(forms))))
+            params += forms
+        return {
+            i: source_label(t, b)
+            for i, t, b in connection.execute(
+                "SELECT id, transport, box FROM {} WHERE {} LIMIT 10000".format(ROLLUP_SOURCE_TABLE, " AND ".join(clauses)),
+                params,
+            )
+        }
+
+    def _labels(self, connection, ids: Iterable[SourceId]) -> Dict[SourceId, str]:
+        ids = list(ids)
+        out: Dict[SourceId, str] = {}
+        for k in range(0, len(ids), 500):
+            chunk = ids[k: k + 500]
+            for i, t, b in connection.execute(
+                "SELECT id, transport, box FROM {} WHERE id IN ({})".format(ROLLUP_SOURCE_TABLE, ", ".join("?" * len(chunk))),
+                chunk,
+            ):
+                out[i] = source_label(t, b)
+        return out
+
+    def _watermarks(self, connection, columns: Sequence[str]) -> Optional[int]:
+        """The lowest row all ``columns`` are rolled up to, or None when reading the rows is the way."""
+        names = self._rollup_names()
+        found = {
+            col: done
+            for col, done, was in connection.execute(
+                "SELECT col, done_rowid, names FROM {} WHERE col IN ({})".format(ROLLUP_STATE_TABLE, ", ".join("?" * len(columns))),
+                list(columns),
+            )
+            if was == names
+        }
+        if any(c not in found for c in columns):
+            return None
+        mark = min(found.values())
+        (last,) = connection.execute("SELECT coalesce(max(row), 0) FROM {}".format(MTIME_TABLE)).fetchone()
+        if last - mark > self.tail_limit_rows:
+            return None
+        return mark
+
+    def _rollup_answer(self, connection, job: "_PlotJob", mark: int) -> Dict[Tuple[int, SourceId], list]:
+        """Every bucket from the rollups, the rows of the ragged ends and the rows beyond ``mark``."""
+        columns, bounds = job.columns, job.bounds
+        since, until = bounds[0], bounds[-1]
+        source_sql, source_ids = self._source_clause(job.sources, "source")
+        # the busiest sources: rollup counts of the range (minutes or hours) plus the tail
+        span = rollup.HOUR if until - since >= 6 * 3600 else rollup.MINUTE
+        counts: Dict[SourceId, int] = {}
+        for source, n in connection.execute(
+            "SELECT source, sum(n) FROM {} WHERE col IN ({}) AND span = ? AND start >= ? AND start < ?{} GROUP BY source".format(
+                ROLLUP_TABLE, ", ".join("?" * len(columns)), source_sql
+            ),
+            list(columns) + [span, since // span * span, until] + source_ids,
+        ):
+            counts[source] = counts.get(source, 0) + n
+        tail_source_sql, _ = self._source_clause(job.sources, "m.src")
+        tail = connection.execute(
+            "SELECT m.t, m.src, {cols} FROM {mt} AS m JOIN {table} AS d ON d.{rowid} = m.row "
+            "WHERE m.row > ? AND m.t >= ? AND m.t < ?{f}".format(
+                cols=", ".join(_numeric("d." + quote_identifier(c)) for c in columns), mt=MTIME_TABLE,
+                table=self.table, rowid=self._rowid(), f=tail_source_sql,
+            ),
+            [mark, since, until] + source_ids,
+        ).fetchall()
+        for _, source, *_values in tail:
+            counts[source] = counts.get(source, 0) + 1
+        chosen = self._choose(connection, job, counts)
+        if not chosen:
+            return {}
+        keep_sql, keep_ids = self._source_clause(chosen, "source")
+        summary = (
+            "SELECT col, source, min(lo), max(hi) FROM {} WHERE col IN ({}) AND span = ? AND start >= ? AND start < ?{} "
+            "GROUP BY col, source".format(ROLLUP_TABLE, ", ".join("?" * len(columns)), keep_sql)
         )
-        values = ", ".join("min({v}), max({v})".format(v=_numeric(quote_identifier(c))) for c in columns)
-        exact = "SELECT {} FROM {} WHERE {t} >= ? AND {t} < ?{}".format(values, self.table, filter_sql, t=t)
         position = {c: k for k, c in enumerate(columns)}
+        found: Dict[Tuple[int, SourceId], list] = {}
         nothing = [(None, None)] * len(columns)
-        found: Dict[int, list] = {}
-        for i, piece in enumerate(pieces):
-            pairs = list(nothing)
-            for span, first, end in piece.periods:
-                for column, lo, hi in connection.execute(summary, list(columns) + [span, first, end] + source_ids):
+        exact = self._bucket_sql(columns, chosen)
+        _, exact_ids = self._source_clause(chosen, "m.src")
+        for i, piece in enumerate(job.pieces):
+            for span_, first, end in piece.periods:
+                for column, source, lo, hi in connection.execute(summary, list(columns) + [span_, first, end] + keep_ids):
+                    pairs = found.setdefault((i, source), list(nothing))
                     k = position[column]
                     pairs[k] = rollup.merge(pairs[k], lo, hi)
             for a, b in piece.exact:
-                row = connection.execute(exact, [a, b] + filter_values).fetchone()
-                for k in range(len(columns)):
-                    pairs[k] = rollup.merge(pairs[k], row[2 * k], row[2 * k + 1])
-            found[i] = pairs
-        # rows whose upload time has an unusual shape are in no rollup: read them as they are
-        odd_rows = connection.execute(
-            "SELECT {t}, {cols} FROM {table} WHERE rowid IN (SELECT row FROM {odd}) AND {t} >= ? AND {t} < ?{f}".format(
-                t=t, cols=", ".join(_numeric(quote_identifier(c)) for c in columns), table=self.table,
-                odd=ROLLUP_ODD_TABLE, f=filter_sql,
-            ),
-            [bounds[0], bounds[-1]] + filter_values,
-        ).fetchall()
-        for when, *row_values in odd_rows:
-            i = bisect.bisect_right(bounds, when) - 1
-            for k, value in enumerate(row_values):
-                found[i][k] = rollup.merge(found[i][k], value, value)
-        return [(i, pairs) for i, pairs in sorted(found.items()) if any(low is not None for low, _ in pairs)]
+                for source, _n, *values in connection.execute(exact, [a, b] + exact_ids):
+                    pairs = found.setdefault((i, source), list(nothing))
+                    for k in range(len(columns)):
+                        pairs[k] = rollup.merge(pairs[k], values[2 * k], values[2 * k + 1])
+        for when, source, *values in tail:
+            if source not in chosen:
+                continue
+            i = min(bisect.bisect_right(bounds, when) - 1, len(bounds) - 2)
+            pairs = found.setdefault((i, source), list(nothing))
+            for k, value in enumerate(values):
+                pairs[k] = rollup.merge(pairs[k], value, value)
+        return found
 
-    def _rollup_sources_matching(self, connection, filters: Sequence[Tuple[str, Any]]) -> List[int]:
-        """
-        Ids of the sources a transport/box filter selects.  The value is
-        first converted as the data column would convert it (its declared
-        type's affinity, via a scratch table), so ``box=7`` selects the same
-        sources here as ``box = 7`` selects rows there.
-        """
-        connection.execute(
-            "CREATE TEMP TABLE IF NOT EXISTS co2logd_affinity (k INTEGER PRIMARY KEY, t TEXT, n NUMERIC, i INTEGER, r REAL, b BLOB)"
-        )
-        clauses, params = [], []
-        for column, value in filters:
-            slot = _affinity_slot(self.columns.get(column, ""))
-            connection.execute("INSERT OR REPLACE INTO temp.co2logd_affinity (k, {}) VALUES (1, ?)".format(slot), (value,))
-            (converted,) = connection.execute("SELECT {} FROM temp.co2logd_affinity WHERE k = 1".format(slot)).fetchone()
-            clauses.append("{} = ?".format("transport" if column == self.settings.TRANSPORT_COL else "box"))
-            params.append(converted)
-        return [
-            i for (i,) in connection.execute(
-                "SELECT id FROM {} WHERE {}".format(ROLLUP_SOURCE_TABLE, " AND ".join(clauses)), params
+    def _choose(self, connection, job: "_PlotJob", counts: Dict[SourceId, int]) -> Dict[SourceId, str]:
+        """The ids of the busiest ``max_series`` labels (a label may span transports); sets ``job.left_out``."""
+        labels = job.sources if job.sources is not None else self._labels(connection, counts)
+        per_label: Dict[str, int] = {}
+        for source, n in counts.items():
+            if n and source in labels:
+                per_label[labels[source]] = per_label.get(labels[source], 0) + n
+        ranked = sorted(per_label, key=lambda label: (-per_label[label], label))
+        keep = set(ranked[: job.max_series])
+        job.left_out = max(0, len(ranked) - job.max_series)
+        return {s: labels[s] for s in counts if s in labels and labels[s] in keep}
+
+    def _source_clause(self, sources: Optional[Dict[SourceId, str]], field: str) -> Tuple[str, List[Any]]:
+        if sources is None:
+            return "", []
+        ids = list(sources)
+        return " AND {} IN ({})".format(field, ", ".join("?" * len(ids)) or "NULL"), ids
+
+    def _bucket_sql(self, columns: Sequence[str], sources: Optional[Dict[SourceId, str]]) -> str:
+        """Per source: row count and min/max of each column, rows with measurement time in ``[?, ?)``."""
+        source_sql, _ = self._source_clause(sources, "m.src")
+        return (
+            "SELECT m.src, count(*), {values} FROM {mt} AS m JOIN {table} AS d ON d.{rowid} = m.row "
+            "WHERE m.t >= ? AND m.t < ?{f} GROUP BY m.src".format(
+                values=self._values_sql(columns), mt=MTIME_TABLE, table=self.table, rowid=self._rowid(), f=source_sql
             )
-        ]
+        )
+
+    def _exact_step(self, connection, job: "_PlotJob"):
+        """The next buckets from the rows, about :attr:`exact_chunk_rows` rows per interaction."""
+        columns, bounds = job.columns, job.bounds
+        sql = self._bucket_sql(columns, job.sources)
+        _, ids = self._source_clause(job.sources, "m.src")
+        budget = self.exact_chunk_rows
+        while job.next_bucket < len(bounds) - 1 and budget > 0:
+            i = job.next_bucket
+            job.next_bucket += 1
+            for source, n, *values in connection.execute(sql, [bounds[i], bounds[i + 1]] + ids):
+                budget -= n
+                job.counts[source] = job.counts.get(source, 0) + n
+                pairs = [(values[2 * k], values[2 * k + 1]) for k in range(len(columns))]
+                if any(low is not None for low, _ in pairs):
+                    job.found[(i, source)] = pairs
+        if job.next_bucket < len(bounds) - 1:
+            return _MORE
+        chosen = self._choose(connection, job, job.counts)
+        return {key: pairs for key, pairs in job.found.items() if key[1] in chosen}
+
+    def _plot_data(self, found: Dict[Tuple[int, SourceId], list], job: "_PlotJob") -> Deferred:
+        """Group the answer by series label (reads the labels of the ids on a read connection)."""
+        ids = {source for _, source in found}
+
+        def label(connection):
+            return job.sources if job.sources is not None else self._labels(connection, ids)
+
+        def build(labels):
+            data = PlotData(job.columns)
+            data.left_out = job.left_out
+            totals: Dict[str, int] = {}
+            for (i, source), pairs in found.items():
+                name = labels.get(source, "(unknown)")
+                slot = data.buckets.setdefault(name, {})
+                old = slot.get(i)
+                if old is None:
+                    slot[i] = list(pairs)
+                else:
+                    for k, (lo, hi) in enumerate(pairs):
+                        old[k] = rollup.merge(old[k], lo, hi)
+                totals[name] = totals.get(name, 0) + 1
+            data.series = sorted(totals, key=lambda n: (-totals[n], n))
+            return data
+
+        if not found:
+            return build({})
+        return self._read(label).addCallback(build)
+
+    # -- the dashboard's other reads ------------------------------------------
+
+    def time_extent(self, filters: Sequence[Tuple[str, Any]] = ()) -> Deferred:
+        """``(earliest, latest)`` measurement time of the rows the filters select, or None."""
+
+        def run(connection):
+            sources = self._sources(connection, filters)
+            if sources is not None and not sources:
+                return None
+            sql, ids = self._source_clause(sources, "src")
+            (low,) = connection.execute(
+                "SELECT min(t) FROM {} WHERE t IS NOT NULL{}".format(MTIME_TABLE, sql), ids).fetchone()
+            (high,) = connection.execute("SELECT max(t) FROM {} WHERE 1{}".format(MTIME_TABLE, sql), ids).fetchone()
+            return None if low is None else (low, high)
+
+        return self._read(run)
+
+    def unusable_times(self, since: float, until: float, filters: Sequence[Tuple[str, Any]] = ()) -> Deferred:
+        """Rows in the range placed by upload time because their time was unusable, plus rows with no time at all."""
+
+        def run(connection):
+            sources = self._sources(connection, filters)
+            if sources is not None and not sources:
+                return 0
+            sql, ids = self._source_clause(sources, "src")
+            (n,) = connection.execute(
+                "SELECT count(*) FROM {} WHERE kind >= {} AND ((t >= ? AND t < ?) OR t IS NULL){}".format(
+                    MTIME_TABLE, mtime.UNUSABLE, sql
+                ),
+                [since, until] + ids,
+            ).fetchone()
+            return n
+
+        return self._read(run)
+
+    def latest_by_source(self, columns: Sequence[str], filters: Sequence[Tuple[str, Any]] = (), limit: int = 6) -> Deferred:
+        """
+        ``[(label, measurement time, {column: value})]`` for the ``limit``
+        most recently heard sources the filters select: each column's newest
+        numeric value among the source's latest 100 rows (by measurement time).
+        """
+        cols = ", ".join("d." + quote_identifier(c) for c in columns) or "NULL"
+
+        def run(connection):
+            sources = self._sources(connection, filters)
+            if sources is None:
+                sources = dict(
+                    (i, source_label(t, b))
+                    for i, t, b in connection.execute(
+                        "SELECT id, transport, box FROM {} LIMIT 10000".format(ROLLUP_SOURCE_TABLE))
+                )
+            newest = []
+            for source in sources:
+                (when,) = connection.execute("SELECT max(t) FROM {} WHERE src = ?".format(MTIME_TABLE), (source,)).fetchone()
+                if when is not None:
+                    newest.append((when, source))
+            per_label: Dict[str, Tuple[float, Dict[str, Any]]] = {}
+            for when, source in sorted(newest, reverse=True):
+                label = sources[source]
+                if label not in per_label and len(per_label) >= limit:
+                    continue
+                rows = connection.execute(
+                    "SELECT m.t, {cols} FROM {mt} AS m JOIN {table} AS d ON d.{rowid} = m.row "
+                    "WHERE m.src = ? AND m.t IS NOT NULL ORDER BY m.t DESC LIMIT 100".format(
+                        cols=cols, mt=MTIME_TABLE, table=self.table, rowid=self._rowid()),
+                    (source,),
+                ).fetchall()
+                latest, values = per_label.get(label, (when, {}))
+                for t, *row in rows:
+                    for column, value in zip(columns, row):
+                        if column not in values and isinstance(value, (int, float)) and not isinstance(value, bool):
+                            values[column] = value
+                per_label[label] = (max(latest, when), values)
+            return sorted(((label, t, v) for label, (t, v) in per_label.items()), key=lambda x: -x[1])
+
+        return self._read(run)
 
     def row_count(self) -> Deferred:
         """
@@ -437,27 +613,25 @@ class PlotQueries:
         are appended, not deleted; if the last rowid went down, it counts
         afresh (rows deleted by hand elsewhere show after a restart).
         """
+        rowid = self._rowid()
 
         def run(connection):
-            (top,) = connection.execute("SELECT coalesce(max(rowid), 0) FROM {}".format(self.table)).fetchone()
+            (top,) = connection.execute("SELECT coalesce(max({}), 0) FROM {}".format(rowid, self.table)).fetchone()
             seen, counted = self._row_count
             if top < seen:
                 seen, counted = 0, 0
             if top > seen:
                 (more,) = connection.execute(
-                    "SELECT count(*) FROM {} WHERE rowid > ? AND rowid <= ?".format(self.table), (seen, top)
+                    "SELECT count(*) FROM {t} WHERE {r} > ? AND {r} <= ?".format(t=self.table, r=rowid), (seen, top)
                 ).fetchone()
                 counted += more
             self._row_count = (top, counted)
             return counted
 
-        return self.pool.runWithConnection(run)
+        return self._read(run)
 
     def latest_values(self, columns: Sequence[str]) -> Deferred:
-        """
-        ``{column: (value, upload time)}``: each column's newest numeric value
-        (by upload time, read backwards along its index).
-        """
+        """``{column: (value, upload time)}``: each column's newest numeric value by upload time (any source)."""
         time_col = quote_identifier(self.settings.UPLOAD_TIME_COL)
         statements = {
             column: "SELECT {c}, {t} FROM {table} WHERE typeof({c}) IN ('integer', 'real') "
@@ -473,7 +647,7 @@ class PlotQueries:
                     out[column] = (row[0], row[1])
             return out
 
-        return self.pool.runWithConnection(run)
+        return self._read(run)
 
     #: rows grouped per interaction by :meth:`source_activity` (a first look reads every row)
     activity_chunk_rows = 200_000
@@ -483,26 +657,27 @@ class PlotQueries:
         Per source of the rows after ``after_rowid``: fires with
         ``([(transport, box, last upload time, rows)], largest rowid seen)``.
         Callers keep the rowid and ask again for the new rows only.  The
-        rows are grouped :attr:`activity_chunk_rows` at a time, one
-        interaction each, so a first look at a big table does not hold
-        uploads up for seconds; rows added meanwhile wait for the next call.
+        rows are grouped :attr:`activity_chunk_rows` at a time, one read
+        interaction each.
         """
+        rowid = self._rowid()
         box = quote_identifier(box_column) if box_column else "NULL"
         sql = (
             "SELECT {transport}, {box}, max({t}), count(*) FROM {table} "
-            "WHERE rowid > ? AND rowid <= ? GROUP BY 1, 2"
+            "WHERE {rowid} > ? AND {rowid} <= ? GROUP BY 1, 2"
         ).format(
             transport=quote_identifier(self.settings.TRANSPORT_COL),
             box=box,
             t=quote_identifier(self.settings.UPLOAD_TIME_COL),
             table=self.table,
+            rowid=rowid,
         )
         found: Dict[Tuple[Any, Any], List[Any]] = {}
         reached = [after_rowid, None]  # rows read up to, and the last rowid when the first step ran
 
         def step(connection):
             if reached[1] is None:
-                (reached[1],) = connection.execute("SELECT coalesce(max(rowid), 0) FROM {}".format(self.table)).fetchone()
+                (reached[1],) = connection.execute("SELECT coalesce(max({}), 0) FROM {}".format(rowid, self.table)).fetchone()
             low, top = reached
             high = min(top, low + self.activity_chunk_rows)
             if high > low:
@@ -515,8 +690,20 @@ class PlotQueries:
                 return _MORE
             return [(k[0], k[1], last, count) for k, (last, count) in found.items()], max(top, after_rowid)
 
-        return self._in_steps(step)
+        return self._in_steps(self.read_pool, step)
 
+
+def _value_forms(value: Any) -> List[Any]:
+    """A filter value as text and as the number it reads as: matches however the column stored it."""
+    text = str(value)
+    forms = [value, text]
+    for kind in (int, float):
+        try:
+            forms.append(kind(text))
+            break
+        except ValueError:
+            continue
+    return forms
 
 
 def _later(a: Any, b: Any) -> Any:
@@ -534,28 +721,18 @@ def _numeric(column_sql: str) -> str:
     return "CASE WHEN typeof({c}) IN ('integer', 'real') THEN {c} END".format(c=column_sql)
 
 
-def _affinity_slot(declared: str) -> str:
-    """The scratch column with the affinity SQLite gives a column declared ``declared``."""
-    declared = (declared or "").upper()
-    if "INT" in declared:
-        return "i"
-    if any(word in declared for word in ("CHAR", "CLOB", "TEXT")):
-        return "t"
-    if not declared or "BLOB" in declared:
-        return "b"
-    if any(word in declared for word in ("REAL", "FLOA", "DOUB")):
-        return "r"
-    return "n"
-
-
 class _PlotJob:
-    """One plot on its way through the store's interactions."""
+    """One plot on its way through the read interactions."""
 
-    def __init__(self, columns: List[str], bounds: List[str], filters: List[Tuple[str, Any]]):
+    def __init__(self, columns: List[str], bounds: List[float], filters: List[Tuple[str, Any]], max_series: int):
         self.columns = columns
         self.bounds = bounds
         self.filters = filters
-        self.pieces: Optional[list] = None  # co2logd.rollup.plan(bounds) when rollups may answer
+        self.max_series = max_series
+        self.pieces: Optional[list] = None  # co2logd.rollup.plan_seconds(bounds) when rollups may answer
         self.mode: Optional[str] = None  # "exact" or "rollup", chosen in the first interaction
+        self.sources: Optional[Dict[SourceId, str]] = None  # the filters' sources (None: all)
+        self.left_out = 0
         self.next_bucket = 0
-        self.out: list = []
+        self.counts: Dict[SourceId, int] = {}
+        self.found: Dict[Tuple[int, SourceId], list] = {}

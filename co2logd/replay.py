@@ -7,10 +7,13 @@ upload; a device with a clock may send its time instead::
 
     Content-Counter: 42                 (or  Content-Counter: kitchen:42)
     Content-Timestamp: 1714521600       (or  Content-Timestamp: kitchen:1714521600.25)
-    Content-MD5-Salted: hex(MD5(b"42" + b"\\n" + payload + salt))
+    Content-MD5-Salted: hex(MD5(b"counter:42" + b"\\n" + payload + salt))
 
-The checksum is taken over the header's value exactly as sent (ASCII), one
-newline byte (``\\n``), the payload bytes, then the salt.  An optional
+The checksum is taken over the claim's kind (``counter`` or ``timestamp``),
+``:``, the header's value exactly as sent (ASCII), one newline byte
+(``\\n``), the payload bytes, then the salt.  The kind is signed so that a
+captured upload cannot be replayed with its header renamed (a counter taken
+for a timestamp, or the other way round, has its own stored number).  An optional
 ``DEVICE:`` before the number names the device, so devices that share a
 salt keep counters of their own; it is covered by the checksum too.
 
@@ -75,8 +78,12 @@ class Claim:
         self.salt: Optional[str] = None  # the salt whose checksum covered it, once known
 
     def signed(self, body: bytes) -> bytes:
-        """The bytes the salted checksum covers (before the salt): value, ``\\n``, payload."""
-        return self.header_value.encode("ascii") + b"\n" + body
+        """The bytes the salted checksum covers (before the salt): ``kind:value``, ``\\n``, payload."""
+        return self.kind.encode("ascii") + b":" + self.header_value.encode("ascii") + b"\n" + body
+
+    def renamed(self) -> "Claim":
+        """The same value under the other header: what a copy with its header renamed was signed as."""
+        return Claim("timestamp" if self.kind == "counter" else "counter", self.header_value, self.device, self.number)
 
     @property
     def key(self) -> str:

@@ -3,7 +3,7 @@ Arithmetic of the plot rollups: periods, and buckets cut into pieces.
 
 The store keeps, per plotted column and per source (transport, box), the
 min, max and count of the numeric values of every minute and every hour of
-upload time (:meth:`co2logd.store.Store.plot_buckets`).  A plot bucket
+measurement time (:meth:`co2logd.store.Store.plot_series`, :mod:`co2logd.mtime`).  A plot bucket
 ``[lo, hi)`` is answered from whole hours in its middle, whole minutes next
 to them, and the rows themselves only in the ragged ends shorter than a
 minute, so the answer is the exact min and max of the bucket's rows while
@@ -112,6 +112,26 @@ def plan(bounds: Sequence[str]) -> Optional[List[Piece]]:
         piece = cut(a, b)  # type: ignore[arg-type]
         texts = {a: bounds[i], b: bounds[i + 1]}  # the bucket's own bounds stay as given
         piece.exact = [(texts.get(x) or text_of(x), texts.get(y) or text_of(y)) for x, y in piece.exact]
+        pieces.append(piece)
+    if not any(p.periods for p in pieces):
+        return None
+    return pieces
+
+
+def plan_seconds(bounds: Sequence[float]) -> Optional[List[Piece]]:
+    """
+    :func:`plan` for bounds in UNIX seconds (measurement time): ``exact``
+    ranges in seconds too, the buckets' own bounds kept as given.  None when
+    no bucket holds a whole minute.
+    """
+    if len(bounds) < 2:
+        return None
+    edges = [int(round(b * SECOND_US)) for b in bounds]
+    pieces = []
+    for i, (a, b) in enumerate(zip(edges, edges[1:])):
+        piece = cut(a, b)
+        texts = {a: bounds[i], b: bounds[i + 1]}
+        piece.exact = [(texts.get(x, x / SECOND_US), texts.get(y, y / SECOND_US)) for x, y in piece.exact]
         pieces.append(piece)
     if not any(p.periods for p in pieces):
         return None

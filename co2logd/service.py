@@ -120,8 +120,16 @@ def build_service(
 
 
 def _opensensemap(settings, store, reactor):
-    """(outbox_entries, uploader service) for OpenSenseMap forwarding."""
+    """
+    (outbox_entries, uploader service) for OpenSenseMap forwarding; without
+    the client or credentials the service only reports that (no traceback).
+    """
+    from co2logd.osem.checks import OsemMisconfigured, osem_problem
     from co2logd.osem.mapping import outbox_entries_for
+
+    problem = osem_problem(settings)
+    if problem is not None:
+        return outbox_entries_for(settings, reactor), OsemMisconfigured(problem)
     from co2logd.osem.uploader import OsemUploader
 
     return outbox_entries_for(settings, reactor), OsemUploader(settings, store, reactor)

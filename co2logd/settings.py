@@ -280,6 +280,12 @@ def _kind_number_list(value: Any) -> Any:
         raise TypeError("a list of numbers")
     return sorted(value)
 
+
+def _kind_unit_map(value: Any) -> Any:
+    if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+        raise TypeError("a dict of column name to unit text, like {'co2': 'ppm'}")
+    return {k.lower(): v for k, v in value.items()}
+
 class Key:
     """One setting: its default (or a function of the environment) and its kind."""
 
@@ -363,6 +369,7 @@ KEYS: Dict[str, Key] = {
     "MAX_NEW_COLUMNS_PER_UPLOAD": Key(100, _kind_positive_int, "most new columns one upload may add"),
     "MAX_COLUMNS": Key(1000, _kind_positive_int, "most columns the data table may have"),
     "MAX_COLUMN_NAME_LENGTH": Key(64, _kind_positive_int, "longest column name"),
+    "MAX_CHECKSUM_HEADERS": Key(8, _kind_positive_int, "most Content-*-Salted headers on one upload; more are refused (400) before any hashing"),
     "DB_SYNCHRONOUS": Key("FULL", _kind_synchronous, "SQLite PRAGMA synchronous"),
     # transports (issue 3)
     "UDP_MAX_DATAGRAM": Key(8192, _kind_udp_datagram, "largest UDP datagram (header block + body) in bytes; larger ones are refused"),
@@ -392,6 +399,9 @@ KEYS: Dict[str, Key] = {
     "WRITE_RETRY_AFTER_SECONDS": Key(1, _kind_positive_int, "seconds a sender refused as busy is told to wait (HTTP Retry-After)"),
     # dashboard (issue 5)
     "DASHBOARD_COLUMNS": Key(None, _kind_optional_str_list, "columns plotted on the dashboard (default: up to 4 numeric columns, CO2 first)"),
+    "DASHBOARD_TIME_COL": Key(None, _kind_optional_identifier, "column whose converted time places a row on the dashboard and /plot (default: the first of TIME_COLS holding a time; else the upload time)"),
+    "DASHBOARD_UNITS": Key({}, _kind_unit_map, "units shown on dashboard panels by column, like {'co2': 'ppm'} (default: from the column name, as the OpenSenseMap mapping reads it)"),
+    "PLOT_MAX_SERIES": Key(6, _kind_positive_int, "sources drawn as lines per plot, busiest first; the page says how many are left out"),
     "DASHBOARD_SILENT_SECONDS": Key(3600, _kind_positive_number, "a source not heard from for this many seconds is marked silent"),
     "DASHBOARD_REFRESH_SECONDS": Key(60, _kind_non_negative_number, "the dashboard reloads itself this often (0: never)"),
     "PLOT_CO2_BANDS": Key([1000, 1400], _kind_number_list, "CO2 guidance thresholds (ppm) drawn as bands behind CO2 plots"),
@@ -513,13 +523,22 @@ def read_config_file(path: str) -> Dict[str, Any]:
     Like Flask's ``from_pyfile`` (which co2logserver uses), other names (imports,
     lower-case helpers) are left out.  Raises :class:`SettingsError` when the
     file cannot be read or fails to execute.
+
+    co2logserver's own config files run unmodified: ``co2logserver.utils`` is
+    answered with :mod:`co2logd.legacy_utils` inside the file (and its hooks)
+    only, and its helpers are predefined for files whose import was removed.
     """
+    from co2logd import legacy_utils
+
     try:
         with open(path, "rb") as f:
             source = f.read()
     except OSError as e:
         raise SettingsError("Cannot read config file {}: {}".format(path, e.strerror or e))
-    namespace: Dict[str, Any] = {"__file__": os.path.abspath(path), "__name__": "co2logd_config"}
+    namespace: Dict[str, Any] = {name: getattr(legacy_utils, name) for name in legacy_utils.HELPERS}
+    namespace.update(
+        __file__=os.path.abspath(path), __name__="co2logd_config", __builtins__=legacy_utils.config_builtins()
+    )
     try:
         code = compile(source, path, "exec")
         exec(code, namespace)

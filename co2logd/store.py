@@ -26,13 +26,19 @@ from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Seque
 from twisted.application.service import Service
 from twisted.enterprise import adbapi
 from twisted.internet.defer import Deferred, DeferredList, fail
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from co2logd.db import StoreError, transaction
 from co2logd.dbwatch import HEARTBEAT_TABLE, DatabaseLost, DatabaseWatch, is_disk_error
 from co2logd.names import quote_identifier
+from co2logd import mtime
+from co2logd.rowid import rowid_alias
 from co2logd.plot_queries import (
+    MTIME_STATE_TABLE,
+    MTIME_TABLE,
     ROLLUP_ODD_TABLE,
     ROLLUP_SOURCE_TABLE,
     ROLLUP_STATE_TABLE,
@@ -85,7 +91,7 @@ UPGRADES: List[Tuple[int, List[str]]] = [
             # plot rollups (issue 5): per plotted column, span (60 or 3600 s),
             # period start (UNIX seconds) and source, the min, max and count of
             # the numeric values; filled lazily from the rows after each
-            # column's done_rowid (see Store.plot_buckets).  Sources are
+            # column's done_rowid (see Store.plot_series).  Sources are
             # (transport, box) value pairs; odd rows are rows whose upload time
             # is not stored text of the usual shape, read exactly instead.
             "CREATE TABLE IF NOT EXISTS {} (id INTEGER PRIMARY KEY, transport, box)".format(ROLLUP_SOURCE_TABLE),
@@ -104,6 +110,25 @@ UPGRADES: List[Tuple[int, List[str]]] = [
             "CREATE TABLE IF NOT EXISTS {} (id INTEGER PRIMARY KEY CHECK (id = 1), beat_at REAL NOT NULL)".format(
                 HEARTBEAT_TABLE
             ),
+        ],
+    ),
+    (
+        6,
+        [
+            # measurement time (issue 10): per data row (by rowid) its time on
+            # the plots in UNIX seconds, its source and how the time was found
+            # (co2logd.mtime); filled by the writer, and for older rows by the
+            # maintenance timer from filled_to on.  The rollups are now keyed
+            # by this time: the upload-time rollups of version 4 go.
+            "CREATE TABLE IF NOT EXISTS {} (row INTEGER PRIMARY KEY, t REAL, src INTEGER, kind INTEGER NOT NULL)".format(MTIME_TABLE),
+            "CREATE INDEX IF NOT EXISTS co2logd_mtime_t ON {} (t)".format(MTIME_TABLE),
+            "CREATE INDEX IF NOT EXISTS co2logd_mtime_src ON {} (src, t)".format(MTIME_TABLE),
+            "CREATE INDEX IF NOT EXISTS co2logd_mtime_unusable ON {} (t) WHERE kind >= 2".format(MTIME_TABLE),
+            "CREATE INDEX IF NOT EXISTS co2logd_rollup_source_key ON {} (transport, box)".format(ROLLUP_SOURCE_TABLE),
+            "CREATE TABLE IF NOT EXISTS {} (k INTEGER PRIMARY KEY, filled_to INTEGER NOT NULL, names TEXT NOT NULL)".format(MTIME_STATE_TABLE),
+            "DELETE FROM {}".format(ROLLUP_TABLE),
+            "DELETE FROM {}".format(ROLLUP_STATE_TABLE),
+            "DROP TABLE IF EXISTS {}".format(ROLLUP_ODD_TABLE),
         ],
     ),
 ]
@@ -205,12 +230,38 @@ def prepare_database(path: str, settings) -> Dict[str, str]:
                 connection.execute(
                     "INSERT INTO {} (version) VALUES (?)".format(SCHEMA_VERSION_TABLE), (version,)
                 )
+        _check_mtime_names(connection, settings)
         connection.execute("COMMIT")
         return _table_columns(connection, settings.DATA_TABLE_NAME)
     except sqlite3.Error as e:
         raise StoreError("Cannot prepare database {}: {}".format(path, e))
     finally:
         connection.close()
+
+
+def _check_mtime_names(connection: sqlite3.Connection, settings) -> None:
+    """
+    Start the measurement-time side table afresh when the settings it was
+    built under (time columns, source columns) changed: maintenance then
+    refills it, and the rollups, from the first row in the background.
+    """
+    names = mtime.names(settings)
+    row = connection.execute("SELECT names FROM {} WHERE k = 1".format(MTIME_STATE_TABLE)).fetchone()
+    if row is not None and row[0] == names:
+        return
+    connection.execute("DELETE FROM {}".format(MTIME_TABLE))
+    connection.execute("DELETE FROM {}".format(ROLLUP_TABLE))
+    connection.execute("DELETE FROM {}".format(ROLLUP_STATE_TABLE))
+    connection.execute(
+        "INSERT OR REPLACE INTO {} (k, filled_to, names) VALUES (1, 0, ?)".format(MTIME_STATE_TABLE), (names,)
+    )
+
+
+def configure_reader(connection: sqlite3.Connection) -> None:
+    """A read-only connection for the dashboard and plots: ``query_only``, so it can never write or fsync."""
+    connection.isolation_level = None
+    connection.execute("PRAGMA busy_timeout=5000")
+    connection.execute("PRAGMA query_only=ON")
 
 
 def upload_time_index(settings) -> str:
@@ -244,13 +295,15 @@ class Store(PlotQueries, DatabaseWatch, Service):
         settings,
         columns: Mapping[str, str],
         pool_factory: Callable[..., adbapi.ConnectionPool] = adbapi.ConnectionPool,
-        clock=None,
+        clock: Optional[IReactorTime] = None,
     ):
         self.path = path
         self._watch_init(clock)
         self.settings = settings
         self.columns: Dict[str, str] = dict(columns)
         self.table = quote_identifier(settings.DATA_TABLE_NAME)
+        #: how every query names the data table's rowid: a column called rowid may hide it
+        self.rowid: str = rowid_alias(self.columns)
         self.queue_limit: int = settings.WRITE_QUEUE_MAX_ROWS
         self._queue: List[_Upload] = []
         self._queued_rows = 0
@@ -259,7 +312,12 @@ class Store(PlotQueries, DatabaseWatch, Service):
         self._insert_statements: Dict[Tuple[str, ...], str] = {}
         self._closed = False
         self._row_count = (0, 0)  # (last rowid counted, rows up to it) for row_count()
-        self._filling: Dict[frozenset, Deferred] = {}  # background rollup fills by column set (issue 5)
+        self._wanted: List[str] = []  # columns whose rollups maintenance keeps (issue 10)
+        self._maintaining: Optional[Deferred] = None
+        if clock is None:
+            from twisted.internet import reactor as clock
+        self._maintenance_clock = clock  # the heartbeat runs only with a given clock; maintenance always
+        self._maintenance: Optional[LoopingCall] = None
         self._replay_seen: Dict[str, float] = {}  # replay counters committed by this process (issue 7)
         #: transactions written, uploads in them, the largest group, writes refused as busy
         self.write_stats: Dict[str, int] = {"transactions": 0, "uploads": 0, "largest_group": 0, "busy": 0}
@@ -278,22 +336,39 @@ class Store(PlotQueries, DatabaseWatch, Service):
             cp_openfun=opened,
             cp_noisy=False,
         )
+        # dashboard and plot reads: their own read-only connections (issue 12, finding 8)
+        self.read_pool = pool_factory(
+            "sqlite3",
+            path,
+            check_same_thread=False,
+            cp_min=1,
+            cp_max=2,
+            cp_openfun=configure_reader,
+            cp_noisy=False,
+        )
 
     @classmethod
-    def open(cls, path: str, settings, clock=None) -> "Store":
+    def open(cls, path: str, settings, clock: Optional[IReactorTime] = None) -> "Store":
         """Prepare the schema synchronously, then return a store on it (with a heartbeat when given a clock)."""
         return cls(path, settings, prepare_database(path, settings), clock=clock)
 
     def startService(self) -> None:
-        """Start the heartbeat (when the store has a clock)."""
+        """Start the heartbeat (when the store has a clock) and the maintenance timer (side table and rollups, see :meth:`maintain`)."""
         super().startService()
         self._start_heartbeat()
+        self._maintenance = LoopingCall(self.maintain)
+        self._maintenance.clock = self._maintenance_clock
+        self._maintenance.start(self.maintenance_interval, now=True).addErrback(
+            lambda f: log.failure("The maintenance timer stopped", f)
+        )
 
     def stopService(self) -> Optional[Deferred]:
-        """Close the pool once every queued write has been committed (or has failed)."""
+        """Close the pools once every queued write has been committed (or has failed)."""
         super().stopService()
         self._stop_heartbeat()
-        waits = [d for d in self._filling.values()]  # a background rollup fill stops after its chunk
+        if self._maintenance is not None and self._maintenance.running:
+            self._maintenance.stop()
+        waits = [self._maintaining] if self._maintaining is not None else []  # stops after its chunk
         if self._writing:
             drained: Deferred = Deferred()
             self._drained.append(drained)
@@ -305,8 +380,9 @@ class Store(PlotQueries, DatabaseWatch, Service):
 
     def _close_pool(self) -> None:
         self._closed = True
-        if self.pool.running:  # stopping twice (a test's cleanup after its own stop) is harmless
-            self.pool.close()
+        for pool in (self.pool, self.read_pool):
+            if pool.running:  # stopping twice (a test's cleanup after its own stop) is harmless
+                pool.close()
 
     # -- writing ------------------------------------------------------------
     #
@@ -399,8 +475,11 @@ class Store(PlotQueries, DatabaseWatch, Service):
         cursor = connection.cursor()
         results: List[Any] = []
         added: Dict[str, str] = {}
+        rowid = self._rowid()
         try:
             cursor.execute("BEGIN IMMEDIATE")
+            (before,) = cursor.execute("SELECT coalesce(max({}), 0) FROM {}".format(rowid, self.table)).fetchone()
+            filled = self._filled_to(cursor)
             for upload in group:
                 cursor.execute("SAVEPOINT upload")
                 try:
@@ -416,6 +495,16 @@ class Store(PlotQueries, DatabaseWatch, Service):
                     cursor.execute("RELEASE upload")
                     added.update(mine)
                     results.append(len(upload.rows))
+            cursor.execute("SAVEPOINT mtime")
+            try:
+                self._index_new_rows(cursor, before, filled, dict(known, **added))
+            except sqlite3.Error:
+                if not connection.in_transaction:
+                    raise
+                # the uploads stay acknowledged; maintenance indexes these rows later
+                log.failure("Indexing measurement times failed")
+                cursor.execute("ROLLBACK TO mtime")
+            cursor.execute("RELEASE mtime")
             self._check_files(connection)  # never acknowledge into a deleted or replaced file
             cursor.execute("COMMIT")
         except BaseException:
@@ -529,7 +618,7 @@ class Store(PlotQueries, DatabaseWatch, Service):
     def rowid_at(self, query: "Query", offset: int) -> Deferred:
         """
         The rowid of the row ``offset`` places into ``query``'s result (its
-        ``columns`` must be ``["rowid"]``), or None: where the next page of a
+        ``columns`` must be ``[store.rowid]``), or None: where the next page of a
         paged download starts.
         """
         sql, params = query.sql(self.table)

@@ -1,73 +1,114 @@
 """
 Regenerate docs/dashboard.png: start ``python -m co2logd`` on a scratch
-database, upload readings of three sensors through its real HTTP interface
-for about 30 seconds (the upload time is the server's clock, so the plot
-shows the last 40 seconds; one sensor stops early and, with
-DASHBOARD_SILENT_SECONDS = 5 in the scratch config, is marked silent), then
-screenshot the dashboard with headless Chromium.
+database, send a day of readings from two sensors through its real HTTP
+interface, one upload per sensor in co2logserver's columns format with a
+``time`` column (as a logger that buffers a day would), then screenshot the
+dashboard's default view ``/`` with headless Chromium.
 
-Usage: python docs/dashboard_screenshot.py  (needs /usr/bin/chromium)
+Usage: python docs/dashboard_screenshot.py [--width 1000] [--height 1340]
+(needs /usr/bin/chromium)
 """
 
+import argparse
 import json
 import math
 import os
 import random
+import socket
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
 
-PORT = 18766
 HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+STEP = 60  # one reading a minute
 
 
-def post(payload):
+def free_port() -> int:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def post(port: int, payload) -> dict:
     request = urllib.request.Request(
-        "http://127.0.0.1:{}/upload".format(PORT), data=json.dumps(payload).encode(),
+        "http://127.0.0.1:{}/upload".format(port), data=json.dumps(payload).encode(),
         headers={"Content-Type": "application/json"},
     )
-    return json.load(urllib.request.urlopen(request, timeout=10))
+    return json.load(urllib.request.urlopen(request, timeout=30))
 
 
-def main():
+def occupied(hour: float, spans) -> float:
+    """1 while one of the (start, end) hour spans is on, easing in and out over half an hour."""
+    level = 0.0
+    for start, end in spans:
+        level = max(level, min(1.0, max(0.0, (hour - start) * 2), max(0.0, (end - hour) * 2)))
+    return level
+
+
+def day_of(box: str, end: int, rng: random.Random) -> dict:
+    """A day of minutely readings from one sensor: CO2 rising while people are in, temperature, humidity."""
+    times = list(range(end - 86400 + STEP, end + 1, STEP))
+    if box == "office":
+        spans, base, rise, warm = [(8.5, 12.0), (13.0, 17.5)], 450, 900, 21.5
+    else:
+        spans, base, rise, warm = [(7.0, 8.0), (12.0, 13.5), (18.5, 20.5)], 480, 500, 20.0
+    co2, level = [], 0.0
+    temperature, humidity = [], []
+    for t in times:
+        hour = (t % 86400) / 3600.0
+        # CO2 follows occupancy with a lag (room air exchanges slowly)
+        level += (occupied(hour, spans) - level) * 0.03
+        co2.append(int(base + rise * level + rng.gauss(0, 12)))
+        temperature.append(round(warm + 1.8 * level + 1.2 * math.sin((hour - 9) / 24 * 2 * math.pi) + rng.gauss(0, 0.05), 2))
+        humidity.append(round(42 + 9 * level - 4 * math.sin((hour - 9) / 24 * 2 * math.pi) + rng.gauss(0, 0.1), 1))
+    return {"time": times, "scd30_co2_ppm": co2, "bme280_temperature_c": temperature, "bme280_humidity_percent": humidity,
+            "box": [box] * len(times)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--width", type=int, default=1000, help="browser window width in CSS px (default 1000)")
+    parser.add_argument("--height", type=int, default=1340, help="browser window height in CSS px (default 1340)")
+    parser.add_argument("--output", default=os.path.join(HERE, "dashboard.png"))
+    args = parser.parse_args()
     work = tempfile.mkdtemp(prefix="co2logd-shot-")
     config = os.path.join(work, "config.py")
     with open(config, "w") as f:
-        f.write("CO2LOGSERVER_DASHBOARD_SILENT_SECONDS = 5\nCO2LOGSERVER_DASHBOARD_REFRESH_SECONDS = 0\n")
+        f.write("CO2LOGSERVER_DASHBOARD_REFRESH_SECONDS = 0\n")
+    port = free_port()
+    environment = dict(os.environ, PYTHONPATH=REPO)
     daemon = subprocess.Popen(
-        [sys.executable, "-m", "co2logd", "--http", "tcp:{}:interface=127.0.0.1".format(PORT),
+        [sys.executable, "-m", "co2logd", "--http", "tcp:{}:interface=127.0.0.1".format(port),
          "--db", os.path.join(work, "co2.sqlite"), "--name", "Greenhouse lab", "--config", config],
-        cwd=work,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        cwd=work, env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     try:
-        for _ in range(50):
+        for _ in range(100):
             try:
-                urllib.request.urlopen("http://127.0.0.1:{}/health".format(PORT), timeout=1)
+                urllib.request.urlopen("http://127.0.0.1:{}/health".format(port), timeout=1)
                 break
             except OSError:
                 time.sleep(0.2)
         rng = random.Random(3)
-        # 3 sensors, 120 uploads of 30 readings each, a CO2 rise in the office
-        for k in range(120):
-            for box, base, swing in (("office", 700, 900), ("kitchen", 520, 300), ("greenhouse", 430, 80)):
-                if box == "greenhouse" and k > 40:
-                    continue  # this one goes silent (shown as such after DASHBOARD_SILENT_SECONDS)
-                co2 = [int(base + swing * max(0.0, math.sin((k * 30 + i) / 900.0)) + rng.gauss(0, 15)) for i in range(30)]
-                temperature = [round(19 + 3 * math.sin((k * 30 + i) / 1500.0) + rng.gauss(0, 0.1), 2) for i in range(30)]
-                post({"co2": co2, "temperature": temperature, "box": [box] * 30})
-            time.sleep(0.25)
+        end = int(time.time()) // STEP * STEP
+        for box in ("office", "kitchen"):
+            receipt = post(port, day_of(box, end, rng))
+            print("{}: {} rows stored".format(box, receipt["saved-in-db"]))
         subprocess.run(
             ["/usr/bin/chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
              "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             "--user-data-dir=" + os.path.join(work, "profile"), "--hide-scrollbars", "--window-size=900,1250",
-             "--screenshot=" + os.path.join(HERE, "dashboard.png"),
-             "http://127.0.0.1:{}/?since=40s".format(PORT)],
+             "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
+             "--user-data-dir=" + os.path.join(work, "profile"), "--hide-scrollbars",
+             "--window-size={},{}".format(args.width, args.height), "--screenshot=" + os.path.abspath(args.output),
+             "http://127.0.0.1:{}/".format(port)],
             check=True, capture_output=True, timeout=90,
         )
+        print("wrote", args.output)
     finally:
         daemon.terminate()
         daemon.wait(10)

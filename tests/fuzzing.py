@@ -139,7 +139,8 @@ def uploads(draw) -> Dict[str, Any]:
     if claim is not None:
         headers.append(claim)
         if all(32 < ord(c) < 127 for c in claim[1]):
-            signed = claim[1].encode("ascii") + b"\n" + body
+            kind = b"counter:" if claim[0] == "Content-Counter" else b"timestamp:"
+            signed = kind + claim[1].encode("ascii") + b"\n" + body
     auth = draw(st.sampled_from(["good"] * 5 + ["wrong", "none"]))
     algorithm = draw(st.sampled_from(["md5", "sha256", "sha1"]))
     if auth == "good":

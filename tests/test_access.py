@@ -6,10 +6,11 @@ token or its session cookie, they show.
 """
 
 import json
+import os
 from http.cookies import SimpleCookie
 
 import treq
-from twisted.internet import defer, reactor, task
+from twisted.internet import defer, reactor, task, threads
 from twisted.trial import unittest
 
 from co2logd.settings import SettingsError
@@ -237,3 +238,39 @@ class UnitTests(unittest.TestCase):
     def test_short_token_refused(self):
         """A dashboard token shorter than 16 characters is a settings error."""
         self.assertRaises(SettingsError, make_settings, DASHBOARD_TOKEN="short")
+
+
+class BrowserSessionTests(AccessMixin, unittest.TestCase):
+    """Headless Chromium: the token once, then the session cookie, in a real browser."""
+
+    def setUp(self):
+        from tests.test_browser import CHROMIUM
+
+        if not os.path.exists(CHROMIUM):
+            raise unittest.SkipTest("needs Debian's chromium at {} (apt-get install chromium)".format(CHROMIUM))
+
+    @defer.inlineCallbacks
+    def dom(self, path):
+        from tests.test_browser import chromium
+
+        base = self.mktemp()
+        os.makedirs(base)
+        result = yield threads.deferToThread(
+            chromium, self.url + path, os.path.join(base, "profile"), os.path.join(base, "net.json"), "--dump-dom"
+        )
+        self.assertEqual(result.returncode, 0, result.stderr[-2000:])
+        return result.stdout.decode("utf-8")
+
+    @defer.inlineCallbacks
+    def test_browser_logs_in_with_the_token(self):
+        """/?token= in Chromium lands on the dashboard with the data; a fresh browser on / sees only the public page."""
+        self.start_site(protected())
+        yield self.seed()
+        dom = yield self.dom("/?since=365d&token=" + TOKEN)
+        self.assertIn(BOX, dom)
+        self.assertIn(str(VALUE), dom)
+        self.assertIn('class="series"', dom)
+        dom = yield self.dom("/?since=365d")
+        self.assertNotIn(BOX, dom)
+        self.assertNotIn(str(VALUE), dom)
+        self.assertIn('name="token"', dom)

@@ -85,63 +85,8 @@ class TimeRangeTests(unittest.TestCase):
                 self.assertEqual(stored_time(t) >= time_text(bound), t >= bound, (t, bound))
 
 
-class DownsamplingTests(StoreMixin, unittest.TestCase):
-    """``Store.plot_buckets`` on a real SQLite file: exact min and max per bucket."""
-
-    def expected(self, rows, edges, column_index, where=lambda row: True):
-        """Per bucket index: (min, max) of the numeric values, computed in Python."""
-        out = {}
-        for row in rows:
-            value = row[column_index]
-            if not where(row) or not isinstance(value, (int, float)):
-                continue
-            t = row[0]
-            for i in range(len(edges) - 1):
-                if edges[i] <= t < edges[i + 1]:
-                    low, high = out.get(i, (value, value))
-                    out[i] = (min(low, value), max(high, value))
-                    break
-        return out
-
-    @defer.inlineCallbacks
-    def test_every_min_and_max_survives(self):
-        """
-        5000 rows at random times (inserted out of time order, with text and
-        nulls among the numbers) into 97 buckets: every bucket's min and max
-        of every column is exactly what the rows hold.
-        """
-        self.make_store()
-        rng = random.Random(5)
-        rows = []
-        for _ in range(5000):
-            t = T0 + rng.uniform(-100, 10000)
-            co2 = rng.choice([rng.randint(300, 5000), rng.randint(300, 5000), None, "n/a"])
-            rows.append((t, rng.choice(["http", "udp:10.0.0.2"]), co2, rng.gauss(20, 3), rng.choice(["a", "b"])))
-        insert_rows(self.db_path, [(stored_time(r[0]),) + r[1:] for r in rows])
-        self.store.columns.update(co2="INTEGER", temperature="REAL", box="TEXT")
-        edges = bucket_edges(T0, T0 + 9000, 97)
-        result = yield self.store.plot_buckets(["co2", "temperature"], [time_text(e) for e in edges])
-        got_co2 = {i: pairs[0] for i, pairs in result if pairs[0][0] is not None}
-        got_temperature = {i: pairs[1] for i, pairs in result}
-        self.assertEqual(got_co2, self.expected(rows, edges, 2))
-        self.assertEqual(got_temperature, self.expected(rows, edges, 3))
-        self.assertEqual(len(got_temperature), 97)
-
-    @defer.inlineCallbacks
-    def test_filters(self):
-        """Only rows matching the filters count."""
-        self.make_store()
-        rows = [(T0 + i, "udp:10.0.0.{}".format(i % 2), i, 0.0, "a" if i % 3 else "b") for i in range(600)]
-        insert_rows(self.db_path, [(stored_time(r[0]),) + r[1:] for r in rows])
-        self.store.columns.update(co2="INTEGER", temperature="REAL", box="TEXT")
-        edges = bucket_edges(T0, T0 + 600, 6)
-        result = yield self.store.plot_buckets(
-            ["co2"], [time_text(e) for e in edges], [("box", "b"), ("transport", "udp:10.0.0.1")]
-        )
-        self.assertEqual(
-            {i: pairs[0] for i, pairs in result},
-            self.expected(rows, edges, 2, lambda r: r[4] == "b" and r[1] == "udp:10.0.0.1"),
-        )
+class UploadTimeIndexTests(StoreMixin, unittest.TestCase):
+    """The upload-time index (schema version 2) under the configured names."""
 
     def test_upload_time_index(self):
         """Schema version 2 indexes the upload-time column, under the configured names."""
@@ -152,279 +97,6 @@ class DownsamplingTests(StoreMixin, unittest.TestCase):
         connection.close()
         self.assertIn(upload_time_index(settings), [name for name, _, _ in indexes])
         self.assertEqual(upload_time_index(settings), "readings_received_idx")
-
-
-HOUR = 3600
-
-
-def text_expected(rows, bounds, column, where=lambda row: True):
-    """
-    Per bucket index: (min, max) of ``column``'s numeric values, computed in
-    Python from ``rows`` (dicts with the stored upload time as text), bucketed
-    by text comparison as SQLite compares the stored times.
-    """
-    out = {}
-    for row in rows:
-        value, when = row.get(column), row["time_upload_utc"]
-        if not where(row) or not isinstance(when, str) or isinstance(value, bool) or not isinstance(value, (int, float)):
-            continue
-        i = bisect.bisect_right(bounds, when) - 1
-        if 0 <= i < len(bounds) - 1:
-            low, high = out.get(i, (value, value))
-            out[i] = (min(low, value), max(high, value))
-    return out
-
-
-class RollupTests(StoreMixin, unittest.TestCase):
-    """
-    Plots of long ranges read the minute and hour rollups for whole periods
-    and the rows only at the ragged ends, and stay exact: the same answer as
-    reading every row, and as Python computes from the rows.
-    """
-
-    def setUp(self):
-        self.make_store()
-        self.store.rollup_chunk_rows = 997  # many interactions, chunk edges inside minutes
-        self.store.rollup_cost = 0  # always roll up first (test_cheaper_to_read_first is about the choice)
-        self.rows = []
-
-    def add(self, rows, declared=(("co2", "INTEGER"), ("temperature", "REAL"), ("box", "TEXT"))):
-        """Insert rows (dicts) with plain sqlite3, in the given order, adding missing columns."""
-        connection = sqlite3.connect(self.db_path)
-        have = {r[1] for r in connection.execute("PRAGMA table_info(data)")}
-        for name, kind in declared:
-            if name not in have:
-                connection.execute('ALTER TABLE data ADD COLUMN "{}" {}'.format(name, kind))
-            self.store.columns[name] = kind
-        for row in rows:
-            names = sorted(row)
-            connection.execute(
-                "INSERT INTO data ({}) VALUES ({})".format(", ".join('"{}"'.format(n) for n in names), ", ".join("?" * len(names))),
-                [row[n] for n in names],
-            )
-        connection.commit()
-        connection.close()
-        self.rows += rows
-
-    def random_rows(self, rng, count, since, until):
-        """Rows at random times (not in time order), text and nulls among the numbers, several sources."""
-        rows = []
-        for _ in range(count):
-            rows.append({
-                "time_upload_utc": stored_time(rng.uniform(since, until)),
-                "transport": rng.choice(["http", "udp:10.0.0.2", "serial:/dev/ttyUSB0"]),
-                "box": rng.choice(["a", "b", "7", None]),
-                "co2": rng.choice([rng.randint(300, 5000), rng.randint(300, 5000), None, "n/a", b"\x00"]),
-                "temperature": rng.choice([rng.gauss(20, 3), rng.randint(-5, 40)]),
-            })
-        return rows
-
-    @defer.inlineCallbacks
-    def check(self, columns, bounds, filters=(), where=lambda row: True):
-        """The rollup answer equals the all-rows answer and Python's; fire with it."""
-        result = yield self.store.plot_buckets(columns, bounds, filters)
-        exact = yield self.store.plot_buckets(columns, bounds, filters, rollups=False)
-        self.assertEqual(result, exact)
-        for k, column in enumerate(columns):
-            got = {i: pairs[k] for i, pairs in result if pairs[k][0] is not None}
-            self.assertEqual(got, text_expected(self.rows, bounds, column, where), column)
-        return result
-
-    def rollup_rows(self, span=None):
-        """The rollup table, read with plain sqlite3: [(col, span, start, source, lo, hi, n)]."""
-        connection = sqlite3.connect(self.db_path)
-        try:
-            sql = "SELECT col, span, start, source, lo, hi, n FROM co2logd_rollup"
-            if span:
-                return connection.execute(sql + " WHERE span = ?", (span,)).fetchall()
-            return connection.execute(sql).fetchall()
-        finally:
-            connection.close()
-
-    @defer.inlineCallbacks
-    def test_long_ranges_are_exact(self):
-        """
-        6000 rows over three days, out of time order, with text, blobs and
-        nulls among the numbers, from several sources: plots of 40, 150 and
-        500 buckets (whole hours, whole minutes and ragged ends) are exact,
-        filtered or not.
-        """
-        rng = random.Random(55)
-        self.add(self.random_rows(rng, 6000, T0 - 500, T0 + 3 * 86400))
-        for buckets in (40, 150, 500):
-            bounds = [time_text(e) for e in bucket_edges(T0 - 1000.25, T0 + 3 * 86400 + 7, buckets)]
-            yield self.check(["co2", "temperature"], bounds)
-        self.assertTrue(self.rollup_rows(rollup.HOUR))
-        bounds = [time_text(e) for e in bucket_edges(T0, T0 + 2 * 86400, 90)]
-        yield self.check(["co2", "temperature"], bounds, [("box", "b")], lambda r: r["box"] == "b")
-        yield self.check(["temperature"], bounds, [("transport", "http"), ("box", "a")],
-                         lambda r: r["box"] == "a" and r["transport"] == "http")
-
-    @defer.inlineCallbacks
-    def test_counts_match_the_rows(self):
-        """Each hour's count of numeric values per source is what the rows hold; minutes add up to hours."""
-        rng = random.Random(3)
-        self.add(self.random_rows(rng, 3000, T0, T0 + 86400))
-        yield self.check(["co2"], [time_text(e) for e in bucket_edges(T0 - 3600, T0 + 90000, 30)])
-        rows = self.rollup_rows()
-        minutes = sum(n for _, span, *_, n in rows if span == rollup.MINUTE)
-        hours = sum(n for _, span, *_, n in rows if span == rollup.HOUR)
-        numeric = sum(1 for r in self.rows if isinstance(r["co2"], int))
-        self.assertEqual((minutes, hours), (numeric, numeric))
-
-    @defer.inlineCallbacks
-    def test_whole_periods_come_from_the_rollups(self):
-        """A long plot reads hours from the rollup table, not from the rows (changed behind its back, it shows)."""
-        self.add([{"time_upload_utc": stored_time(T0 + 60 * k), "co2": 400 + k % 7} for k in range(24 * 60)])
-        bounds = [time_text(e) for e in bucket_edges(T0 - T0 % HOUR, T0 - T0 % HOUR + 26 * HOUR, 13)]
-        before = yield self.store.plot_buckets(["co2"], bounds)
-        self.assertEqual(max(high for _, ((_, high),) in before), 406)
-        connection = sqlite3.connect(self.db_path)
-        connection.execute("UPDATE co2logd_rollup SET hi = 9999 WHERE span = 3600")
-        connection.commit()
-        connection.close()
-        after = yield self.store.plot_buckets(["co2"], bounds)
-        self.assertEqual(max(high for _, ((_, high),) in after), 9999)
-
-    @defer.inlineCallbacks
-    def test_rows_arriving_late_with_older_times(self):
-        """
-        After a plot filled the rollups, rows with older upload times (a clock
-        stepped back, a slow writer, another program) are folded into their
-        periods by the next plot: new extremes show.
-        """
-        rng = random.Random(8)
-        self.add(self.random_rows(rng, 2000, T0, T0 + 86400))
-        bounds = [time_text(e) for e in bucket_edges(T0, T0 + 86400, 48)]
-        yield self.check(["co2", "temperature"], bounds)
-        late = [
-            {"time_upload_utc": stored_time(T0 + 3600 * 5 + 17), "transport": "http", "box": "a", "co2": 99999, "temperature": -40.5},
-            {"time_upload_utc": stored_time(T0 + 3600 * 9 + 1), "transport": "udp:10.0.0.9", "box": "z", "co2": 1, "temperature": 80},
-        ]
-        self.add(late)
-        result = yield self.check(["co2", "temperature"], bounds)
-        values = [v for _, pairs in result for pair in pairs for v in pair]
-        self.assertIn(99999, values)
-        self.assertIn(-40.5, values)
-        yield self.check(["co2"], bounds, [("box", "z")], lambda r: r["box"] == "z")
-
-    @defer.inlineCallbacks
-    def test_columns_added_later(self):
-        """A column added (and first plotted) after others were rolled up is rolled up from its first row."""
-        rng = random.Random(9)
-        self.add(self.random_rows(rng, 1500, T0, T0 + 86400))
-        bounds = [time_text(e) for e in bucket_edges(T0, T0 + 2 * 86400, 60)]
-        yield self.check(["co2"], bounds)
-        humid = [{"time_upload_utc": stored_time(rng.uniform(T0 + 3600, T0 + 2 * 86400)), "transport": "http",
-                  "humidity": rng.choice([rng.uniform(20, 90), "wet", None])} for _ in range(1500)]
-        self.add(humid, declared=(("humidity", "REAL"),))
-        yield self.check(["co2", "humidity", "temperature"], bounds)
-        yield self.check(["humidity"], bounds)
-
-    @defer.inlineCallbacks
-    def test_odd_upload_times_are_read_as_they_are(self):
-        """
-        Upload times not of the usual shape (a 'T', an impossible minute,
-        no seconds, garbage, a number, NULL) are in no rollup but count
-        exactly where their text sorts, as when every row is read.
-        """
-        rng = random.Random(10)
-        self.add(self.random_rows(rng, 800, T0, T0 + 86400))
-        day = stored_time(T0 + 7200)[:10]
-        odd = ["{}T23:10:00".format(day), "{} 12:61:30".format(day), "{} 13:30".format(day), "2023-99-99 99:99:99", "soon", 1700003600, None]
-        self.add([{"time_upload_utc": t, "transport": "http", "box": "a", "co2": 10000 + k, "temperature": 100.0 + k}
-                  for k, t in enumerate(odd)])
-        bounds = [time_text(e) for e in bucket_edges(T0 - 86400, T0 + 2 * 86400, 36)]
-        result = yield self.check(["co2", "temperature"], bounds)
-        values = {v for _, pairs in result for pair in pairs for v in pair}
-        self.assertTrue({10000, 10002}.issubset(values))  # 10001 and 10002 share a bucket
-        midnight = parse_time(day, 0)
-        halves = [time_text(midnight + 1800 * k) for k in range(49)]  # "13:30" sorts before the edge "13:30:00"
-        yield self.check(["co2"], halves)
-        yield self.check(["co2"], bounds, [("box", "a")], lambda r: r["box"] == "a")
-
-    @defer.inlineCallbacks
-    def test_filter_values_convert_as_the_column_does(self):
-        """box=7 (a number) selects the rows whose TEXT box column holds '7', through the rollups as through the rows."""
-        rng = random.Random(11)
-        self.add(self.random_rows(rng, 1500, T0, T0 + 86400))
-        bounds = [time_text(e) for e in bucket_edges(T0, T0 + 86400, 24)]
-        result = yield self.check(["co2"], bounds, [("box", 7)], lambda r: r["box"] == "7")
-        self.assertTrue(result)
-
-    @defer.inlineCallbacks
-    def test_rebuilt_after_rows_are_deleted(self):
-        """Rows deleted from the end (rowids below the rolled-up mark) or a reset state make the rollups rebuild."""
-        rng = random.Random(12)
-        self.add(self.random_rows(rng, 1000, T0, T0 + 86400))
-        bounds = [time_text(e) for e in bucket_edges(T0, T0 + 86400, 24)]
-        yield self.check(["co2", "temperature"], bounds)
-        connection = sqlite3.connect(self.db_path)
-        connection.execute("DELETE FROM data WHERE rowid > 600")
-        connection.commit()
-        connection.close()
-        del self.rows[600:]
-        yield self.check(["co2", "temperature"], bounds)
-        connection = sqlite3.connect(self.db_path)
-        connection.execute("UPDATE data SET co2 = 77777 WHERE rowid = 5")
-        connection.execute("DELETE FROM co2logd_rollup_state")
-        connection.commit()
-        connection.close()
-        self.rows[4]["co2"] = 77777
-        yield self.check(["co2", "temperature"], bounds)
-        numeric = sum(1 for r in self.rows if isinstance(r["co2"], int))
-        self.assertEqual(sum(n for c, span, *_, n in self.rollup_rows(rollup.HOUR) if c == "co2"), numeric)
-
-    @defer.inlineCallbacks
-    def test_first_fill_lets_uploads_through(self):
-        """
-        A first fill of many rows runs in chunks: an upload written while it
-        runs is committed before the plot is answered, and the plot still
-        sees every row committed before it answered (the upload's included).
-        """
-        self.store.rollup_chunk_rows = 1000
-        self.add([{"time_upload_utc": stored_time(T0 + k), "transport": "http", "co2": 500} for k in range(20000)])
-        interactions = []
-        real = self.store.pool.runWithConnection
-
-        def counting(*args, **kwargs):
-            interactions.append(args[0])
-            return real(*args, **kwargs)
-
-        self.patch(self.store.pool, "runWithConnection", counting)
-        order = []
-        bounds = [time_text(e) for e in bucket_edges(T0, T0 + 86400, 24)]
-        plot = self.store.plot_buckets(["co2"], bounds)
-        plot.addCallback(lambda result: (order.append("plot"), result)[1])
-        write = self.store.write(["time_upload_utc", "transport", "co2"], [(stored_time(T0 + 30), "http", 9)], {})
-        write.addCallback(lambda _: order.append("write"))
-        result = yield plot
-        yield write
-        self.assertEqual(order, ["write", "plot"])
-        self.assertGreaterEqual(len(interactions), 20)
-        self.assertEqual(result[0], (0, [(9, 500)]))
-
-
-    @defer.inlineCallbacks
-    def test_cheaper_to_read_first(self):
-        """
-        When catching up would cost more than reading the range (the first
-        plot of a day on a big table), the rows are read, the rollups fill
-        in the background, and the next plot uses them.
-        """
-        self.store.rollup_cost = 3
-        self.add([{"time_upload_utc": stored_time(T0 + k), "transport": "http", "co2": k % 1000} for k in range(30000)])
-        bounds = [time_text(e) for e in bucket_edges(T0 + 28000, T0 + 30000, 10)]  # 2000 rows: cheaper to read
-        yield self.check(["co2"], bounds)
-        yield self.store.rollups_idle()
-        connection = sqlite3.connect(self.db_path)
-        (done,) = connection.execute("SELECT done_rowid FROM co2logd_rollup_state WHERE col = 'co2'").fetchone()
-        connection.execute("UPDATE co2logd_rollup SET hi = 9999 WHERE span = 60")
-        connection.commit()
-        connection.close()
-        self.assertEqual(done, 30000)
-        result = yield self.store.plot_buckets(["co2"], bounds)
-        self.assertEqual(max(high for _, ((_, high),) in result), 9999)  # now from the (tampered) rollups
 
 
 class SourceActivityTests(StoreMixin, unittest.TestCase):
@@ -523,13 +195,13 @@ class DrawingTests(unittest.TestCase):
 
     def test_svg_document(self):
         """One panel per column, a drawn path, CO2 bands only behind CO2, 'no data' for an empty panel."""
-        co2 = Panel("co2", [(i, 800 + i, 900 + 2 * i) for i in range(700)], bands=[1000, 1400])
-        temperature = Panel("temperature", [(i, 20.0, 21.5) for i in range(0, 700, 2)])
-        empty = Panel("humidity", [])
-        svg = render_svg([co2, temperature, empty], T0, T0 + 86400, width=800, panel_height=200)
+        co2 = Panel("co2", [("kitchen", [(i, 800 + i, 900 + 2 * i) for i in range(700)])], bands=[1000, 1400])
+        temperature = Panel("temperature", [("kitchen", [(i, 20.0, 21.5) for i in range(0, 700, 2)])])
+        empty = Panel("humidity", [("kitchen", [])])
+        svg = render_svg([co2, temperature, empty], T0, T0 + 86400, width=800, panel_height=200, labels=["kitchen"])
         root = ET.fromstring(svg)
-        self.assertEqual(root.get("viewBox"), "0 0 800 600")
-        panels = root.findall(SVG + "g")
+        self.assertEqual(root.get("viewBox"), "0 0 800 618")  # a legend line, then the panels
+        panels = [g for g in root.findall(SVG + "g") if g.get("class") == "panel"]
         self.assertEqual([p.get("data-column") for p in panels], ["co2", "temperature", "humidity"])
         paths = {p.get("data-column"): p for p in root.iter(SVG + "path")}
         self.assertEqual(int(paths["co2"].get("data-points")), 1400)
@@ -538,7 +210,7 @@ class DrawingTests(unittest.TestCase):
         self.assertEqual(len([r for r in panels[0].iter(SVG + "rect") if r.get("class") == "band"]), 3)
         self.assertEqual([r for r in panels[1].iter(SVG + "rect") if r.get("class") == "band"], [])
         self.assertIn("no data in this range", [t.text for t in panels[2].iter(SVG + "text")])
-        labels = [t.text for t in panels[0].iter(SVG + "text") if t.get("class") == "xlabel"]
+        labels = [t.text for t in panels[0].iter(SVG + "text") if t.get("class") == "axis xlabel"]
         self.assertIn("00:00", labels)
 
 
@@ -586,11 +258,13 @@ class PagesTests(DaemonSiteMixin, unittest.TestCase):
         self.assertIn("<strong>3</strong>", page)
         for link in ('href="/download"', 'href="/uploadhelp"', 'href="/health"', 'href="/metrics"', 'href="/static/co2logd.css"'):
             self.assertIn(link, page)
-        svg = ET.fromstring(re.search(r"<svg.*?</svg>", page, re.S).group(0))
-        paths = {p.get("data-column"): int(p.get("data-points")) for p in svg.iter(SVG + "path")}
+        paths = {}
+        for match in re.findall(r"<svg.*?</svg>", page, re.S):
+            for p in ET.fromstring(match).iter(SVG + "path"):
+                paths[p.get("data-column")] = int(p.get("data-points"))
         self.assertEqual(set(paths), {"co2", "temperature"})
         self.assertGreater(paths["co2"], 0)
-        self.assertRegex(page, r"<th>co2</th><td class=\"num\">655</td>")
+        self.assertRegex(page, r'<tr data-source="kitchen"><th>.*kitchen</th><td>[^<]*</td><td class="num">655</td>')
         self.assertRegex(page, r'<tr class="heard"><td><a [^>]*>http</a></td><td>kitchen</td>')
         self.assertRegex(page, r'<tr class="silent"><td><a [^>]*>udp:10.0.0.9</a></td><td>shed</td>')
         self.assertNotRegex(page, r"(src|href)=\"(https?:)?//")
@@ -614,11 +288,13 @@ class PagesTests(DaemonSiteMixin, unittest.TestCase):
         self.assertEqual(status, 200)
         self.assertEqual(headers.getRawHeaders("content-type"), ["image/svg+xml; charset=utf-8"])
         svg = ET.fromstring(body)
-        self.assertEqual(svg.get("viewBox"), "0 0 400 150")
+        self.assertEqual(svg.get("viewBox"), "0 0 400 168")  # a legend line, then one panel
         (path,) = list(svg.iter(SVG + "path"))
         self.assertEqual(path.get("data-points"), "2")  # one bucket: its min and its max
+        self.assertEqual(path.get("data-source"), "kitchen")
         status, _, body = yield self.get("/plot?cols=co2&box=nowhere")
-        self.assertEqual(ET.fromstring(body).find(".//" + SVG + "path").get("data-points"), "0")
+        self.assertEqual(list(ET.fromstring(body).iter(SVG + "path")), [])
+        self.assertIn(b"no data in this range", body)
         for bad in ("cols=nope", "since=soon", "width=5", "since=2024-01-02&until=2024-01-01"):
             status, _, body = yield self.get("/plot?" + bad)
             self.assertEqual(status, 400, bad)

@@ -226,6 +226,27 @@ class DownloadTests(SiteMixin, unittest.TestCase):
         self.assertEqual(json.loads(body), [{"co2": 600, "temp": 22.5}])
 
     @defer.inlineCallbacks
+    def test_column_order_is_the_requested_one(self):
+        """CSV and HTML columns come in the order asked for (co2logserver's came from a set); JSON keys are sorted, as there."""
+        for cols in (["box", "co2", "temp"], ["temp", "box", "co2"]):
+            _, _, body = yield self.get("/download?format=csv&number=1&cols=" + ",".join(cols))
+            self.assertEqual(body.decode().splitlines()[0], ",".join(cols))
+            _, _, body = yield self.get("/download?format=html&number=1&cols=" + ",".join(cols))
+            self.assertEqual(re.findall(rb"<th>(\w+)</th>", body), [c.encode() for c in cols])
+            _, _, body = yield self.get("/download?format=json&number=1&cols=" + ",".join(cols))
+            self.assertEqual(list(json.loads(body)[0]), ["box", "co2", "temp"])
+
+    @defer.inlineCallbacks
+    def test_bounds_with_spaces_and_colons(self):
+        """max_time with a space and colons filters on the stored datetime text (co2logserver ignored such values)."""
+        status, _ = yield self.post(b'{"time": [1700000000, 1700003600], "co2": [1, 2]}', "application/json")
+        self.assertEqual(status, 200)
+        _, _, body = yield self.get("/download?format=json&cols=co2,time&max_time=" + quote("2023-11-14 22:30:00"))
+        self.assertEqual(json.loads(body), [{"co2": 1, "time": "2023-11-14 22:13:20+00:00"}])
+        _, _, body = yield self.get("/download?format=json&cols=co2&min_time=2023-11-14+22:30:00")
+        self.assertEqual(json.loads(body), [{"co2": 2}])
+
+    @defer.inlineCallbacks
     def test_number_is_capped(self):
         """number above MAX_LIMIT_OF_ROWS falls back to it; invalid number is ignored."""
         _, _, body = yield self.get("/download?format=json&number=abc")
@@ -309,14 +330,21 @@ class PageTests(SiteMixin, unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_upload_help_script_works_when_pasted(self):
-        """The shell example on /uploadhelp, with the salt filled in, uploads 5 rows."""
+        """The shell example on /uploadhelp marks its salt as a placeholder (refused as shown); filled in, it uploads 5 rows."""
         if not (shutil.which("curl") and shutil.which("md5sum") and shutil.which("bash")):
             raise unittest.SkipTest("needs bash, curl and md5sum on PATH")
         self.start_site(make_settings(CHECKSUM_SALTS=["s3cret"], UPLOAD_REQUIRES_AUTH=True))
         _, _, body = yield self.get("/uploadhelp")
         script = unescape(re.search(rb'<pre id="script">(.*?)</pre>', body, re.S).group(1).decode())
         self.assertIn("md5sum", script)
-        script = script.replace("SALT='my-secret-salt'", "SALT='s3cret'")
+        self.assertIn("# PLACEHOLDER: replace YOUR-SALT-HERE", script)
+        self.assertNotIn("configured in the server", script)
+        self.assertIn(b"Replace the line marked <strong>PLACEHOLDER</strong>", body)
+        as_shown = yield threads.deferToThread(
+            subprocess.run, ["bash", "-c", script], capture_output=True, timeout=30
+        )
+        self.assertEqual(json.loads(as_shown.stdout)["reason"], "auth-invalid", as_shown.stderr)
+        script = script.replace("SALT=YOUR-SALT-HERE", "SALT='s3cret'")
         result = yield threads.deferToThread(
             subprocess.run, ["bash", "-c", script], capture_output=True, timeout=30
         )

@@ -18,14 +18,15 @@ from co2logd.transports.udp import UDPIngestProtocol
 from tests.helpers import README_JSON, README_SALT, SiteMixin, StoreMixin, make_settings, rows_in
 
 # the worked example of docs/security.md
-EXAMPLE_COUNTER_MD5 = "d610afb977664df2178249f085b73939"  # Content-Counter: 42
-EXAMPLE_DEVICE_MD5 = "261091b8bd3fa360145b73adb5fc2158"  # Content-Counter: kitchen:42
-EXAMPLE_COUNTER_SHA256 = "24399029e410ef3aa2e56032d128290abff488ae9b27bd1bc8e2eb123e2a4e62"
+EXAMPLE_COUNTER_MD5 = "34d36216b5d0f869f243b3ca2788d34e"  # Content-Counter: 42
+EXAMPLE_DEVICE_MD5 = "73fd19a2f67873e308973dc3d1d974e8"  # Content-Counter: kitchen:42
+EXAMPLE_COUNTER_SHA256 = "f174e7c5192497fab5113b98dde1bb7c1b0f73695abda8a24908e174e4fe00a8"
 
 
 def signed(counter: str, body: bytes = README_JSON, salt: str = README_SALT, header: str = "Content-Counter", algorithm: str = "md5"):
     """The headers a device sends: the counter (or timestamp) and the checksum over it and the body."""
-    digest = hashlib.new(algorithm, counter.encode() + b"\n" + body + salt.encode()).hexdigest()
+    kind = b"counter:" if header.lower() == "content-counter" else b"timestamp:"
+    digest = hashlib.new(algorithm, kind + counter.encode() + b"\n" + body + salt.encode()).hexdigest()
     return [(header, counter), ("Content-{}-Salted".format(algorithm.upper()), digest)]
 
 
@@ -59,7 +60,7 @@ class WorkedExampleTests(unittest.TestCase):
     """The header values docs/security.md shows are what a device computes."""
 
     def test_counter_example(self):
-        """hex(MD5(b"42" + b"\\n" + payload + salt)), and with a device name and SHA-256."""
+        """hex(MD5(b"counter:42" + b"\\n" + payload + salt)), and with a device name and SHA-256."""
         self.assertEqual(signed("42")[1][1], EXAMPLE_COUNTER_MD5)
         self.assertEqual(signed("kitchen:42")[1][1], EXAMPLE_DEVICE_MD5)
         self.assertEqual(signed("42", algorithm="sha256")[1][1], EXAMPLE_COUNTER_SHA256)
@@ -333,14 +334,14 @@ class DatagramAndLineTests(ReplayTestMixin, unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_serial_csv_row_with_a_counter(self):
-        """The device signs counter + line; the listener re-signs the CSV body it builds; a resent line is refused."""
+        """The device signs counter + CSV header line + row; the listener re-signs the CSV body it builds; a resent line is refused."""
         self.start(REPLAY_PROTECTION="required")
         protocol = SerialIngestProtocol(self.ingest, self.settings, self.clock, "/dev/ttyX")
         replies = []
         protocol.observers.append(lambda source, reply: replies.append(reply))
         protocol.dataReceived(b"time,co2\n")
         line = b"1700000000,640"
-        lines = b"".join("{}: {}\n".format(k, v).encode() for k, v in signed("1", body=line)) + line + b"\n"
+        lines = b"".join("{}: {}\n".format(k, v).encode() for k, v in signed("1", body=b"time,co2\n" + line)) + line + b"\n"
         protocol.dataReceived(lines)
         yield protocol.idle()
         protocol.dataReceived(lines)

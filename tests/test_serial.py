@@ -204,10 +204,11 @@ class SerialLineTests(PtyMixin, TransportHarness, unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_auth_header_lines_on_a_csv_row(self):
-        """The checksum of the row line as printed authenticates a CSV row."""
+        """The checksum of the CSV header line and the row line as printed authenticates a CSV row."""
         yield self.start(CHECKSUM_SALTS=["psk"], UPLOAD_REQUIRES_AUTH=True)
         row = b"1,650"
-        self.write(b"time_s,co2\r\nContent-MD5-Salted: " + md5_salted(row, "psk").encode() + b"\r\n\r\n" + row + b"\r\n")
+        signed = md5_salted(b"time_s,co2\n" + row, "psk").encode()
+        self.write(b"time_s,co2\r\nContent-MD5-Salted: " + signed + b"\r\n\r\n" + row + b"\r\n")
         self.assertEqual((yield self.outcome()), {"saved-in-db": 1})
         self.write(b"Content-MD5-Salted: " + md5_salted(row, "nope").encode() + b"\r\n\r\n2,651\r\n")
         self.assertEqual((yield self.outcome())["reason"], "auth-invalid")

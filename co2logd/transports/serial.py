@@ -25,7 +25,11 @@ this order of recognition:
 
 Column names never contain a hyphen, so a ``key:value`` record is never
 taken for a header.  Salted checksums are computed by the device over the
-exact line (the row line for CSV); when co2logd turns a line into another
+exact line; for a CSV row over the CSV header line as it was printed, one
+``\\n`` and the row line, so the header that gives the row its column names
+is signed too (a forged header line makes the row's checksum fail: its rows
+are not marked authenticated, and are refused under
+``UPLOAD_REQUIRES_AUTH``).  When co2logd turns a line into another
 body for the ingest service (CSV rows, key:value pairs), the checksums that
 matched the line are carried over to the new body with the same salt, so
 ``matched_checksums``/``failed_checksums`` and ``AUTH_CHECKER`` see what the
@@ -104,12 +108,13 @@ class SerialDeviceError(Exception):
 class NodeState:
     """Per-node line state: headers waiting for a body line, the current CSV header."""
 
-    __slots__ = ("headers", "csv_header", "csv_cells")
+    __slots__ = ("headers", "csv_header", "csv_cells", "csv_header_line")
 
     def __init__(self) -> None:
         self.headers: List[Tuple[str, str]] = []
         self.csv_header: Optional[bytes] = None
         self.csv_cells = 0
+        self.csv_header_line = b""  # as printed: a row's checksum covers it
 
 
 def _cells(line: bytes) -> List[str]:
@@ -149,6 +154,7 @@ class SerialIngestProtocol(LineReceiver):
         self.reject_log = RejectLog(log, clock, settings.TRANSPORT_LOG_INTERVAL)
         self.nodes: "collections.OrderedDict[Any, NodeState]" = collections.OrderedDict()
         self.sequence_field: Optional[str] = settings.SEQUENCE_FIELD
+        self.limits = payloads.Limits.from_settings(settings)
         self.sequences = SequenceTracker(clock, memory_seconds=settings.SEQUENCE_MEMORY_SECONDS)
         self.last_data = clock.seconds()
         self.in_flight = InFlight()
@@ -246,6 +252,10 @@ class SerialIngestProtocol(LineReceiver):
             return None  # a CSV header line
         body, content_type = upload
         headers, state.headers = state.headers, []
+        if declared is None and content_type == "text/csv":
+            # a CSV row: the device signs its header line with it, so a forged
+            # header cannot give a signed row other column names
+            line = state.csv_header_line + b"\n" + line
         if body != line:
             headers = self._carry_checksums(line, body, headers)
         self._ingest(source, body, content_type, headers, extra)
@@ -259,6 +269,7 @@ class SerialIngestProtocol(LineReceiver):
             cells = _cells(line)
             state.csv_header = _csv_line(cells)
             state.csv_cells = len(cells)
+            state.csv_header_line = line
             return None
         if KEY_VALUE.match(line) and (b"," in line or b":" in line):
             pairs = [(m.group(1).decode("ascii"), m.group(2).decode("utf-8")) for m in KEY_VALUE_ITEM.finditer(line)]
@@ -312,7 +323,7 @@ class SerialIngestProtocol(LineReceiver):
 
     def _sequence(self, body: bytes, content_type: Optional[str]) -> Optional[int]:
         try:
-            return sequence_number(payloads.parse(body, content_type), self.sequence_field)
+            return sequence_number(payloads.parse(body, content_type, self.limits), self.sequence_field)
         except IngestError:
             return None  # ingest refuses it the same way and says why
 

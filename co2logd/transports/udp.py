@@ -74,6 +74,7 @@ class UDPIngestProtocol(DatagramProtocol):
         self.counters = Counters()
         self.reject_log = RejectLog(log, clock, settings.TRANSPORT_LOG_INTERVAL)
         self.sequence_field: Optional[str] = settings.SEQUENCE_FIELD
+        self.limits = payloads.Limits.from_settings(settings)
         self.sequences = SequenceTracker(clock, memory_seconds=settings.SEQUENCE_MEMORY_SECONDS)
         self.in_flight = InFlight()
         # callables given every outcome (the reply an ack would carry), for tests and metrics
@@ -126,7 +127,7 @@ class UDPIngestProtocol(DatagramProtocol):
     def _sequence(self, frame: Frame, host: str) -> Optional[Tuple[Tuple[str, Any], int]]:
         """(node, number) when the payload carries the sequence column."""
         try:
-            table = payloads.parse(frame.body, frame.content_type)
+            table = payloads.parse(frame.body, frame.content_type, self.limits)
         except IngestError:
             return None  # ingest refuses it the same way and says why
         seq = sequence_number(table, self.sequence_field)

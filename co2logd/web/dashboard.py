@@ -25,13 +25,15 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
 from co2logd.activity import SourceTracker
-from co2logd.timerange import TimeRangeError, human_age, parse_stored_time
+from co2logd.mtime import time_columns
+from co2logd.plot import HTML_AREA, bucket_edges, colours_for, render_html_legend, render_html_panel
+from co2logd.timerange import TimeRangeError, human_age
 from co2logd.web.common import escape, finish_quietly, page, query_args
-from co2logd.web.plot import PlotError, PlotSpec, numeric_columns, plot_query, render_plot
+from co2logd.web.plot import PlotError, PlotSpec, main_columns, plot_panels, plot_query, resolve_range
 
 log = Logger()
 
-RANGES = ("6h", "24h", "7d", "30d", "365d")
+RANGES = ("1h", "6h", "24h", "7d", "30d", "365d", "all")
 
 
 def template(name: str) -> string.Template:
@@ -48,6 +50,11 @@ def static_directory() -> str:
 def utc_text(seconds: float) -> str:
     """``2024-05-01 12:00:00`` in UTC."""
     return datetime.datetime.fromtimestamp(seconds, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def iso_z(seconds: float) -> str:
+    """``2024-05-01T12:00:00Z``: a since/until value for links."""
+    return datetime.datetime.fromtimestamp(seconds, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def format_number(value: Any) -> str:
@@ -70,6 +77,7 @@ class DashboardResource(Resource):
         self.sources = sources
         self.services = services
         self.template = template("dashboard.html")
+        store.want_rollups(main_columns(settings, store.columns))
 
     def render_GET(self, request):
         args = query_args(request)
@@ -82,32 +90,36 @@ class DashboardResource(Resource):
             request.setResponseCode(400)
             return page(self.settings.NAME, "<h1>{}</h1><p>{}</p><p><a href=\"/\">Dashboard</a></p>".format(
                 escape(self.settings.NAME), escape(str(e))))
-        d = self._gather(spec)
+        d = resolve_range(self.store, spec, now)
+        d.addCallback(self._gather)
         d.addCallback(self._render, request, spec, args, now)
         d.addErrback(self._failed, request)
         return NOT_DONE_YET
 
     def _gather(self, spec: PlotSpec) -> defer.Deferred:
-        numeric = numeric_columns(self.settings, self.store.columns)
+        tr = spec.time_range
+        bounds = bucket_edges(tr.since, tr.until, HTML_AREA)
         calls = [
             self.store.row_count(),
-            self.store.latest_values(numeric),
+            self.store.latest_by_source(spec.columns, spec.filters, self.settings.PLOT_MAX_SERIES),
             self.sources.refresh(),
-            render_plot(self.store, self.settings, spec, title="{} plots".format(self.settings.NAME)),
+            plot_panels(self.store, self.settings, spec, bounds),
+            self.store.unusable_times(tr.since, tr.until, spec.filters),
+            self.store.time_extent(spec.filters),
         ]
         if self.settings.OSEM_UPLOAD:
             calls.append(self.store.outbox_stats())
         return defer.gatherResults(calls, consumeErrors=True)
 
     def _render(self, results: List[Any], request, spec: PlotSpec, args: Dict[str, str], now: float) -> None:
-        count, latest, sources, svg = results[:4]
-        outbox = results[4] if len(results) > 4 else None
+        count, latest, sources, (panels, labels, left_out), unusable, extent = results[:6]
+        outbox = results[6] if len(results) > 6 else None
         settings = self.settings
         filters = {k: args[k] for k in ("box", "source") if args.get(k)}
-        chosen = args.get("since") or "24h"
+        chosen = "all" if spec.whole else (args.get("since") or "24h")
         ranges = " ".join(
-            "<strong>{}</strong>".format(r) if r == chosen and not args.get("until")
-            else '<a href="/?{}">{}</a>'.format(escape(urlencode(dict(filters, since=r))), r)
+            '<strong data-range="{r}">{r}</strong>'.format(r=r) if r == chosen and not args.get("until")
+            else '<a data-range="{r}" href="/?{q}">{r}</a>'.format(r=r, q=escape(urlencode(dict(filters, since=r))))
             for r in RANGES
         )
         tr = spec.time_range
@@ -116,9 +128,25 @@ class DashboardResource(Resource):
             range_title += " · " + ", ".join("{} = {}".format(k, v) for k, v in sorted(filters.items()))
         query = plot_query(spec, filters)
         csv_args = dict(query, format="csv", after="0")
-        csv_args["cols"] = ",".join([settings.UPLOAD_TIME_COL, settings.TRANSPORT_COL] + spec.columns)
+        csv_args["cols"] = ",".join(
+            [settings.UPLOAD_TIME_COL, settings.TRANSPORT_COL]
+            + [c for c in time_columns(settings, self.store.columns)]
+            + spec.columns
+        )
         upload_help = ' · <a href="/uploadhelp">How to upload data</a>' if settings.UPLOAD_HELP else ""
         refresh = settings.DASHBOARD_REFRESH_SECONDS
+        colours = colours_for(labels)
+        plot = render_html_legend(labels, left_out) + "".join(
+            render_html_panel(panel, colours, tr.since, tr.until) for panel in panels
+        )
+        if not any(panel.buckets for panel in panels):
+            plot = self._no_data(extent, filters) + plot
+        if unusable:
+            plot = (
+                '<p id="unusable-time" class="note"><strong>{}</strong> row{} without a usable time '
+                "(text, or before 1970, or over a year after the upload): drawn at the upload time.</p>".format(
+                    unusable, "" if unusable == 1 else "s")
+            ) + plot
         values = {
             "name": escape(settings.NAME),
             "count": count,
@@ -126,10 +154,10 @@ class DashboardResource(Resource):
             "refresh": '<meta http-equiv="refresh" content="{}">\n'.format(int(refresh)) if refresh else "",
             "range_title": escape(range_title),
             "ranges": ranges,
-            "plot": svg,
+            "plot": plot,
             "plot_link": escape("/plot?" + urlencode(query)),
             "csv_link": escape("/download?" + urlencode(csv_args)),
-            "latest": self._latest_table(latest, now),
+            "latest": self._latest_table(latest, spec.columns, now, colours),
             "sources": self._sources_table(sources, now),
             "osem": self._osem(outbox, now),
             "now": escape(utc_text(now)),
@@ -138,19 +166,35 @@ class DashboardResource(Resource):
         request.setHeader(b"cache-control", b"no-cache")
         finish_quietly(request, self.template.substitute(values).encode("utf-8"))
 
-    def _latest_table(self, latest: Dict[str, Any], now: float) -> str:
+    def _no_data(self, extent, filters: Dict[str, str]) -> str:
+        """The empty range said plainly, with a link to the last day that has data."""
+        if extent is None:
+            return '<p id="no-data" class="note">No data yet{}.</p>'.format(" for this source" if filters else "")
+        low, high = extent
+        since = max(low, high - 86400)
+        link = "/?" + urlencode(dict(filters, since=iso_z(since), until=iso_z(high + 1)))
+        return (
+            '<p id="no-data" class="note">No data in this range. The newest data is from {newest}: '
+            '<a href="{link}">show {start} to {end}</a> (or <a href="{all}">all data</a>).</p>'.format(
+                newest=escape(utc_text(high)), link=escape(link), start=escape(utc_text(since)),
+                end=escape(utc_text(high)), all=escape("/?" + urlencode(dict(filters, since="all"))))
+        )
+
+    def _latest_table(self, latest, columns: List[str], now: float, colours: Dict[str, str]) -> str:
+        """Per source the newest value of each panel's column, with its measurement time."""
         if not latest:
-            return "<p>No numeric data yet.</p>"
+            return '<table id="latest"></table><p>No numeric data yet.</p>'
+        head = "".join("<th>{}</th>".format(escape(c)) for c in columns)
         rows = []
-        for column in numeric_columns(self.settings, self.store.columns):
-            if column not in latest:
-                continue
-            value, when = latest[column]
-            seconds = parse_stored_time(when)
-            age = " ({} ago)".format(human_age(now - seconds)) if seconds is not None else ""
-            rows.append('<tr><th>{}</th><td class="num">{}</td><td>{}{}</td></tr>'.format(
-                escape(column), escape(format_number(value)), escape(str(when)[:19]), escape(age)))
-        return "<table><tr><th>column</th><th>latest</th><th>at</th></tr>\n{}</table>".format("\n".join(rows))
+        for label, when, values in latest:
+            swatch = '<span class="swatch" style="background:{}"></span>'.format(colours[label]) if label in colours else ""
+            cells = "".join(
+                '<td class="num">{}</td>'.format(escape(format_number(values[c])) if c in values else "")
+                for c in columns
+            )
+            rows.append('<tr data-source="{s}"><th>{sw}{s}</th><td>{at} ({age} ago)</td>{cells}</tr>'.format(
+                s=escape(label), sw=swatch, at=escape(utc_text(when)), age=escape(human_age(now - when)), cells=cells))
+        return '<table id="latest"><tr><th>source</th><th>measured at</th>{}</tr>\n{}</table>'.format(head, "\n".join(rows))
 
     def _sources_table(self, sources, now: float) -> str:
         if not sources:

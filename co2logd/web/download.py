@@ -92,11 +92,15 @@ class DownloadArgumentError(ValueError):
     """A co2logd download parameter that cannot be used; the message says why."""
 
 
-def add_range_and_paging(query: Query, args: Dict[str, str], settings, columns: List[str], now: float) -> Optional[int]:
+def add_range_and_paging(
+    query: Query, args: Dict[str, str], settings, columns: List[str], now: float, rowid: str = "rowid"
+) -> Optional[int]:
     """
     Add ``since``/``until``/``box``/``source`` bounds to ``query`` and, with
     ``after``, switch it to rowid order from that rowid; return ``after``
-    (None when not paging).  Raises DownloadArgumentError or TimeRangeError.
+    (None when not paging).  ``rowid`` is the store's name for the rowid
+    (``Store.rowid``: a column may hide ``rowid``).  Raises
+    DownloadArgumentError or TimeRangeError.
     """
     until = parse_time(args["until"], now) if args.get("until") else None
     if args.get("since"):
@@ -116,8 +120,8 @@ def add_range_and_paging(query: Query, args: Dict[str, str], settings, columns: 
         return None
     if not is_whole_number(after) or int(after) >= MAX_ROWID:
         raise DownloadArgumentError("after must be a rowid (a whole number, 0 for the first page)")
-    query.bounds.append(("rowid", ">=", int(after) + 1))
-    query.order_by = ("rowid", "asc")
+    query.bounds.append((rowid, ">=", int(after) + 1))
+    query.order_by = (rowid, "asc")
     return int(after)
 
 
@@ -218,13 +222,13 @@ class DownloadResource(Resource):
         query = build_query(args, columns, self.settings.MAX_LIMIT_OF_ROWS)
         now = self.clock.seconds() if self.clock is not None else time.time()
         try:
-            after = add_range_and_paging(query, args, self.settings, columns, now)
+            after = add_range_and_paging(query, args, self.settings, columns, now, self.store.rowid)
         except (DownloadArgumentError, TimeRangeError) as e:
             return error_reply(request, 400, str(e))
         if after is None:
             d = defer.succeed(None)
         else:
-            probe = Query(columns=["rowid"], bounds=query.bounds, order_by=("rowid", "asc"), limit=1)
+            probe = Query(columns=[self.store.rowid], bounds=query.bounds, order_by=(self.store.rowid, "asc"), limit=1)
             d = self.store.rowid_at(probe, query.limit)
         d.addCallback(self._select, query, request, fmt, args)
         d.addErrback(self._failed, request)

@@ -18,6 +18,9 @@ log = Logger()
 
 PREFERRED = ("md5", "sha1", "sha256", "sha512")
 
+# shown instead of a salt: obviously not one, and refused if pasted unchanged
+SALT_PLACEHOLDER = "YOUR-SALT-HERE"
+
 
 def needed_algorithms(checker) -> Optional[Tuple[str, ...]]:
     """
@@ -66,7 +69,7 @@ class UploadHelpResource(Resource):
             "# the server address and port",
             "SERVER={}".format(shlex.quote("http://" + host)),
             "",
-            "# the payload, JSON here",
+            "# example payload (random test data): put your measurements here",
             "PAYLOAD={}".format(shlex.quote(payload)),
         ]
         if settings.UPLOAD_REQUIRES_AUTH:
@@ -75,7 +78,13 @@ class UploadHelpResource(Resource):
                 body = "<h1>Data Upload</h1><p><strong>The server's upload authentication " \
                        "configuration is wrong. Upload is impossible.</strong></p>"
                 return page(settings.NAME + " - Data Upload", body)
-            lines += ["", "# the secret salt configured in the server", "SALT='my-secret-salt'"]
+            # the salts are secret: the page never shows them, so the script carries a placeholder
+            lines += [
+                "",
+                "# PLACEHOLDER: replace {} with one of the salts in the server's".format(SALT_PLACEHOLDER),
+                "# CO2LOGSERVER_CHECKSUM_SALTS (this page never shows them)",
+                "SALT={}".format(shlex.quote(SALT_PLACEHOLDER)),
+            ]
             for alg in algorithms:
                 lines += [
                     "",
@@ -95,7 +104,12 @@ class UploadHelpResource(Resource):
         body = (
             "<h1>Data Upload</h1><p><a href=\"/\">Home Page</a></p><h2>JSON</h2>"
             "<p>To upload JSON data to this server from a shell, run:</p><pre id=\"script\">{}</pre>"
+            "{}"
             "<p>CSV (<code>text/csv</code>), form data (<code>application/x-www-form-urlencoded</code>) "
             "and msgpack (<code>application/msgpack</code>) work the same way.</p>"
-        ).format(escape("\n".join(lines)))
+        ).format(
+            escape("\n".join(lines)),
+            "<p>Replace the line marked <strong>PLACEHOLDER</strong> before running it: "
+            "the script as shown is refused (403).</p>" if settings.UPLOAD_REQUIRES_AUTH else "",
+        )
         return page(settings.NAME + " - Data Upload", body)

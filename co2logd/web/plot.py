@@ -2,19 +2,22 @@
 ``GET /plot``: an SVG of numeric columns over a time range.
 
 ``/plot?cols=co2,temperature&since=24h&until=…&box=…&source=…&width=800&height=180``.
-The database reduces the range to min/max per pixel-wide bucket of upload
-time (:meth:`co2logd.store.Store.plot_buckets`), :mod:`co2logd.plot` draws
-it.  Also used by the dashboard to embed its plots.
+The database reduces the range to min/max per pixel-wide bucket of
+measurement time and per source (:meth:`co2logd.store.Store.plot_series`),
+:mod:`co2logd.plot` draws a line per source.  ``since=all`` is the data's
+own range.  The dashboard draws the same panels as HTML.
 
 The work and the answer are bounded before the query runs: a column asked
 for twice is drawn once, at most ``PLOT_MAX_COLUMNS`` distinct columns and
 ``PLOT_MAX_PIXELS`` columns × width × panel height, and every panel holds at
-most one min/max pair per pixel-wide bucket (so at most two path points per
-pixel of width).
+most one min/max pair per pixel-wide bucket and source, for at most
+``PLOT_MAX_SERIES`` sources (so at most two path points per pixel of width
+and source).
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from twisted.internet import defer
@@ -23,6 +26,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
 from co2logd.payloads import text_value
+from co2logd.osem.mapping import Mapper
 from co2logd.plot import Panel, bands_for, bucket_edges, plot_area_width, render_svg
 from co2logd.timerange import TimeRange, TimeRangeError, time_text
 from co2logd.web.common import error_reply, finish_quietly, query_args
@@ -49,17 +53,26 @@ def numeric_columns(settings, columns: Mapping[str, str]) -> List[str]:
     ]
 
 
+#: names of columns that count or clock rather than measure: no default panel (issue 10)
+NOT_MEASUREMENTS = re.compile(
+    r"(_utc$|(^|_)(time|timestamp|ts|epoch|date|uptime|millis|seq|sequence|counter|id)(_|$)|^uptime)"
+)
+
+
 def main_columns(settings, columns: Mapping[str, str]) -> List[str]:
     """
     The dashboard's columns: ``DASHBOARD_COLUMNS`` that exist, else up to
-    four numeric columns, CO2 first, positions left out.
+    four numeric columns, CO2 first, leaving out positions, time columns
+    (``TIME_COLS``, ``*_utc``), uptimes, and sequence numbers and counters
+    (``SEQUENCE_FIELD``, ``*_seq``, ``counter``…).
     """
     numeric = numeric_columns(settings, columns)
     if settings.DASHBOARD_COLUMNS is not None:
-        chosen = unique(c for c in settings.DASHBOARD_COLUMNS if c in numeric)
+        chosen = unique(c for c in (w.lower() for w in settings.DASHBOARD_COLUMNS) if c in numeric)
         return chosen[:settings.PLOT_MAX_COLUMNS]
-    position = {settings.OSEM_LAT_COL, settings.OSEM_LON_COL, settings.OSEM_HEIGHT_COL}
-    candidates = [c for c in numeric if c not in position]
+    skip = {settings.OSEM_LAT_COL, settings.OSEM_LON_COL, settings.OSEM_HEIGHT_COL, settings.OSEM_TIME_COL}
+    skip.add(settings.DASHBOARD_TIME_COL or "")
+    candidates = [c for c in numeric if c not in skip and not NOT_MEASUREMENTS.search(c)]
     co2 = [c for c in candidates if settings.PLOT_CO2_COLUMN_REGEX.search(c)]
     return (co2 + [c for c in candidates if c not in co2])[:min(MAX_MAIN_COLUMNS, settings.PLOT_MAX_COLUMNS)]
 
@@ -94,12 +107,22 @@ def _bounded_int(args: Mapping[str, str], name: str, default: int, low: int, hig
 class PlotSpec:
     """What to draw: columns, time range, size and row filters, validated."""
 
-    def __init__(self, columns: Sequence[str], time_range: TimeRange, width: int = 800, panel_height: int = 180, filters: Sequence[Tuple[str, Any]] = ()):
+    def __init__(
+        self,
+        columns: Sequence[str],
+        time_range: TimeRange,
+        width: int = 800,
+        panel_height: int = 180,
+        filters: Sequence[Tuple[str, Any]] = (),
+        whole: bool = False,
+    ):
         self.columns = unique(columns)  # a column asked for twice is drawn once
         self.time_range = time_range
         self.width = width
         self.panel_height = panel_height
         self.filters = list(filters)
+        #: ``since=all``: the range is the data's, found by :func:`resolve_range`
+        self.whole = whole
 
     @classmethod
     def from_args(cls, args: Mapping[str, str], settings, columns: Mapping[str, str], now: float) -> "PlotSpec":
@@ -117,6 +140,9 @@ class PlotSpec:
         unknown = [c for c in wanted if c not in columns]
         if unknown:
             raise PlotError("Unknown column(s): {}".format(", ".join(unknown)))
+        whole = args.get("since", "").strip().lower() == "all"
+        if whole and args.get("until"):
+            raise PlotError("since=all takes no until")
         chosen = wanted or main_columns(settings, columns)
         width = _bounded_int(args, "width", 800, MIN_WIDTH, MAX_WIDTH)
         height = _bounded_int(args, "height", 180, MIN_PANEL_HEIGHT, MAX_PANEL_HEIGHT)
@@ -129,37 +155,79 @@ class PlotSpec:
             )
         return cls(
             chosen,
-            TimeRange.from_args(args.get("since"), args.get("until"), now),
+            TimeRange.from_args(None if whole else args.get("since"), args.get("until"), now),
             width,
             height,
             row_filters(settings, columns, args),
+            whole,
         )
 
 
-def render_plot(store, settings, spec: PlotSpec, title: str = "") -> defer.Deferred:
-    """Fire with the SVG text for ``spec``: one query for all columns, then drawing."""
-    tr = spec.time_range
-    buckets = plot_area_width(spec.width)
-    edges = [time_text(t) for t in bucket_edges(tr.since, tr.until, buckets)]
+def resolve_range(store, spec: PlotSpec, now: float) -> defer.Deferred:
+    """
+    Fire with ``spec`` once its range is known: for ``since=all`` the
+    measurement times of the data the filters select (to now, or to the
+    newest row if that is later), else as given.
+    """
+    if not spec.whole:
+        return defer.succeed(spec)
+
+    def found(extent):
+        if extent is not None:
+            low, high = extent
+            spec.time_range = TimeRange(min(low, now - 60), max(now, high + 1))
+        return spec
+
+    return store.time_extent(spec.filters).addCallback(found)
+
+
+def unit_for(settings, column: str) -> str:
+    """
+    A column's unit: ``DASHBOARD_UNITS``, else what its name says by the
+    OpenSenseMap mapping's rule (``scd30_co2_ppm`` → ppm,
+    ``bme280_temperature_c`` → °C), else none.
+    """
+    if column in settings.DASHBOARD_UNITS:
+        return settings.DASHBOARD_UNITS[column]
+    try:
+        sensor = Mapper(settings, None).sensor_for(column)
+    except Exception:  # a user's OSEM_* hook: a unit is not worth an error page
+        return ""
+    return sensor[1] if sensor and sensor[1] not in ("None", "") else ""
+
+
+def plot_panels(store, settings, spec: PlotSpec, bounds: Sequence[float]) -> defer.Deferred:
+    """Fire with ``(panels, series labels, sources left out)`` for ``spec`` over ``bounds``."""
     if not spec.columns:
-        d = defer.succeed([])
-    else:
-        d = store.plot_buckets(spec.columns, edges, spec.filters)
+        return defer.succeed(([], [], 0))
 
-    def draw(rows):
-        # spec.columns has no repeats, so each panel gets at most one entry per bucket
-        per_column: Dict[str, list] = {c: [] for c in spec.columns}
-        for index, pairs in rows:
-            for column, (low, high) in zip(spec.columns, pairs):
-                if low is not None:
-                    per_column[column].append((index, low, high))
+    def build(data):
         panels = [
-            Panel(c, per_column[c], bands_for(c, settings.PLOT_CO2_COLUMN_REGEX, settings.PLOT_CO2_BANDS))
-            for c in spec.columns
+            Panel(
+                column,
+                [(label, data.column_buckets(label, k)) for label in data.series],
+                bands_for(column, settings.PLOT_CO2_COLUMN_REGEX, settings.PLOT_CO2_BANDS),
+                unit_for(settings, column),
+            )
+            for k, column in enumerate(spec.columns)
         ]
-        return render_svg(panels, tr.since, tr.until, spec.width, spec.panel_height, title or ", ".join(spec.columns))
+        return panels, data.series, data.left_out
 
-    return d.addCallback(draw)
+    return store.plot_series(spec.columns, bounds, spec.filters, settings.PLOT_MAX_SERIES).addCallback(build)
+
+
+def render_plot(store, settings, spec: PlotSpec, title: str = "", now: Optional[float] = None) -> defer.Deferred:
+    """Fire with the SVG text for ``spec``: one pixel-wide bucket per time step, a line per source."""
+
+    def draw(spec):
+        tr = spec.time_range
+        bounds = bucket_edges(tr.since, tr.until, plot_area_width(spec.width))
+        return plot_panels(store, settings, spec, bounds).addCallback(
+            lambda found: render_svg(found[0], tr.since, tr.until, spec.width, spec.panel_height,
+                                     title or ", ".join(spec.columns), found[1], found[2])
+        )
+
+    return resolve_range(store, spec, spec.time_range.until if now is None else now).addCallback(draw)
 
 
 class PlotResource(Resource):
@@ -175,8 +243,9 @@ class PlotResource(Resource):
 
     def render_GET(self, request):
         args = query_args(request)
+        now = self.clock.seconds()
         try:
-            spec = PlotSpec.from_args(args, self.settings, self.store.columns, self.clock.seconds())
+            spec = PlotSpec.from_args(args, self.settings, self.store.columns, now)
         except (PlotError, TimeRangeError) as e:
             return error_reply(request, 400, str(e))
 
@@ -189,7 +258,7 @@ class PlotResource(Resource):
             log.failure("Plot failed", failure)
             finish_quietly(request, error_reply(request, 500, "The plot could not be drawn"))
 
-        render_plot(self.store, self.settings, spec).addCallbacks(done, failed)
+        render_plot(self.store, self.settings, spec, now=now).addCallbacks(done, failed)
         return NOT_DONE_YET
 
 

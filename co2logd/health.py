@@ -22,7 +22,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from zope.interface import Attribute, Interface
 
-from co2logd.activity import SourceTracker
+from co2logd.activity import Source, SourceTracker
 
 log = Logger()
 
@@ -70,6 +70,22 @@ def component_health(service: Any) -> Optional[Dict[str, Any]]:
     return None
 
 
+def silent_reasons(sources: Iterable[Source], unheard: List[str], now: float, settings) -> List[str]:
+    """
+    A reason per watched source that is silent, and per name in
+    HEALTH_WATCHED_SOURCES never heard from; at most DASHBOARD_MAX_SOURCES,
+    then how many more.
+    """
+    silent_after = settings.DASHBOARD_SILENT_SECONDS
+    reasons = ["source {} (box {}) is silent".format(s.transport, s.box) for s in sources
+               if s.watched and (s.silent_for(now) is None or s.silent_for(now) > silent_after)]
+    reasons += ["watched source {} has not been heard from".format(name) for name in unheard]
+    limit = settings.DASHBOARD_MAX_SOURCES
+    if len(reasons) > limit:
+        reasons = reasons[:limit] + ["{} more watched sources are silent".format(len(reasons) - limit)]
+    return reasons
+
+
 class HealthChecker:
     """
     Collects the health report: database, listeners, serial ports, sources,
@@ -82,7 +98,7 @@ class HealthChecker:
         self.store = store
         self.clock = clock
         self.services = services
-        self.sources = sources or SourceTracker(store, settings)
+        self.sources = sources or SourceTracker(store, settings, clock)
 
     @defer.inlineCallbacks
     def check(self):
@@ -105,10 +121,10 @@ class HealthChecker:
         try:
             sources = yield self.sources.refresh()
             silent_after = settings.DASHBOARD_SILENT_SECONDS
-            report["sources"] = [s.as_dict(now, silent_after) for s in sources]
-            silent = [s for s in report["sources"] if s["silent"]]
-            if silent and settings.HEALTH_SILENT_SOURCES:
-                reasons += ["source {} (box {}) is silent".format(s["transport"], s["box"]) for s in silent]
+            listing = self.sources.listing(sources)
+            report["sources"] = [s.as_dict(now, silent_after) for s in listing.shown]
+            report["sources_not_listed"] = {"sources": listing.more, "rows": listing.more_rows}
+            reasons += silent_reasons(sources, self.sources.unheard(), now, settings)
         except Exception as e:
             report["sources"] = None
             reasons.append("the sources cannot be read: {}".format(e))

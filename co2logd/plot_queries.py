@@ -652,10 +652,19 @@ class PlotQueries:
     #: rows grouped per interaction by :meth:`source_activity` (a first look reads every row)
     activity_chunk_rows = 200_000
 
-    def source_activity(self, box_column: Optional[str], after_rowid: int = 0) -> Deferred:
+    def source_activity(
+        self,
+        box_column: Optional[str],
+        after_rowid: int = 0,
+        trim: Optional[Callable[[Dict[Tuple[Any, Any], List[Any]]], None]] = None,
+    ) -> Deferred:
         """
         Per source of the rows after ``after_rowid``: fires with
-        ``([(transport, box, last upload time, rows)], largest rowid seen)``.
+        ``([(transport, box, last upload time, rows, uploads)], largest rowid seen)``
+        (uploads: distinct upload times; one upload split over two chunks
+        counts twice).  ``trim``, when given, is called in the database
+        thread on the ``{(transport, box): [last, rows, uploads]}`` collected
+        so far, every few thousand groups, to bound it (issue 12, finding 9).
         Callers keep the rowid and ask again for the new rows only.  The
         rows are grouped :attr:`activity_chunk_rows` at a time, one read
         interaction each.
@@ -663,7 +672,7 @@ class PlotQueries:
         rowid = self._rowid()
         box = quote_identifier(box_column) if box_column else "NULL"
         sql = (
-            "SELECT {transport}, {box}, max({t}), count(*) FROM {table} "
+            "SELECT {transport}, {box}, max({t}), count(*), count(DISTINCT {t}) FROM {table} "
             "WHERE {rowid} > ? AND {rowid} <= ? GROUP BY 1, 2"
         ).format(
             transport=quote_identifier(self.settings.TRANSPORT_COL),
@@ -681,14 +690,19 @@ class PlotQueries:
             low, top = reached
             high = min(top, low + self.activity_chunk_rows)
             if high > low:
-                for transport, box_value, last, count in connection.execute(sql, (low, high)):
-                    seen = found.setdefault((transport, box_value), [None, 0])
+                for n, (transport, box_value, last, count, uploads) in enumerate(connection.execute(sql, (low, high)), 1):
+                    seen = found.setdefault((transport, box_value), [None, 0, 0])
                     seen[0] = _later(seen[0], last)
                     seen[1] += count
+                    seen[2] += uploads
+                    if trim is not None and n % 5000 == 0:
+                        trim(found)
+                if trim is not None:
+                    trim(found)
                 reached[0] = high
             if reached[0] < top:
                 return _MORE
-            return [(k[0], k[1], last, count) for k, (last, count) in found.items()], max(top, after_rowid)
+            return [(k[0], k[1], last, count, uploads) for k, (last, count, uploads) in found.items()], max(top, after_rowid)
 
         return self._in_steps(self.read_pool, step)
 

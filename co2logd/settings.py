@@ -409,7 +409,13 @@ KEYS: Dict[str, Key] = {
     "PLOT_MAX_PIXELS": Key(2_000_000, _kind_positive_int, "most columns × width × panel height of one plot; larger plots are refused (400)"),
     "PLOT_CO2_COLUMN_REGEX": Key(re.compile(r"co2", re.IGNORECASE), _kind_regex, "columns that get the CO2 bands"),
     "HEALTH_OUTBOX_MAX_AGE": Key(3600, _kind_positive_number, "/health is 503 when the oldest OpenSenseMap outbox entry is older (seconds)"),
-    "HEALTH_SILENT_SOURCES": Key(False, _kind_bool, "/health is 503 while a source is silent (see DASHBOARD_SILENT_SECONDS)"),
+    "HEALTH_SILENT_SOURCES": Key(False, _kind_bool, "/health is 503 while a source heard in at least HEALTH_SILENT_MIN_UPLOADS uploads is silent (see DASHBOARD_SILENT_SECONDS)"),
+    # sources bounded (issue 12)
+    "HEALTH_SILENT_MIN_UPLOADS": Key(10, _kind_positive_int, "uploads a source must have been heard in before HEALTH_SILENT_SOURCES watches it"),
+    "HEALTH_WATCHED_SOURCES": Key([], _kind_str_list, "boxes or transports (e.g. 'kitchen', 'udp:10.0.0.7') whose silence, or absence, makes /health 503 whatever HEALTH_SILENT_SOURCES says"),
+    "DASHBOARD_MAX_SOURCES": Key(20, _kind_positive_int, "sources listed on the dashboard and in /health (busiest first; the rest are counted)"),
+    "SOURCES_MAX_TRACKED": Key(1000, _kind_positive_int, "sources kept in memory (watched, then busiest, then most recent; the others are dropped)"),
+    "SOURCES_FORGET_SECONDS": Key(7 * 86400, _kind_non_negative_number, "a source not heard from for this long is forgotten, unless listed in HEALTH_WATCHED_SOURCES (0: never)"),
     # health that sees the disk (issue 12)
     "HEALTH_HEARTBEAT_SECONDS": Key(10, _kind_positive_number, "seconds between heartbeat writes (a committed one-row update, synchronous as uploads, and a check that the database file is still the one opened); /health is 503 when the last one failed"),
     "HEALTH_MIN_FREE_MB": Key(8, _kind_non_negative_number, "/health is 503 when the database's file system has less free space (MB; 0: no check)"),

@@ -110,7 +110,8 @@ class WithoutCredentialsTests(AccessMixin, unittest.TestCase):
     @defer.inlineCallbacks
     def test_unhealthy_status_line(self):
         """An unhealthy daemon is a 503 status line without the reasons (which name boxes)."""
-        self.start_site(protected(HEALTH_SILENT_SOURCES=True, DASHBOARD_SILENT_SECONDS=1))
+        # a source in HEALTH_WATCHED_SOURCES is watched from its first upload (issue 12, finding 9)
+        self.start_site(protected(HEALTH_WATCHED_SOURCES=[BOX], DASHBOARD_SILENT_SECONDS=1))
         yield self.seed()
         yield task.deferLater(reactor, 1.5, lambda: None)
         response, content = yield self.fetch("GET", "/health")
@@ -274,3 +275,19 @@ class BrowserSessionTests(AccessMixin, unittest.TestCase):
         self.assertNotIn(BOX, dom)
         self.assertNotIn(str(VALUE), dom)
         self.assertIn('name="token"', dom)
+
+
+class EveryRouteDecidedTests(AccessMixin, unittest.TestCase):
+    """A new route must say whether it shows data: guarded, or on the list of routes that show none."""
+
+    SHOW_NO_DATA = {b"upload", b"uploadhelp", b"static", b"openapi.yaml"}
+
+    def test_every_child_of_the_root_is_guarded_or_listed(self):
+        """Every child of make_root is a GuardedResource, except the routes that show no stored data."""
+        from co2logd.web.access import GuardedResource
+        from co2logd.web.site import make_root
+
+        ingest = self.make_ingest(protected())
+        root = make_root(self.settings, ingest, self.store, self.clock)
+        unguarded = {name for name, child in root.children.items() if not isinstance(child, GuardedResource)}
+        self.assertEqual(unguarded, self.SHOW_NO_DATA)

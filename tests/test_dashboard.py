@@ -116,11 +116,12 @@ class SourceActivityTests(StoreMixin, unittest.TestCase):
         for when, transport, _, _, box in rows:
             old_when, count = expected.get((transport, box), ("", 0))
             expected[(transport, box)] = (max(old_when, when), count + 1)
-        self.assertEqual({(t, b): (w, n) for t, b, w, n in found}, expected)
+        self.assertEqual({(t, b): (w, n) for t, b, w, n, _ in found}, expected)
+        self.assertTrue(all(uploads == n for _, _, _, n, uploads in found))  # every row its own upload time
         self.assertEqual(last, 100)
         insert_rows(self.db_path, [(stored_time(T0 + 5000), "serial:/dev/ttyUSB0", 1, 1.0, "c")])
         found, last = yield self.store.source_activity("box", last)
-        self.assertEqual((found, last), ([("serial:/dev/ttyUSB0", "c", stored_time(T0 + 5000), 1)], 101))
+        self.assertEqual((found, last), ([("serial:/dev/ttyUSB0", "c", stored_time(T0 + 5000), 1, 1)], 101))
         found, last = yield self.store.source_activity("box", last)
         self.assertEqual((found, last), ([], 101))
 
@@ -376,10 +377,17 @@ class HealthTests(DaemonSiteMixin, unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_silent_sources_can_count(self):
-        """HEALTH_SILENT_SOURCES: a source silent longer than DASHBOARD_SILENT_SECONDS makes /health 503."""
-        self.start(HEALTH_SILENT_SOURCES=True, DASHBOARD_SILENT_SECONDS=60)
+        """
+        HEALTH_SILENT_SOURCES: a source heard in HEALTH_SILENT_MIN_UPLOADS
+        uploads and then silent longer than DASHBOARD_SILENT_SECONDS makes
+        /health 503; one heard only once does not (issue 12, finding 9).
+        """
+        self.start(HEALTH_SILENT_SOURCES=True, DASHBOARD_SILENT_SECONDS=60, HEALTH_SILENT_MIN_UPLOADS=3)
         self.store.columns.update(co2="INTEGER", temperature="REAL", box="TEXT")
-        insert_rows(self.db_path, [(stored_time(reactor.seconds() - 600), "udp:10.0.0.9", 1, 1.0, "shed")])
+        insert_rows(self.db_path, [(stored_time(reactor.seconds() - 600), "udp:10.0.0.8", 1, 1.0, "once")])
+        status, report = yield self.health()
+        self.assertEqual((status, report["reasons"]), (200, []))
+        insert_rows(self.db_path, [(stored_time(reactor.seconds() - 900 + k), "udp:10.0.0.9", 1, 1.0, "shed") for k in range(3)])
         status, report = yield self.health()
         self.assertEqual(status, 503)
         self.assertEqual(report["reasons"], ["source udp:10.0.0.9 (box shed) is silent"])

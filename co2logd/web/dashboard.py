@@ -200,8 +200,9 @@ class DashboardResource(Resource):
         if not sources:
             return "<p>No data received yet.</p>"
         limit = self.settings.DASHBOARD_SILENT_SECONDS
+        listing = self.sources.listing(sources)  # at most DASHBOARD_MAX_SOURCES, busiest first
         rows = []
-        for source in sources:
+        for source in listing.shown:
             age = source.silent_for(now)
             silent = age is None or age > limit
             status = '<span class="badge">silent</span>' if silent else '<span class="ok">ok</span>'
@@ -219,9 +220,13 @@ class DashboardResource(Resource):
                     status=status,
                 )
             )
+        more = ""
+        if listing.more:
+            more = '<p class="more">{} more source{} ({} rows) not listed: the least busy.</p>'.format(
+                listing.more, "" if listing.more == 1 else "s", listing.more_rows)
         return (
             "<p>Silent: nothing for more than {}.</p><table><tr><th>transport</th><th>box</th><th>last heard</th>"
-            "<th>ago</th><th>rows</th><th></th></tr>\n{}</table>".format(escape(human_age(limit)), "\n".join(rows))
+            "<th>ago</th><th>rows</th><th></th></tr>\n{}</table>{}".format(escape(human_age(limit)), "\n".join(rows), more)
         )
 
     def _osem(self, outbox, now: float) -> str:

@@ -127,7 +127,7 @@ def make_root(settings, ingest, store, clock, extra_children=None, services=()) 
     (see :mod:`co2logd.health`, :mod:`co2logd.metrics`).
     """
     root = Resource()
-    sources = SourceTracker(store, settings)
+    sources = SourceTracker(store, settings, clock)
     # DOWNLOAD_REQUIRES_AUTH covers every route that shows data (co2logd.web.access)
     access = DataAccess(settings, ingest, clock)
     checker = HealthChecker(settings, store, clock, services, sources)

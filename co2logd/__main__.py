@@ -11,6 +11,9 @@ CO2LOGD = ServiceMaker("co2logd", "co2logd.tap", "CO2 and environmental sensor d
 class Co2logdServerOptions(ServerOptions):
     """twistd's options with co2logd as a subcommand, found without plugin discovery."""
 
+    # co2logd's Options show this instead of "Usage: twistd [options] co2logd"
+    own_synopsis = "Usage: python -m co2logd"
+
     @property
     def subCommands(self):
         self.loadedPlugins = {CO2LOGD.tapname: CO2LOGD}

@@ -8,10 +8,11 @@ mapping::
     {"name": "serial /dev/ttyUSB0", "kind": "serial", "ok": False,
      "reason": "serial device /dev/ttyUSB0 is not connected", ...more fields}
 
-Services without ``health()`` are understood from what they already expose:
-a ``stats()`` mapping with ``"connected"`` (the serial service), a
-``listening`` attribute (the UDP service), or being a running listener whose
-name starts with ``http`` (strports services).  Anything else is ignored.
+The serial service and the HTTP listeners have ``health()``.  Services
+without it are understood from what they already expose: a ``stats()``
+mapping with ``"connected"``, a ``listening`` attribute (the UDP service), or
+being a running listener whose name starts with ``http`` (strports services
+of a ``.tac`` file).  Anything else is ignored.
 """
 
 from __future__ import annotations

@@ -8,14 +8,18 @@ shutdown the listeners stop first and the database closes last.
 
 from __future__ import annotations
 
+import os
 from typing import Optional, Sequence
 
-from twisted.application import strports
-from twisted.application.service import MultiService
+from twisted.application.service import MultiService, Service
+from twisted.internet import defer, endpoints
 from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 
+from co2logd import __version__
 from co2logd.ingest import IngestService
+from co2logd.listeners import EndpointListener
+from co2logd.logs import set_verbose
 from co2logd.store import Store, StoreError
 from co2logd.web.site import make_site
 
@@ -41,29 +45,67 @@ class Co2logdService(MultiService):
     """
     The daemon's root service.
 
-    A child that fails to start (a port in use, a missing serial device)
-    ends start-up: with ``exit_on_error`` (as under twistd) by raising
-    ``SystemExit`` with one line, otherwise by raising :class:`StartupError`.
+    Ports are bound by :meth:`bind` (``makeService`` calls it before twistd
+    forks); a child that still fails to start raises :class:`StartupError`
+    with one line, an ordinary exception that twistd reports and after which
+    it removes its pidfile.
     """
 
-    exit_on_error = False
+    database = None
+    config_file = None
+
+    def bind(self) -> None:
+        """Bind every listener now (HTTP, UDP): a port in use raises :class:`StartupError`."""
+        for child in self:
+            bind = getattr(child, "bind", None)
+            if bind is not None:
+                try:
+                    bind()
+                except Exception as e:
+                    self.abandon()
+                    raise StartupError("co2logd: " + describe_startup_failure(e)) from e
+
+    def abandon(self) -> None:
+        """Undo :meth:`bind` and close the database, for a start-up that cannot go on."""
+        for child in self:
+            abandon = getattr(child, "abandon", None)
+            if abandon is not None:
+                abandon()
+
+    @defer.inlineCallbacks
+    def stopService(self):
+        """
+        Stop the children one after another, last added first: listeners stop
+        accepting and finish what is in flight (HTTP requests get their
+        receipts) before ingest stops, and the database closes last.
+        """
+        Service.stopService(self)
+        for child in reversed(list(self)):
+            try:
+                yield defer.maybeDeferred(child.stopService)
+            except Exception:
+                log.failure("Stopping {name} failed", name=child.name)
+        log.info("co2logd stopped")
 
     def privilegedStartService(self):
         self._guard(super().privilegedStartService)
 
     def startService(self):
+        log.info(
+            "co2logd {version} starting: database {database}, config file {config}",
+            version=__version__,
+            database=self.database,
+            config=self.config_file or "none (defaults)",
+        )
         self._guard(super().startService)
 
     def _guard(self, start):
         try:
             start()
-        except (SystemExit, KeyboardInterrupt):
+        except StartupError:
             raise
-        except BaseException as e:
-            message = "co2logd: " + describe_startup_failure(e)
-            if self.exit_on_error:
-                raise SystemExit(message)
-            raise StartupError(message) from e
+        except Exception as e:
+            raise StartupError("co2logd: " + describe_startup_failure(e)) from e
 
 
 def build_service(
@@ -72,8 +114,10 @@ def build_service(
     http: Sequence[str] = ("tcp:8080",),
     udp: Sequence[str] = (),
     serial: Sequence[str] = (),
+    serial_required: Sequence[str] = (),
     verbose: bool = False,
     store: Optional[Store] = None,
+    config_file: Optional[str] = None,
 ) -> Co2logdService:
     """
     Build the whole daemon from validated settings.
@@ -81,8 +125,12 @@ def build_service(
     The database schema is prepared here, synchronously, so a bad database
     stops start-up before the reactor runs.  ``http`` are Twisted server
     endpoint strings; ``udp`` and ``serial`` the specs of ``--udp``/``--serial``.
+    Nothing listens yet: call the root's ``bind()`` (or start it).
     """
+    set_verbose(verbose)
     root = Co2logdService()
+    root.database = os.path.abspath(settings.DB)
+    root.config_file = config_file
     if store is None:
         try:
             store = Store.open(settings.DB, settings, clock=reactor)
@@ -104,15 +152,15 @@ def build_service(
 
     for spec in udp:
         _udp_service(spec, ingest, reactor, settings).setServiceParent(root)
+    required = set(serial_required)
     for spec in serial:
-        _serial_service(spec, ingest, reactor, settings).setServiceParent(root)
+        _serial_service(spec, ingest, reactor, settings, spec in required or settings.SERIAL_REQUIRED).setServiceParent(root)
 
     if http:
         site = make_site(settings, ingest, store, reactor, services=root, access_log=verbose)
         for description in http:
-            listener = strports.service(description, site, reactor=reactor)
-            listener.setName("http " + description)
-            listener.setServiceParent(root)
+            endpoint = endpoints.serverFromString(reactor, description)
+            EndpointListener(endpoint, site, description).setServiceParent(root)
     return root
 
 
@@ -141,7 +189,7 @@ def _udp_service(spec, ingest, reactor, settings):
     return udp_service(spec, ingest, reactor, settings)
 
 
-def _serial_service(spec, ingest, reactor, settings):
+def _serial_service(spec, ingest, reactor, settings, required=False):
     from co2logd.transports.serial import serial_service
 
-    return serial_service(spec, ingest, reactor, settings)
+    return serial_service(spec, ingest, reactor, settings, required=required)

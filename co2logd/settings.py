@@ -382,6 +382,7 @@ KEYS: Dict[str, Key] = {
     "SERIAL_GATEWAY_PATTERN": Key(None, _kind_gateway_pattern, "regex matching a gateway's prefix of each serial line; its named groups become columns"),
     "SERIAL_WATCHDOG_SECONDS": Key(0, _kind_non_negative_number, "reopen a serial port that sent nothing for this long (0: off)"),
     "SERIAL_RECONNECT_MAX_SECONDS": Key(60, _kind_transport_seconds, "longest wait between attempts to reopen a lost serial device"),
+    "SERIAL_REQUIRED": Key(False, _kind_bool, "every --serial device must exist at start-up (else start-up fails); by default a missing device is waited for"),
     "TRANSPORT_LOG_INTERVAL": Key(60, _kind_transport_seconds, "at most one reject log line per source and reason in this many seconds (UDP, serial)"),
     # OpenSenseMap uploader (issue 4)
     "OSEM_BATCH_SIZE": Key(2500, _kind_osem_batch_size, "most measurements per OpenSenseMap request (≤ 2500)"),
@@ -424,6 +425,7 @@ KEYS: Dict[str, Key] = {
     "HTTP_REQUEST_TIMEOUT": Key(60, _kind_positive_number, "seconds a client has to send a whole HTTP request (headers and body) from its first byte; slower ones get 408"),
     "HTTP_IDLE_TIMEOUT": Key(60, _kind_positive_number, "seconds an idle keep-alive HTTP connection stays open, and a download whose client reads nothing"),
     "DOWNLOAD_CHUNK_ROWS": Key(500, _kind_positive_int, "rows read from the database and written to a download at a time (fewer for wide tables: at most 20,000 cells); a client that does not read holds about one chunk"),
+    "SHUTDOWN_GRACE_SECONDS": Key(5, _kind_non_negative_number, "on SIGTERM, seconds HTTP requests in flight get to finish (with their receipts) before their connections are cut"),
     "REPLAY_PROTECTION": Key("off", _kind_replay_mode, "'off', 'optional' (check Content-Counter/Content-Timestamp where sent) or 'required' (every upload needs one under a matching checksum)"),
     "REPLAY_REQUIRED_SALTS": Key([], _kind_str_list, "salts whose uploads must carry a Content-Counter or Content-Timestamp, whatever REPLAY_PROTECTION says"),
     "REPLAY_WINDOW_SECONDS": Key(300, _kind_positive_number, "how far a Content-Timestamp may be from the server's clock"),

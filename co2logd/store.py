@@ -378,6 +378,10 @@ class Store(PlotQueries, DatabaseWatch, Service):
             return None
         return DeferredList(waits).addCallback(lambda _: self._close_pool())
 
+    def abandon(self) -> None:
+        """Close the (unstarted) pool: start-up failed before the store ran."""
+        self._close_pool()
+
     def _close_pool(self) -> None:
         self._closed = True
         for pool in (self.pool, self.read_pool):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from typing import Any, Dict, Mapping, Optional
 
 from twisted.internet import endpoints
@@ -24,12 +25,12 @@ CONFIG_ENV = "CO2LOGSERVER_CONFIG"
 class Options(usage.Options):
     """``twistd co2logd`` options; every one is optional."""
 
-    synopsis = "[--http ENDPOINT]... [--udp PORT]... [--serial DEVICE[:BAUD]]... [--db PATH] [--config FILE]"
+    synopsis = "[--http ENDPOINT]... [--udp PORT]... [--serial DEVICE[:BAUD]]... [--db PATH] [--config FILE] [--version]"
     longdesc = (
         "Receive sensor data over HTTP, UDP and serial ports, store it in SQLite and "
         "forward it to the OpenSenseMap. Defaults: HTTP on tcp:8080, ./co2.sqlite."
     )
-    optFlags = [["verbose", "v", "Log every stored upload and every HTTP request."]]
+    optFlags = [["verbose", "v", "Log every stored upload, every HTTP request and serial comment lines (debug level)."]]
     optParameters = [
         ["db", None, None, "SQLite database file (overrides the config's DB)."],
         ["config", "c", None, "co2logserver-style Python config file (default: $" + CONFIG_ENV + ")."],
@@ -41,6 +42,7 @@ class Options(usage.Options):
         self["http"] = []
         self["udp"] = []
         self["serial"] = []
+        self["serial_required"] = []
 
     def opt_http(self, description: str) -> None:
         """Twisted server endpoint string to serve HTTP on, e.g. tcp:8080 (repeatable; 'none' disables HTTP)."""
@@ -53,6 +55,37 @@ class Options(usage.Options):
     def opt_serial(self, spec: str) -> None:
         """Serial device to read lines from: DEVICE[:BAUD], default baud 9600 (repeatable)."""
         self["serial"].append(spec)
+
+    def opt_serial_required(self, spec: str) -> None:
+        """Like --serial, but the device must exist at start-up, else co2logd does not start (repeatable)."""
+        self.opt_serial(spec)
+        self["serial_required"].append(spec)
+
+    def opt_version(self) -> None:
+        """Print co2logd's version (and Twisted's and Python's) and exit."""
+        print(version_line())
+        raise SystemExit(0)
+
+    def getSynopsis(self) -> str:
+        """``Usage: python -m co2logd [options]`` when run that way, else twistd's synopsis with co2logd."""
+        own = getattr(self.parent, "own_synopsis", None)
+        if own:
+            return "{} {}".format(own, self.synopsis)
+        return super().getSynopsis()
+
+    def parseOptions(self, options=None) -> None:
+        """
+        Under twistd (or ``python -m co2logd``) a bad option is one line on
+        stderr and exit status 1, not the whole usage text followed by the
+        error; used directly, ``UsageError`` is raised as usual.
+        """
+        try:
+            super().parseOptions(options)
+        except usage.UsageError as e:
+            if self.parent is None:
+                raise
+            sys.stderr.write("co2logd: {}\n(--help lists the options)\n".format(e))
+            raise SystemExit(1)
 
     def postOptions(self) -> None:
         http = self["http"] or ["tcp:8080"]
@@ -67,6 +100,17 @@ class Options(usage.Options):
             _check_spec("co2logd.transports.udp", "parse_udp_spec", spec, "--udp")
         for spec in self["serial"]:
             _check_spec("co2logd.transports.serial", "parse_serial_spec", spec, "--serial")
+
+
+def version_line() -> str:
+    """``co2logd 0.1.0 (Twisted 24.x, Python 3.x)``."""
+    import platform
+
+    import twisted
+
+    from co2logd import __version__
+
+    return "co2logd {} (Twisted {}, Python {})".format(__version__, twisted.__version__, platform.python_version())
 
 
 def check_endpoint(description: str) -> None:
@@ -107,25 +151,64 @@ def load_settings(options: Mapping[str, Any], environ: Optional[Mapping[str, str
     return Settings.from_values(overrides, environ=environ)
 
 
+def database_files(path: str) -> list:
+    """The database file and SQLite's companions (WAL, shared memory, journal)."""
+    return [path + suffix for suffix in ("", "-wal", "-shm", "-journal")]
+
+
 def makeService(options: Mapping[str, Any], reactor=None):
-    """Build the daemon; a bad config or database ends start-up with one line."""
+    """
+    Build the daemon and bind its ports; any problem ends start-up with one line.
+
+    Everything that can fail at start-up happens here, before twistd forks,
+    daemonizes or writes its pidfile: the settings are read, the database
+    directory and required serial devices are checked, the database is
+    opened and every listener is bound.  A problem raises ``SystemExit`` with
+    one line, so the terminal shows it and the exit status is 1.  A database
+    file that start-up created is removed again when a later step fails.
+    """
     from co2logd.service import StartupError, build_service
+    from co2logd.startup import check_database_path, check_serial_devices
 
     if reactor is None:
         from twisted.internet import reactor
+    config = options.get("config") or os.environ.get(CONFIG_ENV)
     try:
         settings = load_settings(options)
+    except SettingsError as e:
+        raise SystemExit("co2logd: {}".format(e))
+    required = list(options["serial"]) if settings.SERIAL_REQUIRED else list(options["serial_required"])
+    try:
+        check_database_path(settings.DB)
+        check_serial_devices(required)
+    except StartupError as e:
+        raise SystemExit(str(e))
+    created = [f for f in database_files(settings.DB) if not os.path.exists(f)]
+    service = None
+    try:
         service = build_service(
             settings,
             reactor,
             http=options["http"],
             udp=options["udp"],
             serial=options["serial"],
+            serial_required=required,
             verbose=bool(options.get("verbose")),
+            config_file=config,
         )
-    except SettingsError as e:
-        raise SystemExit("co2logd: {}".format(e))
-    except StartupError as e:
-        raise SystemExit(str(e))
-    service.exit_on_error = True
+        service.bind()
+    except (SettingsError, StartupError) as e:
+        _abandon(service, created)
+        raise SystemExit(str(e) if isinstance(e, StartupError) else "co2logd: {}".format(e))
     return service
+
+
+def _abandon(service, created) -> None:
+    """Close what a failed start-up opened and remove the database files it created."""
+    if service is not None:
+        service.abandon()
+    for path in created:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass

@@ -306,16 +306,49 @@ class SerialLineTests(PtyMixin, TransportHarness, unittest.TestCase):
         self.assertEqual([(r[0], r[1]) for r in rows], [(1, self.transport_label), (2, "http"), (3, self.transport_label)])
 
     @defer.inlineCallbacks
-    def test_missing_device_at_start_is_a_clear_error(self):
-        """A device that is not there fails startService with one line naming it."""
+    def test_missing_required_device_at_start_is_a_clear_error(self):
+        """A required device that is not there fails startService with one line naming it."""
         yield self.start()
-        service = serial_service("/dev/does-not-exist-co2logd:115200", self.ingest, reactor, self.settings)
+        service = serial_service(
+            "/dev/does-not-exist-co2logd:115200", self.ingest, reactor, self.settings, required=True
+        )
         with self.assertRaises(SerialDeviceError) as caught:
             service.startService()
         self.assertEqual(
             str(caught.exception), "cannot open serial device /dev/does-not-exist-co2logd: No such file or directory"
         )
         self.assertFalse(service.running)
+
+    @defer.inlineCallbacks
+    def test_device_missing_at_start_is_waited_for(self):
+        """Not plugged in at start: the service runs, /health's reason names it, and it is read once it appears."""
+        yield self.start()
+        link = os.path.join(tempfile.mkdtemp(), "usb-late-if00")
+        self.addCleanup(os.rmdir, os.path.dirname(link))
+        self.addCleanup(self._remove, link)
+        service = serial_service(link, self.ingest, reactor, self.settings)
+        service.reconnect_first_delay = service._delay = 0.05
+        service.startService()
+        self.addCleanup(service.stopService)
+        self.assertTrue(service.running)
+        health = service.health()
+        self.assertFalse(health["ok"])
+        self.assertEqual(health["reason"], "serial {} is not connected (No such file or directory)".format(link))
+        self.assertTrue(health["waiting"])
+        master, slave = os.openpty()
+        self.addCleanup(os.close, master)
+        os.symlink(os.ttyname(slave), link)
+        for _ in range(100):
+            if service.port is not None:
+                break
+            yield task.deferLater(reactor, 0.05, lambda: None)
+        os.close(slave)
+        self.assertTrue(service.health()["ok"])
+        outcomes = defer.DeferredQueue()
+        service.protocol.observers.append(lambda source, reply: outcomes.put(reply))
+        os.write(master, b'{"co2": 7}\n')
+        reply = yield outcomes.get().addTimeout(10, reactor)
+        self.assertEqual(reply, {"saved-in-db": 1})
 
 
 class RecordingIngest:
@@ -419,9 +452,32 @@ class SerialServiceClockTests(unittest.TestCase):
         self.successResultOf(service.stopService())
         self.assertEqual(self.bench.ports, {})
 
+    def test_missing_at_start_waits_with_the_same_backoff(self):
+        """A device missing at start is tried again after 1, 2, 4 s, like an unplugged one; health names it."""
+        service = self.service(SERIAL_RECONNECT_MAX_SECONDS=5)
+        service.startService()
+        self.assertTrue(service.running)
+        self.assertEqual(
+            service.health()["reason"], "serial /dev/ttyACM0 is not connected (No such file or directory)"
+        )
+        attempts = []
+        for step in [1, 2, 4, 5]:
+            before = len(self.bench.opens)
+            self.clock.advance(step - 0.01)
+            self.assertEqual(len(self.bench.opens), before)
+            self.clock.advance(0.01)
+            attempts.append(len(self.bench.opens) - before)
+        self.assertEqual(attempts, [1] * 4)
+        self.bench.plug("/dev/ttyACM0")
+        self.clock.advance(5)
+        self.assertEqual((service.opened, service.health()["ok"]), (1, True))
+        self.bench.write("/dev/ttyACM0", b'{"co2": 1}\n')
+        self.assertEqual(len(self.ingest.uploads), 1)
+
     def test_fake_open_fails_like_the_real_port(self):
-        """The fake's missing device gives the same start-up error as a real one."""
+        """The fake's missing device gives the same start-up error as a real one (when required)."""
         service = self.service()
+        service.required = True
         with self.assertRaises(SerialDeviceError) as caught:
             service.startService()
         self.assertEqual(str(caught.exception), "cannot open serial device /dev/ttyACM0: No such file or directory")

@@ -9,7 +9,7 @@ import subprocess
 import sys
 import urllib.request
 
-from twisted.internet import defer, reactor, threads
+from twisted.internet import defer, reactor, task, threads
 from twisted.python import usage
 from twisted.trial import unittest
 
@@ -75,21 +75,27 @@ class MakeServiceTests(unittest.TestCase):
         self.assertEqual(load_settings(parse("--config", cli_file), environ=env).NAME, "from-cli")
         self.assertEqual(load_settings(parse("--config", cli_file, "--name", "n"), environ=env).NAME, "n")
 
+    @defer.inlineCallbacks
     def test_port_in_use_is_one_line(self):
-        """A port in use: SystemExit naming the port, not a traceback."""
+        """A port in use: makeService itself (before any fork) exits with one line naming it, and creates no database."""
         blocker = socket.socket()
         blocker.bind(("127.0.0.1", 0))
         blocker.listen(1)
         self.addCleanup(blocker.close)
         port = blocker.getsockname()[1]
-        service = makeService(parse("--http", "tcp:{}:interface=127.0.0.1".format(port), "--db", self.mktemp()))
-        self.addCleanup(lambda: service.running and service.stopService())
-        e = self.assertRaises(SystemExit, service.privilegedStartService)
-        self.assertIn(str(port), str(e))
-        self.assertIn("in use", str(e))
-        for child in service:  # the store's pool was created; close it
-            if child.name == "store":
-                child.pool.close()
+        db = self.mktemp()
+        udp = free_port()
+        e = self.assertRaises(
+            SystemExit, makeService,
+            parse("--udp", "udp:{}:interface=127.0.0.1".format(udp), "--http", "tcp:{}:interface=127.0.0.1".format(port), "--db", db),
+        )
+        self.assertEqual(str(e), "co2logd: cannot listen on 127.0.0.1:{}: Address already in use".format(port))
+        self.assertEqual([p for p in os.listdir(os.path.dirname(os.path.abspath(db)))], [])
+        # the UDP port bound before the failure was given back (closed on the next reactor turn)
+        yield task.deferLater(reactor, 0.01, lambda: None)
+        probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.addCleanup(probe.close)
+        probe.bind(("127.0.0.1", udp))
 
     def test_service_order(self):
         """Store first, listeners last: on shutdown listeners stop before the database closes."""

@@ -34,7 +34,9 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from twisted.logger import Logger
 
-log = Logger()
+from co2logd.logs import gate
+
+log = Logger(observer=gate)
 
 Row = Mapping[str, Any]
 EntriesFunction = Callable[[Sequence[Row]], Tuple[List[str], int]]

@@ -37,6 +37,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
+from co2logd.logs import gate
 from co2logd.osem.client import (
     BoxGone,
     BoxPlan,
@@ -48,7 +49,7 @@ from co2logd.osem.client import (
 )
 from co2logd.osem.mapping import Entry
 
-log = Logger()
+log = Logger(observer=gate)
 
 # entries fetched per cycle: enough to fill a batch of one box even when
 # several boxes interleave

@@ -60,15 +60,16 @@ from twisted.logger import Logger
 from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
 
+from co2logd import payloads
 from co2logd.auth import salted_checksum
 from co2logd.errors import IngestError, bad_request
-from co2logd import payloads
+from co2logd.logs import gate
 from co2logd.payloads import text_value
 from co2logd.transports.counters import Counters, InFlight, RejectLog
 from co2logd.transports.framing import MAX_HEADER_LINES, error_reply, header_value, parse_header_line
 from co2logd.transports.sequence import NEW, SequenceTracker, sequence_number
 
-log = Logger()
+log = Logger(observer=gate)
 
 DEFAULT_BAUD = 9600
 RECONNECT_FIRST_DELAY = 1.0
@@ -401,16 +402,20 @@ class SerialService(Service):
     """
     Keeps one serial device open while running.
 
-    The port is opened in ``startService``: a device that cannot be opened
-    then raises :class:`SerialDeviceError`.  When the device goes away later
-    (USB unplugged), it is reopened with exponential backoff (1 s doubling
-    up to ``SERIAL_RECONNECT_MAX_SECONDS``) at the same path, so it is
-    found again when it comes back.  With ``SERIAL_WATCHDOG_SECONDS`` a port
+    The port is opened in ``startService``.  A device that cannot be opened
+    then (not plugged in at boot) is waited for like one that goes away
+    later (USB unplugged): it is reopened with exponential backoff (1 s
+    doubling up to ``SERIAL_RECONNECT_MAX_SECONDS``) at the same path, so it
+    is found when it comes; meanwhile ``/health`` names it.  A ``required``
+    device that cannot be opened at start raises :class:`SerialDeviceError`
+    instead (``makeService`` checks it exists before that).  With ``SERIAL_WATCHDOG_SECONDS`` a port
     that sends nothing for that long is closed and reopened.
     """
 
-    def __init__(self, device: str, baud: int, ingest, reactor, settings, port_factory=open_serial_port):
+    def __init__(self, device: str, baud: int, ingest, reactor, settings, port_factory=open_serial_port, required: bool = False):
         self.device = device
+        self.required = required
+        self.last_error: Optional[str] = None  # why the device cannot be opened, while it cannot
         self.baud = baud
         self.reactor = reactor
         self.settings = settings
@@ -431,9 +436,19 @@ class SerialService(Service):
         try:
             self._open()
         except Exception as e:
-            raise SerialDeviceError(
-                "cannot open serial device {}: {}".format(self.device, describe_open_error(e))
-            ) from e
+            reason = describe_open_error(e)
+            if self.required:
+                raise SerialDeviceError("cannot open serial device {}: {}".format(self.device, reason)) from e
+            super().startService()
+            self.last_error = reason
+            log.warn(
+                "Serial device {device} cannot be opened ({reason}); waiting for it, next try in {delay}s",
+                device=self.device,
+                reason=reason,
+                delay=self._delay,
+            )
+            self._schedule_reopen()
+            return
         super().startService()
         log.info("Reading serial device {device} at {baud} baud", device=self.device, baud=self.baud)
 
@@ -470,15 +485,17 @@ class SerialService(Service):
         try:
             self._open()
         except Exception as e:
+            self.last_error = describe_open_error(e)
             log.info(
                 "Serial device {device} still cannot be opened ({reason}); next try in {delay}s",
                 device=self.device,
-                reason=describe_open_error(e),
+                reason=self.last_error,
                 delay=self._delay,
             )
             self._schedule_reopen()
             return
-        log.info("Serial device {device} reopened", device=self.device)
+        self.last_error = None
+        log.info("Serial device {device} opened", device=self.device)
 
     def _arm_watchdog(self, delay: float) -> None:
         if self.settings.SERIAL_WATCHDOG_SECONDS > 0:
@@ -518,6 +535,19 @@ class SerialService(Service):
             self.port.loseConnection()
         return defer.gatherResults(waits).addCallback(lambda _: None)
 
+    def health(self) -> Dict[str, Any]:
+        """``ok`` while the device is open; else the reason, and that it is waited for."""
+        ok = self.port is not None
+        report: Dict[str, Any] = {
+            "name": self.name, "kind": "serial", "ok": ok, "device": self.device,
+            "opened": self.opened, "required": self.required,
+        }
+        if not ok:
+            why = " ({})".format(self.last_error) if self.last_error else ""
+            report["reason"] = "{} is not connected{}".format(self.name, why)
+            report["waiting"] = self.running
+        return report
+
     def stats(self) -> Dict[str, Any]:
         """Counters per node, comments ignored, how often the port was opened."""
         return {
@@ -530,10 +560,10 @@ class SerialService(Service):
         }
 
 
-def serial_service(spec, ingest, reactor, settings, port_factory=open_serial_port) -> SerialService:
+def serial_service(spec, ingest, reactor, settings, port_factory=open_serial_port, required: bool = False) -> SerialService:
     """
     The service for one ``--serial`` value: a spec string (see
     :func:`parse_serial_spec`) or an already parsed ``(device, baud)``.
     """
     device, baud = parse_serial_spec(spec) if isinstance(spec, str) else spec
-    return SerialService(device, baud, ingest, reactor, settings, port_factory=port_factory)
+    return SerialService(device, baud, ingest, reactor, settings, port_factory=port_factory, required=required)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import socket
+import sys
 from typing import Any, Dict, Optional, Tuple
 
 from twisted.application.service import Service
@@ -23,11 +24,13 @@ from twisted.logger import Logger
 
 from co2logd import payloads
 from co2logd.errors import IngestError
+from co2logd.logs import gate
+from co2logd.net import host_port
 from co2logd.transports.counters import Counters, InFlight, RejectLog
 from co2logd.transports.framing import Frame, error_reply, split_message
 from co2logd.transports.sequence import IN_FLIGHT, NEW, SequenceTracker, sequence_number
 
-log = Logger()
+log = Logger(observer=gate)
 
 SPEC_HELP = "use PORT or udp:PORT[:interface=ADDR], e.g. 8125 or udp:8125:interface=127.0.0.1"
 
@@ -85,7 +88,7 @@ class UDPIngestProtocol(DatagramProtocol):
         try:
             self._received(datagram, addr)
         except Exception:
-            log.failure("Unexpected error handling a datagram from {source}", source=addr[0])
+            log.failure("Unexpected error handling a datagram from {source}", source=host_port(addr))
 
     def _received(self, datagram: bytes, addr: Any) -> None:
         host = addr[0]
@@ -114,7 +117,7 @@ class UDPIngestProtocol(DatagramProtocol):
             node, seq = node_seq
             verdict = self.sequences.begin(node, seq)
             if verdict != NEW:
-                log.debug("Duplicate upload {seq} from {source}", seq=seq, source=host)
+                log.debug("Duplicate upload {seq} from {source}", seq=seq, source=host_port(addr))
                 if verdict != IN_FLIGHT:  # the first copy's ack is still to come
                     self._ack(addr, {"saved-in-db": 0, "duplicate": True, "seq": seq})
                 return None
@@ -150,7 +153,7 @@ class UDPIngestProtocol(DatagramProtocol):
             self.sequences.done(node_seq[0], node_seq[1], stored=False)
         error = failure.value
         if not isinstance(error, IngestError):
-            log.failure("Ingest failed on a datagram from {source}", failure, source=addr[0])
+            log.failure("Ingest failed on a datagram from {source}", failure, source=host_port(addr))
             error = IngestError(500, "internal", "The server failed on this upload; nothing was saved")
         self._refused(error, addr, None if node_seq is None else node_seq[1])
 
@@ -171,7 +174,7 @@ class UDPIngestProtocol(DatagramProtocol):
         try:
             self.transport.write(json.dumps(reply, separators=(",", ":")).encode("utf-8"), addr)
         except Exception as e:  # an unreachable sender must not matter to anyone else
-            log.debug("Cannot acknowledge to {source}: {error}", source=addr[0], error=e)
+            log.debug("Cannot acknowledge to {source}: {error}", source=host_port(addr), error=e)
 
     @property
     def pending(self) -> int:
@@ -201,12 +204,21 @@ def set_receive_buffer(sock: socket.socket, size: int) -> int:
     return sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
 
 
+def effective_receive_buffer(reported: int) -> int:
+    """
+    The buffer in the setting's terms: Linux reports twice what it grants
+    for data (the other half is its bookkeeping), see socket(7).
+    """
+    return reported // 2 if sys.platform.startswith("linux") else reported
+
+
 class UDPService(Service):
     """
     Listens on one UDP port while running.
 
-    The port is bound in ``privilegedStartService`` (or ``startService``), so
-    a port in use raises ``CannotListenError`` at start-up.  Stopping stops
+    The port is bound by :meth:`bind` (``makeService`` calls it before
+    twistd forks; otherwise ``privilegedStartService``), so a port in use
+    raises ``CannotListenError`` at start-up.  Stopping stops
     listening and waits for uploads still on their way to the database.
     """
 
@@ -219,7 +231,8 @@ class UDPService(Service):
         self.listening = None
         self.setName("udp {}{}".format(port, ":" + interface if interface else ""))
 
-    def _listen(self) -> None:
+    def bind(self) -> None:
+        """Bind the port now (``makeService`` does, before twistd forks); a port in use raises ``CannotListenError``."""
         if self.listening is None:
             self.listening = self.reactor.listenUDP(
                 self.port_number,
@@ -228,21 +241,36 @@ class UDPService(Service):
                 # one more than allowed, so an oversize datagram shows as such
                 maxPacketSize=self.settings.UDP_MAX_DATAGRAM + 1,
             )
-            buffer = set_receive_buffer(self.listening.socket, self.settings.UDP_RECEIVE_BUFFER)
-            log.info(
-                "Listening for UDP uploads on {interface}:{port} ({buffer} bytes receive buffer)",
-                interface=self.interface or "*",
-                port=self.listening.getHost().port,
-                buffer=buffer,
+            self.receive_buffer = effective_receive_buffer(
+                set_receive_buffer(self.listening.socket, self.settings.UDP_RECEIVE_BUFFER)
             )
 
     def privilegedStartService(self) -> None:
-        self._listen()
+        self.bind()
         super().privilegedStartService()
 
     def startService(self) -> None:
-        self._listen()
+        self.bind()
         super().startService()
+        requested = self.settings.UDP_RECEIVE_BUFFER
+        address = host_port(self.listening.getHost())
+        if self.receive_buffer < requested:
+            log.warn(
+                "Listening for UDP uploads on {address}, receive buffer {buffer} bytes: less than "
+                "UDP_RECEIVE_BUFFER = {requested} bytes (the kernel caps it at net.core.rmem_max)",
+                address=address, buffer=self.receive_buffer, requested=requested,
+            )
+        else:
+            log.info(
+                "Listening for UDP uploads on {address}, receive buffer {buffer} bytes (UDP_RECEIVE_BUFFER)",
+                address=address, buffer=self.receive_buffer,
+            )
+
+    def abandon(self) -> None:
+        """Stop listening without having run (start-up failed elsewhere)."""
+        listening, self.listening = self.listening, None
+        if listening is not None:
+            listening.stopListening()
 
     def stopService(self) -> defer.Deferred:
         super().stopService()

@@ -13,16 +13,25 @@ receiving requests, so a slow-loris client cannot hold the server.
 Each refusal is counted through the site's ``count(reason)`` callable
 (reasons ``too-many-connections``, ``request-timeout``) and answered with
 co2logd's error shape ``{"error": "..."}``.
+
+On shutdown :meth:`GuardedSite.drain` lets requests in flight finish: idle
+connections are closed at once, a request being received or answered gets
+its response (with ``Connection: close``) and then its connection is
+closed, new connections are refused with 503; whatever is still open after
+the grace period is aborted.
 """
 
 from __future__ import annotations
 
 import json
-from typing import Callable, Optional
+from typing import Callable, List, Optional, Set
 
+from twisted.internet import defer
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.web import http, server
+
+from co2logd.net import host_port
 
 log = Logger()
 
@@ -47,21 +56,26 @@ class GuardedChannel(http.HTTPChannel):
     """An HTTP channel whose every request must arrive within the site's ``request_timeout``."""
 
     _deadline = None
+    _receiving = False  # bytes of a request have come, not yet all of it
 
     def connectionMade(self) -> None:
         """Take a place in the site's count; the first request's clock starts now."""
         self.factory.open_connections += 1
+        self.factory.channels.add(self)
         super().connectionMade()
         self._arm()
 
     def dataReceived(self, data: bytes) -> None:
         """Bytes of a new request start its clock (the idle timeout has run until now)."""
-        if data and self._deadline is None and not self._handlingRequest:
-            self._arm()
+        if data and not self._handlingRequest:
+            self._receiving = True
+            if self._deadline is None:
+                self._arm()
         super().dataReceived(data)
 
     def allContentReceived(self) -> None:
         """The whole request is here in time: stop its clock."""
+        self._receiving = False
         self._disarm()
         super().allContentReceived()
 
@@ -70,6 +84,29 @@ class GuardedChannel(http.HTTPChannel):
         self._disarm()
         self.factory.open_connections -= 1
         super().connectionLost(reason)
+        self.factory.channel_gone(self)
+
+    @property
+    def in_flight(self) -> bool:
+        """A request is being received or answered on this connection."""
+        return self._receiving or bool(self.requests)
+
+    def checkPersistence(self, request, version) -> bool:
+        """While the site drains, every response closes its connection."""
+        if self.factory.draining:
+            request.responseHeaders.setRawHeaders(b"connection", [b"close"])
+            return False
+        return super().checkPersistence(request, version)
+
+    def drain(self) -> None:
+        """Close now when idle; else close once the request in flight is answered."""
+        if not self.in_flight:
+            self.loseConnection()
+            return
+        self.persistent = False
+        for request in self.requests:
+            if not request.startedWriting:
+                request.responseHeaders.setRawHeaders(b"connection", [b"close"])
 
     def _arm(self) -> None:
         timeout = getattr(self.factory, "request_timeout", None)
@@ -88,7 +125,7 @@ class GuardedChannel(http.HTTPChannel):
         self.factory.count("request-timeout")
         log.info(
             "Closing the connection of {peer}: no whole request within {seconds} s",
-            peer=str(self.transport.getPeer()),
+            peer=host_port(self.transport.getPeer()),
             seconds=timeout,
         )
         self.transport.write(
@@ -122,6 +159,18 @@ class RefusedConnection(Protocol):
         self.transport.loseConnection()
 
 
+class ShuttingDown(Protocol):
+    """Answers 503 at once and closes: the server is stopping."""
+
+    def connectionMade(self) -> None:
+        """Say why, then go."""
+        self.transport.write(
+            raw_error(503, "Service Unavailable", "The server is shutting down; try again later", "shutting-down",
+                      b"retry-after: 5\r\n")
+        )
+        self.transport.loseConnection()
+
+
 class GuardedSite(server.Site):
     """
     A Site that bounds its open connections and the time each request may take to arrive.
@@ -131,6 +180,7 @@ class GuardedSite(server.Site):
     :param count: called with a reason for every refusal
     :param retry_after: seconds a refused client is told to wait
     :param access_log: log a line per request (costly on a busy upload path; ``-v`` turns it on)
+    :param shutdown_grace: seconds :meth:`drain` waits for requests in flight before aborting them
     """
 
     protocol = GuardedChannel
@@ -147,6 +197,7 @@ class GuardedSite(server.Site):
         retry_after: int = 1,
         reactor=None,
         access_log: bool = False,
+        shutdown_grace: float = 5.0,
     ):
         # no resource reads form fields from request.args: parsing every POST body
         # as a form would be wasted work on the upload path
@@ -159,18 +210,76 @@ class GuardedSite(server.Site):
         self.count = count
         self.retry_after = retry_after
         self.open_connections = 0
+        self.channels: Set[GuardedChannel] = set()
+        self.shutdown_grace = shutdown_grace
+        self.draining = False
+        self._drain_waiters: List[defer.Deferred] = []
+        self._grace_call = None
+
+    def drain(self) -> defer.Deferred:
+        """
+        Fire once every connection is closed: requests in flight finish with
+        their responses, for at most ``shutdown_grace`` seconds; the rest are
+        aborted then.  New connections meanwhile get 503.
+        """
+        waiter: defer.Deferred = defer.Deferred()
+        self._drain_waiters.append(waiter)
+        if not self.draining:
+            self.draining = True
+            busy = [channel for channel in self.channels if channel.in_flight]
+            if busy:
+                log.info(
+                    "Stopping: letting {n} HTTP requests in flight finish (up to {grace} s)",
+                    n=len(busy), grace=self.shutdown_grace,
+                )
+            for channel in list(self.channels):
+                channel.drain()
+            if self.channels:
+                self._grace_call = self.reactor.callLater(self.shutdown_grace, self._abort_the_rest)
+        self._check_drained()
+        return waiter
+
+    def channel_gone(self, channel: GuardedChannel) -> None:
+        """A connection closed; the drain may be complete."""
+        self.channels.discard(channel)
+        if self.draining:
+            self._check_drained()
+
+    def _check_drained(self) -> None:
+        if self.channels:
+            return
+        if self._grace_call is not None and self._grace_call.active():
+            self._grace_call.cancel()
+        self._grace_call = None
+        waiters, self._drain_waiters = self._drain_waiters, []
+        for waiter in waiters:
+            waiter.callback(None)
+
+    def _abort_the_rest(self) -> None:
+        self._grace_call = None
+        if self.channels:
+            log.warn(
+                "Stopping: aborting {n} HTTP connections still busy after {grace} s (SHUTDOWN_GRACE_SECONDS)",
+                n=len(self.channels), grace=self.shutdown_grace,
+            )
+        for channel in list(self.channels):
+            channel.transport.abortConnection()
 
     def log(self, request) -> None:
         if self.access_log:
             super().log(request)
 
     def buildProtocol(self, addr):
-        """A channel, or a refusal when ``max_connections`` are open."""
+        """A channel, or a refusal when ``max_connections`` are open or the site drains."""
+        if self.draining:
+            refusal = ShuttingDown()
+            refusal.factory = self
+            return refusal
         if self.open_connections >= self.max_connections:
             self.count("too-many-connections")
             log.info(
                 "Refusing a connection from {peer}: {open} connections are open (HTTP_MAX_CONNECTIONS)",
-                peer=getattr(addr, "host", addr),
+                peer=host_port(addr),
                 open=self.open_connections,
             )
             refusal = RefusedConnection(self.max_connections, self.retry_after)

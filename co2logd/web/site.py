@@ -171,6 +171,7 @@ def make_site(settings, ingest, store, clock, extra_children=None, services=(), 
         retry_after=settings.WRITE_RETRY_AFTER_SECONDS,
         reactor=clock,
         access_log=access_log,
+        shutdown_grace=settings.SHUTDOWN_GRACE_SECONDS,
     )
     site.displayTracebacks = False
     return site

@@ -7,9 +7,11 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
 from co2logd.errors import IngestError
+from co2logd.logs import gate
+from co2logd.net import host_port
 from co2logd.web.common import error_reply, finish_quietly, json_reply
 
-log = Logger()
+log = Logger(observer=gate)
 
 
 def lazy_header_pairs(request):
@@ -51,7 +53,7 @@ class UploadResource(Resource):
                 # a busy server refuses many uploads a second: the ingest counters have them
                 (log.debug if error.reason == "busy" else log.info)(
                     "Refused upload from {peer}: {status} {reason}: {message}",
-                    peer=request.getClientAddress(),
+                    peer=host_port(request.getClientAddress()),
                     status=error.status,
                     reason=error.reason,
                     message=error.message,

@@ -14,6 +14,7 @@ import io
 import json
 import math
 import re
+import threading
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple
 from urllib.parse import unquote_plus
 
@@ -91,11 +92,24 @@ class Limits:
     padding never makes more than ``max_rows × max_columns`` cells.
     """
 
-    __slots__ = ("max_rows", "max_columns")
+    __slots__ = ("max_rows", "max_columns", "_local")
 
     def __init__(self, max_rows: int = 100_000, max_columns: int = 1000):
         self.max_rows = max_rows
         self.max_columns = max_columns
+        self._local = threading.local()
+
+    def json_decoder(self) -> "Tuple[json.JSONDecoder, _Objects]":
+        """
+        This thread's JSON decoder for these limits and its counting hook:
+        built once, as building one per upload costs as much as decoding a
+        small one.
+        """
+        cached = getattr(self._local, "json", None)
+        if cached is None:
+            hook = _Objects(self, "JSON")
+            cached = self._local.json = (json.JSONDecoder(parse_constant=_reject_constant, object_pairs_hook=hook), hook)
+        return cached
 
     @classmethod
     def from_settings(cls, settings) -> "Limits":
@@ -191,7 +205,8 @@ def parse_json(body: bytes, limits: Limits = DEFAULT_LIMITS) -> Table:
         text = _decode(body, "JSON")
         if text.startswith("\ufeff"):  # what json.loads says about a BOM
             raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", text, 0)
-        decoder = json.JSONDecoder(parse_constant=_reject_constant, object_pairs_hook=_Objects(limits, "JSON"))
+        decoder, hook = limits.json_decoder()
+        hook.count = 0
         data = decoder.decode(text)
     except ValueError as e:
         raise bad_request("Invalid JSON: {}".format(e))
@@ -319,7 +334,7 @@ def table_from_structure(data: Any, what: str, limits: Limits = DEFAULT_LIMITS) 
             raise limits.too_many_columns()
         if all(isinstance(v, list) for v in data.values()):
             table = data  # the parsers' own fresh lists: no copy needed
-            if any(len(v) > limits.max_rows for v in table.values()):
+            if max(map(len, table.values())) > limits.max_rows:
                 raise limits.too_many_rows()
         elif not any(isinstance(v, list) for v in data.values()):
             table = {k: [v] for k, v in data.items()}
@@ -335,6 +350,15 @@ def table_from_structure(data: Any, what: str, limits: Limits = DEFAULT_LIMITS) 
             raise bad_request("The {} list has no rows".format(what))
         if len(data) > limits.max_rows:
             raise limits.too_many_rows()
+        first = data[0]
+        if type(first) is dict and all(type(row) is dict and row.keys() == first.keys() for row in data):
+            # the usual upload: every row names the same columns
+            _check_keys(first, what)
+            if len(first) > limits.max_columns:
+                raise limits.too_many_columns()
+            table = {name: [row[name] for row in data] for name in first}
+            _check_scalars(table.items(), what)
+            return table
         # each column's values and the rows they are in; the dense columns are
         # built once at the end, so a row never costs more than its own cells
         values: Dict[str, List[Any]] = {}

@@ -39,16 +39,40 @@ def plot_area_width(width: int) -> int:
 
 
 def bucket_edges(since: float, until: float, buckets: int) -> List[float]:
-    """``buckets + 1`` equally spaced times from ``since`` to ``until``."""
-    step = (until - since) / buckets
-    return [since + i * step for i in range(buckets)] + [until]
+    """
+    At most ``buckets + 1`` times from ``since`` to ``until``: equally spaced,
+    and when a bucket spans a minute or more, on whole minutes (or hours)
+    from the epoch, so the rollups answer every bucket but the two at the
+    ends without reading rows (their edges are whole periods).
+    """
+    raw = (until - since) / buckets
+    unit = 3600 if raw >= 3600 else 60 if raw >= 60 else 0
+    if not unit:
+        return [since + i * raw for i in range(buckets)] + [until]
+    step = math.ceil(raw / unit) * unit
+    while True:
+        first = math.floor(since / step) * step + step
+        inner = list(range(int(first), int(math.ceil(until)), int(step)))
+        inner = [float(t) for t in inner if since < t < until]
+        if len(inner) + 1 <= buckets:
+            return [since] + inner + [until]
+        step += unit
 
 
 class Panel:
     """One column: its unit, one series of buckets per source (label, buckets), and the CO2 bands if any."""
 
-    def __init__(self, column: str, series: Sequence[Tuple[str, Sequence[Bucket]]] = (), bands: Sequence[float] = (), unit: str = ""):
+    def __init__(
+        self,
+        column: str,
+        series: Sequence[Tuple[str, Sequence[Bucket]]] = (),
+        bands: Sequence[float] = (),
+        unit: str = "",
+        edges: Optional[Sequence[float]] = None,
+    ):
         self.column = column
+        #: the buckets' time edges (bucket i is drawn at its middle); None: bucket i is at x = i + 0.5
+        self.edges = list(edges) if edges is not None else None
         self.series = [(label, list(buckets)) for label, buckets in series]
         self.bands = sorted(bands)
         self.unit = unit
@@ -200,9 +224,16 @@ def _body(panel: Panel, frame: Frame, colours: Dict[str, str], left: float, scal
             x = _num(left + frame.x_of_time(t))
             out.append('<line class="grid" x1="{0}" x2="{0}" y1="{1}" y2="{2}"{3}/>'.format(
                 x, _num(frame.y0), _num(frame.y1), stretch))
+    edges = panel.edges
+    if edges is None:
+        def x_of(i: int) -> float:
+            return left + i + 0.5
+    else:
+        def x_of(i: int) -> float:
+            return left + frame.x_of_time((edges[i] + edges[i + 1]) / 2)
     for label, buckets in panel.series:
-        points = path_points(buckets, lambda i: left + i + 0.5, frame.y_of)
-        d = "".join("{}{},{}".format(c, _num(x), _num(y)) for c, x, y in points)
+        points = path_points(buckets, x_of, frame.y_of)
+        d = "".join(["%s%.1f,%.1f" % point for point in points])
         out.append('<path class="series" data-source="{s}" data-column="{c}" data-points="{n}" stroke="{colour}"{v} d="{d}"/>'.format(
             s=html.escape(label), c=html.escape(panel.column), n=len(points), colour=colours.get(label, OKABE_ITO[0]),
             v=stretch, d=d))

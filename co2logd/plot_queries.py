@@ -85,6 +85,8 @@ class PlotQueries:
     index_chunk_rows = 20_000
     #: rows folded into the rollups per maintenance transaction
     rollup_chunk_rows = 20_000
+    #: uploads of at most this many rows are folded into the rollups in the writer's own transaction
+    fold_in_writer_rows = 2_000
     #: a plot reads the rows beyond the rollups' watermark exactly; past this many it reads the range's rows instead
     tail_limit_rows = 100_000
     #: rows read per interaction by the exact path
@@ -245,9 +247,28 @@ class PlotQueries:
         (top,) = cursor.execute("SELECT coalesce(max({}), 0) FROM {}".format(rowid, self.table)).fetchone()
         if top <= before:
             return
-        for sql in mtime.index_statements(self.settings, columns, self.table, rowid):
+        key = (rowid, tuple(columns))
+        statements = self._index_sql.get(key)
+        if statements is None:
+            if len(self._index_sql) >= 100:
+                self._index_sql.clear()  # a bound, not an LRU: column sets change rarely
+            statements = self._index_sql[key] = mtime.index_statements(self.settings, columns, self.table, rowid)
+        for sql in statements:
             cursor.execute(sql, (before, top))
         cursor.execute("UPDATE {} SET filled_to = ? WHERE k = 1".format(MTIME_STATE_TABLE), (top,))
+        if top - before > self.fold_in_writer_rows:
+            return  # a big upload: maintenance folds it in chunks, not this transaction
+        # the usual small upload: fold it into the rollups that are current, under the same fsync
+        names = self._rollup_names()
+        current = [
+            col for col, done, was in cursor.execute("SELECT col, done_rowid, names FROM {}".format(ROLLUP_STATE_TABLE))
+            if done == before and was == names and col in columns
+        ]
+        if current:
+            self._roll_up(cursor, current, before, top)
+            cursor.executemany(
+                "UPDATE {} SET done_rowid = ? WHERE col = ?".format(ROLLUP_STATE_TABLE), [(top, c) for c in current]
+            )
 
     def _rollup_names(self) -> str:
         """The settings a rollup depends on; a column rolled up under other names is rebuilt."""
@@ -261,16 +282,19 @@ class PlotQueries:
         (min, max and count merge, so rows arriving late, or a backfill of
         last month, land in their own minutes).
         """
-        stats = ", ".join(
-            "min({v}), max({v}), count({v})".format(v=_numeric("d." + quote_identifier(c))) for c in columns
-        )
-        rows = connection.execute(
-            "SELECT m.src, CAST(m.t AS INTEGER) / 60 * 60, {stats} FROM {mt} AS m JOIN {table} AS d ON d.{rowid} = m.row "
-            "WHERE m.row > ? AND m.row <= ? AND m.t IS NOT NULL GROUP BY 1, 2".format(
-                stats=stats, mt=MTIME_TABLE, table=self.table, rowid=self._rowid()
-            ),
-            (low, high),
-        ).fetchall()
+        key = ("rollup", self._rowid(), tuple(columns))
+        sql = self._index_sql.get(key)
+        if sql is None:
+            stats = ", ".join(
+                "min({v}), max({v}), count({v})".format(v=_numeric("d." + quote_identifier(c))) for c in columns
+            )
+            sql = self._index_sql[key] = (
+                "SELECT m.src, CAST(m.t AS INTEGER) / 60 * 60, {stats} FROM {mt} AS m JOIN {table} AS d ON d.{rowid} = m.row "
+                "WHERE m.row > ? AND m.row <= ? AND +m.t IS NOT NULL GROUP BY 1, 2".format(
+                    stats=stats, mt=MTIME_TABLE, table=self.table, rowid=self._rowid()
+                )
+            )
+        rows = connection.execute(sql, (low, high)).fetchall()
         minutes = []
         hours: Dict[Tuple[str, int, Any], Tuple[Any, Any, int]] = {}
         for source, start, *values in rows:
@@ -324,7 +348,8 @@ class PlotQueries:
         job = _PlotJob(list(columns), [float(b) for b in bounds], list(filters), max_series)
         self.want_rollups(job.columns)
         if rollups and job.columns:
-            job.pieces = rollup.plan_seconds(job.bounds)
+            job.whole = rollup.whole_range_piece(job.bounds)
+            job.pieces = [] if job.whole is not None else rollup.plan_seconds(job.bounds)
         return self._in_steps(self.read_pool, self._plot_step, job).addCallback(self._plot_data, job)
 
     def _plot_step(self, connection, job: "_PlotJob"):
@@ -411,7 +436,7 @@ class PlotQueries:
         tail_source_sql, _ = self._source_clause(job.sources, "m.src")
         tail = connection.execute(
             "SELECT m.t, m.src, {cols} FROM {mt} AS m JOIN {table} AS d ON d.{rowid} = m.row "
-            "WHERE m.row > ? AND m.t >= ? AND m.t < ?{f}".format(
+            "WHERE m.row > ? AND +m.t >= ? AND +m.t < ?{f}".format(  # + : by row range, not the time index
                 cols=", ".join(_numeric("d." + quote_identifier(c)) for c in columns), mt=MTIME_TABLE,
                 table=self.table, rowid=self._rowid(), f=tail_source_sql,
             ),
@@ -432,17 +457,36 @@ class PlotQueries:
         nothing = [(None, None)] * len(columns)
         exact = self._bucket_sql(columns, chosen)
         _, exact_ids = self._source_clause(chosen, "m.src")
-        for i, piece in enumerate(job.pieces):
-            for span_, first, end in piece.periods:
-                for column, source, lo, hi in connection.execute(summary, list(columns) + [span_, first, end] + keep_ids):
-                    pairs = found.setdefault((i, source), list(nothing))
-                    k = position[column]
-                    pairs[k] = rollup.merge(pairs[k], lo, hi)
-            for a, b in piece.exact:
+
+        def add(i: int, source: SourceId, k: int, lo, hi) -> None:
+            pairs = found.setdefault((i, source), list(nothing))
+            pairs[k] = rollup.merge(pairs[k], lo, hi)
+
+        whole = job.whole
+        if whole is not None:
+            # inner edges on whole periods: one query per span for the whole range, each period into its bucket
+            last = len(bounds) - 2
+            for span_, first, end in whole.periods:
+                for column, source, start, lo, hi in connection.execute(
+                    "SELECT col, source, start, lo, hi FROM {} WHERE col IN ({}) AND span = ? AND start >= ? AND start < ?{}".format(
+                        ROLLUP_TABLE, ", ".join("?" * len(columns)), keep_sql),
+                    list(columns) + [span_, first, end] + keep_ids,
+                ):
+                    add(min(bisect.bisect_right(bounds, start) - 1, last), source, position[column], lo, hi)
+            for a, b in whole.exact:
+                i = min(bisect.bisect_right(bounds, a) - 1, last)
                 for source, _n, *values in connection.execute(exact, [a, b] + exact_ids):
-                    pairs = found.setdefault((i, source), list(nothing))
                     for k in range(len(columns)):
-                        pairs[k] = rollup.merge(pairs[k], values[2 * k], values[2 * k + 1])
+                        add(i, source, k, values[2 * k], values[2 * k + 1])
+        else:
+            for i, piece in enumerate(job.pieces):
+                for span_, first, end in piece.periods:
+                    for column, source, lo, hi in connection.execute(summary, list(columns) + [span_, first, end] + keep_ids):
+                        add(i, source, position[column], lo, hi)
+                for a, b in piece.exact:
+                    for source, _n, *values in connection.execute(exact, [a, b] + exact_ids):
+                        for k in range(len(columns)):
+                            add(i, source, k, values[2 * k], values[2 * k + 1])
         for when, source, *values in tail:
             if source not in chosen:
                 continue
@@ -744,6 +788,7 @@ class _PlotJob:
         self.filters = filters
         self.max_series = max_series
         self.pieces: Optional[list] = None  # co2logd.rollup.plan_seconds(bounds) when rollups may answer
+        self.whole: Optional[rollup.Piece] = None  # or the whole range at once (co2logd.rollup.whole_range_piece)
         self.mode: Optional[str] = None  # "exact" or "rollup", chosen in the first interaction
         self.sources: Optional[Dict[SourceId, str]] = None  # the filters' sources (None: all)
         self.left_out = 0

@@ -138,6 +138,32 @@ def plan_seconds(bounds: Sequence[float]) -> Optional[List[Piece]]:
     return pieces
 
 
+def whole_range_piece(bounds: Sequence[float]) -> Optional[Piece]:
+    """
+    When every inner bound (UNIX seconds) is a whole hour, or a whole
+    minute, the pieces of the whole range ``[bounds[0], bounds[-1])`` as one
+    :class:`Piece` (hours only where inner bounds are whole hours): each of
+    its periods then lies inside exactly one bucket, so a plot can read each
+    span once for the whole range.  None otherwise.
+    """
+    inner = bounds[1:-1]
+    if len(bounds) < 2 or any(b != int(b) for b in inner):
+        return None
+    if all(int(b) % HOUR == 0 for b in inner):
+        piece = cut(int(round(bounds[0] * SECOND_US)), int(round(bounds[-1] * SECOND_US)))
+    elif all(int(b) % MINUTE == 0 for b in inner):
+        lo, hi = int(round(bounds[0] * SECOND_US)), int(round(bounds[-1] * SECOND_US))
+        m1, m2 = _ceil(lo, MINUTE * SECOND_US), hi // (MINUTE * SECOND_US) * MINUTE * SECOND_US
+        if m1 >= m2:
+            return None
+        piece = Piece([r for r in ((lo, m1), (m2, hi)) if r[0] < r[1]], [(MINUTE, m1 // SECOND_US, m2 // SECOND_US)])
+    else:
+        return None
+    texts = {int(round(bounds[0] * SECOND_US)): bounds[0], int(round(bounds[-1] * SECOND_US)): bounds[-1]}
+    piece.exact = [(texts.get(x, x / SECOND_US), texts.get(y, y / SECOND_US)) for x, y in piece.exact]
+    return piece if piece.periods else None
+
+
 def text_of(us: int) -> str:
     """Microseconds since the epoch as :func:`co2logd.timerange.time_text` writes them."""
     when = EPOCH + datetime.timedelta(microseconds=us)

@@ -402,6 +402,7 @@ KEYS: Dict[str, Key] = {
     "DASHBOARD_COLUMNS": Key(None, _kind_optional_str_list, "columns plotted on the dashboard (default: up to 4 numeric columns, CO2 first)"),
     "DASHBOARD_TIME_COL": Key(None, _kind_optional_identifier, "column whose converted time places a row on the dashboard and /plot (default: the first of TIME_COLS holding a time; else the upload time)"),
     "DASHBOARD_UNITS": Key({}, _kind_unit_map, "units shown on dashboard panels by column, like {'co2': 'ppm'} (default: from the column name, as the OpenSenseMap mapping reads it)"),
+    "DASHBOARD_CACHE_SECONDS": Key(2.0, _kind_non_negative_number, "identical dashboard views within this many seconds share one render (0: render each)"),
     "PLOT_MAX_SERIES": Key(6, _kind_positive_int, "sources drawn as lines per plot, busiest first; the page says how many are left out"),
     "DASHBOARD_SILENT_SECONDS": Key(3600, _kind_positive_number, "a source not heard from for this many seconds is marked silent"),
     "DASHBOARD_REFRESH_SECONDS": Key(60, _kind_non_negative_number, "the dashboard reloads itself this often (0: never)"),

@@ -313,6 +313,7 @@ class Store(PlotQueries, DatabaseWatch, Service):
         self._closed = False
         self._row_count = (0, 0)  # (last rowid counted, rows up to it) for row_count()
         self._wanted: List[str] = []  # columns whose rollups maintenance keeps (issue 10)
+        self._index_sql: Dict[Any, Any] = {}  # measurement-time and rollup statements by column set (writer thread)
         self._maintaining: Optional[Deferred] = None
         if clock is None:
             from twisted.internet import reactor as clock

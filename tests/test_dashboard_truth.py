@@ -299,6 +299,25 @@ class ReadsNeverWriteTests(TruthMixin, unittest.TestCase):
             yield self.store.read_pool.runOperation("DELETE FROM data")
 
 
+class SharedRenderTests(TruthMixin, unittest.TestCase):
+    """Pollers cannot multiply the dashboard's work: identical views share one render for DASHBOARD_CACHE_SECONDS."""
+
+    @defer.inlineCallbacks
+    def test_identical_views_share_a_render(self):
+        """Eight concurrent views of ``/`` and two more right after run one plot query; another range runs its own."""
+        self.start()
+        yield self.upload({"time": [int(self.now) - 60], "co2": [500]})
+        calls = []
+        real = self.store.plot_series
+        self.patch(self.store, "plot_series", lambda *a, **k: (calls.append(a), real(*a, **k))[1])
+        pages = yield defer.gatherResults([self.page() for _ in range(8)])
+        pages += [(yield self.page()), (yield self.page())]
+        self.assertEqual(len(calls), 1)
+        self.assertEqual(len(set(pages)), 1)
+        yield self.page("?since=1h")
+        self.assertEqual(len(calls), 2)
+
+
 class MaintenanceTests(StoreMixin, unittest.TestCase):
     """The side table and rollups are kept by a timer on the injected clock, rows from other programs included."""
 
@@ -330,3 +349,110 @@ class MaintenanceTests(StoreMixin, unittest.TestCase):
         connection.close()
         self.assertEqual(rows, [(1, 1711929600.0, mtime.MEASURED), (2, 1714564800.0, mtime.UNUSABLE),
                                 (3, 1714564800.0, mtime.UPLOAD)])
+
+    @defer.inlineCallbacks
+    def test_upgrade_backfills_an_older_database(self):
+        """
+        A database from before schema version 6 (rows, no side table) is
+        upgraded on open and its rows are indexed by the maintenance timer:
+        a plot then shows them at their measurement time.
+        """
+        settings = make_settings()
+        path = self.mktemp()
+        store = Store.open(path, settings)
+        yield store.stopService()
+        connection = sqlite3.connect(path)
+        connection.execute('ALTER TABLE data ADD COLUMN "time" DATETIME')
+        connection.execute('ALTER TABLE data ADD COLUMN "co2" INTEGER')
+        connection.executemany(
+            'INSERT INTO data (time_upload_utc, transport, "time", co2) VALUES (?, ?, ?, ?)',
+            [("2024-05-02 00:00:00+00:00", "http", "2024-05-01 00:{:02d}:00+00:00".format(m), 400 + m) for m in range(60)],
+        )
+        connection.execute("DROP TABLE co2logd_mtime")
+        connection.execute("DROP TABLE co2logd_mtime_state")
+        connection.execute("DELETE FROM co2logd_schema_version WHERE version >= 6")
+        connection.commit()
+        connection.close()
+        clock = task.Clock()
+        store = Store.open(path, settings, clock=clock)
+        store.startService()
+        self.addCleanup(store.stopService)
+        yield store.catch_up()
+        day = 1714521600.0  # 2024-05-01 00:00 UTC
+        data = yield store.plot_series(["co2"], [day + k * 600 for k in range(7)], rollups=False)
+        self.assertEqual(data.series, ["http"])
+        self.assertEqual(data.column_buckets("http", 0), [(k, 400 + 10 * k, 409 + 10 * k) for k in range(6)])
+
+    @defer.inlineCallbacks
+    def test_dashboard_time_col_chooses_and_a_change_rebuilds(self):
+        """DASHBOARD_TIME_COL names the time column; opening with another setting rebuilds the side table."""
+        path = self.mktemp()
+        rows = [("2024-05-02 00:00:00+00:00", "http", "2024-05-01 00:00:00+00:00", "2024-04-01 00:00:00+00:00")]
+
+        @defer.inlineCallbacks
+        def times(**values):
+            settings = make_settings(TIME_COLS=["time", "sensor_time"], **values)
+            store = Store.open(path, settings, clock=task.Clock())
+            store.startService()
+            if rows:
+                connection = sqlite3.connect(path)
+                connection.execute('ALTER TABLE data ADD COLUMN "time" DATETIME')
+                connection.execute('ALTER TABLE data ADD COLUMN "sensor_time" DATETIME')
+                connection.executemany('INSERT INTO data (time_upload_utc, transport, "time", sensor_time) VALUES (?, ?, ?, ?)', rows)
+                connection.commit()
+                connection.close()
+                del rows[:]
+            yield store.catch_up()
+            found = yield store.read_pool.runQuery("SELECT t FROM co2logd_mtime")
+            yield store.stopService()
+            return [t for (t,) in found]
+
+        self.assertEqual((yield times()), [1714521600.0])  # the first of TIME_COLS
+        self.assertEqual((yield times(DASHBOARD_TIME_COL="sensor_time")), [1711929600.0])
+
+    @defer.inlineCallbacks
+    def test_small_uploads_fold_into_current_rollups_in_their_own_transaction(self):
+        """
+        With the rollups current, a small upload is folded in by the writer
+        (the same commit), so maintenance has nothing to do and no extra
+        transaction follows; a plot still equals reading the rows.
+        """
+        clock = task.Clock()
+        clock.advance(1714521600 + 3600)  # uploaded an hour after the readings
+        self.make_ingest(make_settings(), clock=clock)
+        self.store._maintenance.stop()  # only the writer may fold here
+        yield self.ingest_json({"time": [1714521600 + k for k in range(100)], "co2": list(range(100))})
+        self.store.want_rollups(["co2"])
+        yield self.store.catch_up()
+        yield self.ingest_json({"time": [1714521600 + 200 + k for k in range(10)], "co2": [5000 + k for k in range(10)]})
+        (done,) = yield self.store.read_pool.runQuery("SELECT done_rowid FROM co2logd_rollup_state WHERE col = 'co2'")
+        self.assertEqual(done, (110,))
+        bounds = [1714521600.0 + 60 * k for k in range(6)]
+        rolled = yield self.store.plot_series(["co2"], bounds)
+        exact = yield self.store.plot_series(["co2"], bounds, rollups=False)
+        self.assertEqual(rolled.buckets, exact.buckets)
+        self.assertEqual(rolled.series, ["http"], rolled.buckets)
+        self.assertEqual(rolled.column_buckets("http", 0)[-1], (3, 5000, 5009))
+
+    def ingest_json(self, table):
+        """An upload through the ingest service (as HTTP would hand it over)."""
+        return self.ingest.ingest(json.dumps(table).encode(), "application/json", [], "http")
+
+
+class EdgeTests(unittest.TestCase):
+    """Bucket edges on whole minutes and hours, so rollups answer whole buckets."""
+
+    def test_edges(self):
+        """Long buckets get whole-minute or whole-hour inner edges, never more buckets than asked; short ones stay even."""
+        from co2logd.plot import bucket_edges
+
+        since, until = 1714521600.5 - DAY, 1714521600.5
+        edges = bucket_edges(since, until, 800)
+        self.assertEqual((edges[0], edges[-1]), (since, until))
+        self.assertLessEqual(len(edges) - 1, 800)
+        self.assertTrue(all(e % 60 == 0 for e in edges[1:-1]))
+        edges = bucket_edges(until - 365 * DAY, until, 800)
+        self.assertLessEqual(len(edges) - 1, 800)
+        self.assertTrue(all(e % 3600 == 0 for e in edges[1:-1]))
+        edges = bucket_edges(until - 3600, until, 800)
+        self.assertEqual(len(edges), 801)

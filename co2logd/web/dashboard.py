@@ -78,6 +78,8 @@ class DashboardResource(Resource):
         self.services = services
         self.template = template("dashboard.html")
         store.want_rollups(main_columns(settings, store.columns))
+        self._cache: Dict[Any, Any] = {}  # query → (expires, page)
+        self._inflight: Dict[Any, List[Any]] = {}  # query → requests waiting for its render
 
     def render_GET(self, request):
         args = query_args(request)
@@ -90,11 +92,36 @@ class DashboardResource(Resource):
             request.setResponseCode(400)
             return page(self.settings.NAME, "<h1>{}</h1><p>{}</p><p><a href=\"/\">Dashboard</a></p>".format(
                 escape(self.settings.NAME), escape(str(e))))
+        # identical views share one render: one in flight, and its page for DASHBOARD_CACHE_SECONDS
+        # (pollers cannot multiply the work; the page's own data are at most that much older)
+        key = tuple(sorted(args.items()))
+        cached = self._cache.get(key)
+        if cached is not None and cached[0] > now:
+            self._send(request, cached[1])
+            return NOT_DONE_YET
+        waiting = self._inflight.get(key)
+        if waiting is not None:
+            waiting.append(request)
+            return NOT_DONE_YET
+        self._inflight[key] = [request]
         d = resolve_range(self.store, spec, now)
         d.addCallback(self._gather)
-        d.addCallback(self._render, request, spec, args, now)
-        d.addErrback(self._failed, request)
+        d.addCallback(self._render, spec, args, now)
+        d.addCallbacks(self._deliver, self._failed, callbackArgs=(key, now), errbackArgs=(key,))
         return NOT_DONE_YET
+
+    def _deliver(self, body: bytes, key, now: float) -> None:
+        if self.settings.DASHBOARD_CACHE_SECONDS > 0:
+            if len(self._cache) >= 32:  # a bound, not an LRU: distinct views are few
+                self._cache.clear()
+            self._cache[key] = (now + self.settings.DASHBOARD_CACHE_SECONDS, body)
+        for request in self._inflight.pop(key, []):
+            self._send(request, body)
+
+    def _send(self, request, body: bytes) -> None:
+        request.setHeader(b"content-type", b"text/html; charset=utf-8")
+        request.setHeader(b"cache-control", b"no-cache")
+        finish_quietly(request, body)
 
     def _gather(self, spec: PlotSpec) -> defer.Deferred:
         tr = spec.time_range
@@ -111,7 +138,7 @@ class DashboardResource(Resource):
             calls.append(self.store.outbox_stats())
         return defer.gatherResults(calls, consumeErrors=True)
 
-    def _render(self, results: List[Any], request, spec: PlotSpec, args: Dict[str, str], now: float) -> None:
+    def _render(self, results: List[Any], spec: PlotSpec, args: Dict[str, str], now: float) -> bytes:
         count, latest, sources, (panels, labels, left_out), unusable, extent = results[:6]
         outbox = results[6] if len(results) > 6 else None
         settings = self.settings
@@ -162,9 +189,7 @@ class DashboardResource(Resource):
             "osem": self._osem(outbox, now),
             "now": escape(utc_text(now)),
         }
-        request.setHeader(b"content-type", b"text/html; charset=utf-8")
-        request.setHeader(b"cache-control", b"no-cache")
-        finish_quietly(request, self.template.substitute(values).encode("utf-8"))
+        return self.template.substitute(values).encode("utf-8")
 
     def _no_data(self, extent, filters: Dict[str, str]) -> str:
         """The empty range said plainly, with a link to the last day that has data."""
@@ -247,7 +272,8 @@ class DashboardResource(Resource):
             )
         )
 
-    def _failed(self, failure, request) -> None:
+    def _failed(self, failure, key) -> None:
         log.failure("Dashboard failed", failure)
-        request.setResponseCode(500)
-        finish_quietly(request, page(self.settings.NAME, "<p>The database cannot be read.</p>"))
+        for request in self._inflight.pop(key, []):
+            request.setResponseCode(500)
+            finish_quietly(request, page(self.settings.NAME, "<p>The database cannot be read.</p>"))

@@ -208,6 +208,7 @@ def plot_panels(store, settings, spec: PlotSpec, bounds: Sequence[float]) -> def
                 [(label, data.column_buckets(label, k)) for label in data.series],
                 bands_for(column, settings.PLOT_CO2_COLUMN_REGEX, settings.PLOT_CO2_BANDS),
                 unit_for(settings, column),
+                bounds,
             )
             for k, column in enumerate(spec.columns)
         ]

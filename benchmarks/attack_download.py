@@ -1,7 +1,7 @@
 """
 Slow download clients against a running co2logd (issue 12, finding 7).
 
-    python benchmarks/attack_download.py [--clients 20] [--rows 200000] [--wide 400] [--hold 30] [--repo PATH]
+    python benchmarks/attack_download.py [--clients 20] [--rows 100000] [--wide 400] [--hold 30] [--repo PATH]
 
 Starts ``python -m co2logd`` (from ``--repo``, default this checkout, so the
 same script measures another checkout such as main before a change) on a
@@ -14,13 +14,14 @@ fresh database on 127.0.0.1 and runs two attacks in turn:
         for the HTML view ``/download`` (co2logserver's default page)
 
 Each attack opens ``--clients`` connections with a small receive buffer,
-sends the request and never reads.  For ``--hold`` seconds it samples the
-daemon's RSS and, every 0.2 s, the latency of ``GET /openapi.yaml`` (a
-static answer: it measures how long the reactor takes to get to it).  Then
-one client reads its response to the end (checking it is whole: the rows
-counted, the HTML closed) and the others hang up.  Printed per attack: RSS
-before, at the peak and the growth per slow client, probe latency
-(median, max), and the whole response's size.
+sends the request and never reads.  For ``--hold`` seconds it measures, every 0.2 s,
+the latency of ``GET /openapi.yaml`` (a static answer: how long the reactor
+takes to get to it).  Then one client reads its response to the end
+(checking it is whole: the rows counted, the HTML closed) and the others
+hang up.  The daemon's RSS is sampled every 0.1 s throughout.  Printed per
+attack: RSS before, at the end of the hold, at the peak, the growth per slow
+client (and as a multiple of one response), probe latency (median, max),
+the response's size and how long reading it took.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from typing import Dict, List
 
@@ -74,10 +76,13 @@ def fill(db: str, rows: int, columns: int, repo: str) -> None:
 def probe(port: int) -> float:
     """Seconds for one GET /openapi.yaml on a fresh connection."""
     start = time.monotonic()
-    with socket.create_connection(("127.0.0.1", port), timeout=60) as s:
-        s.sendall(b"GET /openapi.yaml HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        while s.recv(65536):
-            pass
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=60) as s:
+            s.sendall(b"GET /openapi.yaml HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            while s.recv(65536):
+                pass
+    except socket.timeout:
+        print("a probe got no answer in 60 s")
     return time.monotonic() - start
 
 
@@ -112,29 +117,48 @@ def read_whole(s: socket.socket, timeout: float) -> bytes:
         at = eol + 2 + size + 2
 
 
+class RssSampler(threading.Thread):
+    """The peak RSS of a process, sampled every 0.1 s until stopped."""
+
+    def __init__(self, pid: int):
+        super().__init__(daemon=True)
+        self.pid = pid
+        self.peak = rss_mb(pid)
+        self.running = True
+
+    def run(self) -> None:
+        while self.running:
+            self.peak = max(self.peak, rss_mb(self.pid))
+            time.sleep(0.1)
+
+
 def attack(server: Server, path: str, clients: int, hold: float) -> Dict[str, float]:
-    """Open the slow clients, watch RSS and latency for ``hold`` s, then read one response whole."""
+    """Open the slow clients, probe for ``hold`` s, then read one response whole; RSS is sampled throughout."""
     port = server.port
     for _ in range(3):
         probe(port)
     before = rss_mb(server.process.pid)
+    sampler = RssSampler(server.process.pid)
+    sampler.start()
     sockets: List[socket.socket] = [slow_client(port, path) for _ in range(clients)]
     latencies: List[float] = []
-    peak = before
     end = time.monotonic() + hold
     while time.monotonic() < end:
         latencies.append(probe(port))
-        peak = max(peak, rss_mb(server.process.pid))
         time.sleep(0.2)
+    held = sampler.peak
     start = time.monotonic()
-    body = read_whole(sockets[0], timeout=600)
+    body = read_whole(sockets[0], timeout=1200)
     read_seconds = time.monotonic() - start
+    sampler.running = False
+    sampler.join()
     for s in sockets:
         s.close()
     return {
         "rss_before": before,
-        "rss_peak": peak,
-        "per_client": (peak - before) / clients,
+        "rss_hold": held,
+        "rss_peak": sampler.peak,
+        "per_client": (sampler.peak - before) / clients,
         "probe_p50": statistics.median(latencies),
         "probe_max": max(latencies),
         "probes": len(latencies),
@@ -147,7 +171,7 @@ def attack(server: Server, path: str, clients: int, hold: float) -> Dict[str, fl
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--clients", type=int, default=20)
-    parser.add_argument("--rows", type=int, default=200_000)
+    parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--wide", type=int, default=400, help="columns of the wide table")
     parser.add_argument("--hold", type=float, default=30.0, help="seconds the clients stay unread")
     parser.add_argument("--repo", default=REPO, help="the co2logd checkout to run")
@@ -187,11 +211,12 @@ def main() -> None:
             assert body.endswith(b"</html>\n") and body.count(b"<tr>") == rows + 1, "incomplete HTML download"
         results.append((name, rows, columns, r))
     print()
-    print("{:<5} {:>8} {:>5} {:>8} {:>9} {:>9} {:>10} {:>9} {:>9} {:>9} {:>8}".format(
-        "what", "rows", "cols", "clients", "RSS0 MB", "peak MB", "MB/client", "probe p50", "probe max", "resp MB", "read s"))
+    print("{:<5} {:>8} {:>5} {:>8} {:>9} {:>9} {:>9} {:>10} {:>9} {:>9} {:>9} {:>8}".format(
+        "what", "rows", "cols", "clients", "RSS0 MB", "hold MB", "peak MB", "MB/client", "probe p50", "probe max",
+        "resp MB", "read s"))
     for name, rows, columns, r in results:
-        print("{:<5} {:>8} {:>5} {:>8} {:>9.0f} {:>9.0f} {:>10.1f} {:>8.3f}s {:>8.3f}s {:>9.1f} {:>8.1f}".format(
-            name, rows, columns, args.clients, r["rss_before"], r["rss_peak"], r["per_client"],
+        print("{:<5} {:>8} {:>5} {:>8} {:>9.0f} {:>9.0f} {:>9.0f} {:>10.1f} {:>8.3f}s {:>8.3f}s {:>9.1f} {:>8.1f}".format(
+            name, rows, columns, args.clients, r["rss_before"], r["rss_hold"], r["rss_peak"], r["per_client"],
             r["probe_p50"], r["probe_max"], r["bytes"] / 1e6, r["read_seconds"]))
         print("      growth {:.0f} MB = {:.2f} x the whole response per slow client".format(
             r["rss_peak"] - r["rss_before"], r["per_client"] / (r["bytes"] / 1e6)))

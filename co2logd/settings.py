@@ -424,7 +424,8 @@ KEYS: Dict[str, Key] = {
     # hardening (issue 7)
     "HTTP_MAX_CONNECTIONS": Key(256, _kind_positive_int, "HTTP connections open at once; more are answered 503 and closed"),
     "HTTP_REQUEST_TIMEOUT": Key(60, _kind_positive_number, "seconds a client has to send a whole HTTP request (headers and body) from its first byte; slower ones get 408"),
-    "HTTP_IDLE_TIMEOUT": Key(60, _kind_positive_number, "seconds an idle keep-alive HTTP connection stays open"),
+    "HTTP_IDLE_TIMEOUT": Key(60, _kind_positive_number, "seconds an idle keep-alive HTTP connection stays open, and a download whose client reads nothing"),
+    "DOWNLOAD_CHUNK_ROWS": Key(500, _kind_positive_int, "rows read from the database and written to a download at a time (fewer for wide tables: at most 20,000 cells); a client that does not read holds about one chunk"),
     "SHUTDOWN_GRACE_SECONDS": Key(5, _kind_non_negative_number, "on SIGTERM, seconds HTTP requests in flight get to finish (with their receipts) before their connections are cut"),
     "REPLAY_PROTECTION": Key("off", _kind_replay_mode, "'off', 'optional' (check Content-Counter/Content-Timestamp where sent) or 'required' (every upload needs one under a matching checksum)"),
     "REPLAY_REQUIRED_SALTS": Key([], _kind_str_list, "salts whose uploads must carry a Content-Counter or Content-Timestamp, whatever REPLAY_PROTECTION says"),

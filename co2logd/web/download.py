@@ -3,8 +3,9 @@
 
 Parameters as co2logserver 0.1.2: ``format``, ``cols``, ``number``,
 ``min_<col>``, ``max_<col>``, ``order_by=<col>,asc|desc``.  Names are only
-used when they are columns of the table; values are bound.  Rows are written
-to the client a chunk at a time.
+used when they are columns of the table; values are bound.  Rows are read
+and written ``DOWNLOAD_CHUNK_ROWS`` at a time by a producer
+(:mod:`co2logd.web.producer`), only as fast as the client reads them.
 
 co2logd adds (issue 5): ``since``/``until`` on the upload time (``24h``,
 ``2024-05-01``, UNIX seconds; see :mod:`co2logd.timerange`), ``box=`` and
@@ -24,7 +25,7 @@ import time
 from typing import Dict, List, Optional
 from urllib.parse import unquote_to_bytes, urlencode
 
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
@@ -35,6 +36,7 @@ from co2logd.store import Query
 from co2logd.timerange import TimeRangeError, parse_time, time_text
 from co2logd.web.common import error_reply, escape, finish_quietly, query_args
 from co2logd.web.formulas import neutralise_cell
+from co2logd.web.producer import RowProducer
 
 log = Logger()
 
@@ -70,6 +72,15 @@ def build_query(args: Dict[str, str], columns: List[str], max_rows: int) -> Quer
 
 
 MAX_ROWID = 2**63 - 1
+
+#: cells per chunk at most: a wide table is read in fewer rows at a time, so a
+#: chunk (what a slow client holds, and one turn of the reactor's formatting) stays small
+DOWNLOAD_CHUNK_CELLS = 20_000
+
+
+def chunk_rows(setting: int, columns: int) -> int:
+    """Rows per chunk: ``DOWNLOAD_CHUNK_ROWS``, fewer for wide tables (at most DOWNLOAD_CHUNK_CELLS cells)."""
+    return max(1, min(setting, DOWNLOAD_CHUNK_CELLS // max(1, columns)))
 
 
 def is_whole_number(text: str) -> bool:
@@ -199,6 +210,8 @@ class DownloadResource(Resource):
         self.store = store
         self.ingest = ingest
         self.clock = clock
+        # formats the chunks of all downloads in turns of at most 10 ms, on the injected clock
+        self.cooperator = None if clock is None else task.Cooperator(scheduler=lambda work: clock.callLater(0, work))
 
     def render_GET(self, request):
         args = query_args(request)
@@ -226,12 +239,11 @@ class DownloadResource(Resource):
         if next_start is not None:
             next_link = next_page_link(request, args, next_start - 1)
             request.setHeader(b"link", '<{}>; rel="next"'.format(next_link).encode("utf-8"))
-        return self.store.select(query).addCallback(self._stream, request, fmt, args, next_link)
+        rows = chunk_rows(self.settings.DOWNLOAD_CHUNK_ROWS, len(query.columns or self.store.columns))
+        return self.store.select(query, rows).addCallback(self._stream, request, fmt, args, next_link)
 
-    @defer.inlineCallbacks
     def _stream(self, stream, request, fmt, args, next_link=None):
-        gone = []
-        request.notifyFinish().addErrback(lambda _: gone.append(True))
+        """Hand the rows to a producer: the next chunk is read only when the client has taken the last one."""
         request.setHeader(b"content-type", FORMATS[fmt])
         if fmt == "csv":
             filename = "{}-data.csv".format(re.sub(r"\W+", "-", self.settings.NAME))
@@ -239,19 +251,18 @@ class DownloadResource(Resource):
         writer = TableWriter(
             fmt, stream.header, self.settings.NAME, args, next_link, self.settings.DOWNLOAD_CSV_NEUTRALISE_FORMULAS
         )
-        request.write(writer.start())
-        try:
-            while True:
-                rows = yield stream.next_chunk()
-                if gone:
-                    break
-                if not rows:
-                    break
-                request.write(writer.rows(rows))
-        finally:
-            yield stream.close()
-        if not gone:
-            finish_quietly(request, writer.end())
+        producer = RowProducer(
+            request,
+            stream,
+            writer.start(),
+            writer.rows,
+            writer.end,
+            clock=self.clock,
+            stall_timeout=self.settings.HTTP_IDLE_TIMEOUT,
+            cooperator=self.cooperator,
+            slice_rows=chunk_rows(self.settings.DOWNLOAD_CHUNK_ROWS, len(stream.header)) // 10 or 1,
+        )
+        return producer.begin()
 
     def _failed(self, failure, request):
         log.failure("Download failed", failure)

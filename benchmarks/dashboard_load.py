@@ -15,9 +15,11 @@ draw, then measures with :mod:`loadgen`:
       ``strace -f -e trace=fsync,fdatasync`` (when strace is installed);
       ``--views`` single-row uploads one after another, then as many
       (upload, view) pairs; the fsyncs beyond the uploads' own are the
-      views', and ``PRAGMA data_version`` read from another connection
-      before and after each view tells how many views committed a write
-      transaction.
+      views' (or a maintenance timer's while they ran), and ``PRAGMA
+      data_version`` read from another connection before and after each
+      view tells during how many views the database changed; then as many
+      views alone, with no new rows for a timer to fold in: what remains is
+      the views' own writes.
 
 It prints upload rates and latencies, dashboard views/s, the ratio (2)/(1)
 (target >= 80%) and the writes per view (target: none).
@@ -210,13 +212,24 @@ def writes_per_view(work: str, db: str, views: int) -> Dict[str, Any]:
             if data_version(watcher) != before:
                 writing_views += 1
         end = time.time()
+        time.sleep(3.0)  # let a maintenance timer fold in the rows just sent
+        quiet_start = time.time()
+        quiet_changes = 0
+        for _ in range(views):
+            before = data_version(watcher)
+            get(server.port, "/")
+            if data_version(watcher) != before:
+                quiet_changes += 1
+        quiet_end = time.time()
         watcher.close()
     finally:
         server.stop()
-    result = {"views": views, "writing_views": writing_views, "seconds": end - middle, "fsyncs": None}
+    result = {"views": views, "writing_views": writing_views, "seconds": end - middle, "fsyncs": None,
+              "quiet_changes": quiet_changes, "quiet_seconds": quiet_end - quiet_start}
     if log:
         result["upload_fsyncs"] = _count_fsyncs(log, start, middle)
         result["fsyncs"] = _count_fsyncs(log, middle, end)
+        result["quiet_fsyncs"] = _count_fsyncs(log, quiet_start, quiet_end)
     return result
 
 
@@ -272,6 +285,9 @@ def main(argv=None) -> int:
     if fsyncs is not None:
         print("  fsync/fdatasync calls: {} for {} uploads alone, {} for {} uploads + {} views: {:.2f} per view".format(
             writes["upload_fsyncs"], n, fsyncs, n, n, (fsyncs - writes["upload_fsyncs"]) / n))
+        print("  {} views alone, no new rows ({:.1f} s): {} fsync/fdatasync calls, the database changed during {} of them "
+              "(a health heartbeat, where there is one, commits every 10 s)".format(
+            n, writes["quiet_seconds"], writes["quiet_fsyncs"], writes["quiet_changes"]))
     else:
         print("  fsyncs not counted (no strace)")
     print("total {:.0f} s".format(time.monotonic() - started))

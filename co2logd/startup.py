@@ -7,6 +7,7 @@ start-up with one line, and leave no file behind.
 from __future__ import annotations
 
 import os
+import stat
 from typing import Iterable, Tuple, Union
 
 from co2logd.service import StartupError
@@ -39,6 +40,8 @@ def check_serial_devices(specs: Iterable[Union[str, Tuple[str, int]]]) -> None:
         device = parse_serial_spec(spec)[0] if isinstance(spec, str) else spec[0]
         if not os.path.exists(device):
             raise StartupError("co2logd: required serial device {} is missing".format(device))
+        if not stat.S_ISCHR(os.stat(device).st_mode):
+            raise StartupError("co2logd: required serial device {} is not a serial device (not a character device)".format(device))
         if not os.access(device, os.R_OK | os.W_OK):
             raise StartupError(
                 "co2logd: required serial device {} is not readable and writable "

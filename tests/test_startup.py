@@ -127,6 +127,18 @@ class StartupFailureTests(unittest.TestCase):
             "co2logd: required serial device /dev/ttyUSB-co2logd-missing is missing",
         )
 
+    def test_required_serial_device_not_a_tty(self):
+        """--serial-required naming a plain file: one line before any fork (it could not be opened as a port)."""
+
+        def plain_file(cwd):
+            open(os.path.join(cwd, "notatty"), "w").close()
+
+        return self.check_failure(
+            ["--http", "tcp:0:interface=127.0.0.1", "--serial-required", "notatty"],
+            "co2logd: required serial device notatty is not a serial device (not a character device)",
+            prepare=plain_file,
+        )
+
     def test_serial_required_setting(self):
         """SERIAL_REQUIRED = True in the config makes every --serial device required."""
 

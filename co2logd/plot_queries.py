@@ -33,6 +33,7 @@ from twisted.python.failure import Failure
 from co2logd import mtime, rollup
 from co2logd.db import StoreError, transaction
 from co2logd.names import quote_identifier
+from co2logd.payloads import text_value
 
 log = Logger()
 
@@ -755,12 +756,9 @@ def _value_forms(value: Any) -> List[Any]:
     """A filter value as text and as the number it reads as: matches however the column stored it."""
     text = str(value)
     forms = [value, text]
-    for kind in (int, float):
-        try:
-            forms.append(kind(text))
-            break
-        except ValueError:
-            continue
+    number = text_value(text)  # as an upload's cell reads: never an integer SQLite cannot bind
+    if isinstance(number, (int, float)):
+        forms.append(number)
     return forms
 
 

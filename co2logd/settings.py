@@ -403,6 +403,8 @@ KEYS: Dict[str, Key] = {
     "DASHBOARD_TIME_COL": Key(None, _kind_optional_identifier, "column whose converted time places a row on the dashboard and /plot (default: the first of TIME_COLS holding a time; else the upload time)"),
     "DASHBOARD_UNITS": Key({}, _kind_unit_map, "units shown on dashboard panels by column, like {'co2': 'ppm'} (default: from the column name, as the OpenSenseMap mapping reads it)"),
     "DASHBOARD_CACHE_SECONDS": Key(2.0, _kind_non_negative_number, "identical dashboard views within this many seconds share one render (0: render each)"),
+    "VIEWS_PER_SECOND": Key(20, _kind_non_negative_number, "dashboard pages and /plot images served per second, all clients together; more wait their turn, so pollers cannot crowd out uploads (0: no pacing)"),
+    "VIEWS_MAX_WAIT_SECONDS": Key(5.0, _kind_non_negative_number, "a view that would wait longer than this for its turn is refused at once (503 busy, Retry-After)"),
     "PLOT_MAX_SERIES": Key(6, _kind_positive_int, "sources drawn as lines per plot, busiest first; the page says how many are left out"),
     "DASHBOARD_SILENT_SECONDS": Key(3600, _kind_positive_number, "a source not heard from for this many seconds is marked silent"),
     "DASHBOARD_REFRESH_SECONDS": Key(60, _kind_non_negative_number, "the dashboard reloads itself this often (0: never)"),

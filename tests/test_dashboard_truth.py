@@ -182,6 +182,18 @@ class SeriesTests(TruthMixin, unittest.TestCase):
         self.assertEqual(sorted(g.get("data-source") for g in legend), ["garden", "kitchen"])
 
     @defer.inlineCallbacks
+    def test_filter_values_beyond_sqlite_integers_match_nothing_and_never_fail(self):
+        """``?source=`` and ``?box=`` with 30-digit numbers: the dashboard and /plot answer 200 with no line."""
+        self.start()
+        yield self.two_boxes()
+        huge = "9" * 30
+        for query in ("?source=" + huge, "?box=" + huge, "?box=-" + huge):
+            page = yield self.page(query)
+            self.assertEqual(list(panels(page)["co2"].iter(SVG + "path")), [])
+            status, _, _ = yield self.get("/plot" + query)
+            self.assertEqual(status, 200)
+
+    @defer.inlineCallbacks
     def test_filters_narrow_to_one_source_and_latest_follows(self):
         """``?box=garden``: one line, and the latest values are garden's, with its time."""
         self.start()

@@ -18,6 +18,7 @@ from co2logd.metrics import Metrics
 from co2logd.web.access import DataAccess, GuardedResource
 from co2logd.web.common import allowed_methods
 from co2logd.web.dashboard import DashboardResource, static_directory
+from co2logd.web.pacing import PacedResource, ViewPacer
 from co2logd.web.download import DownloadResource
 from co2logd.web.guard import GuardedSite
 from co2logd.web.pages import UploadHelpResource
@@ -131,15 +132,19 @@ def make_root(settings, ingest, store, clock, extra_children=None, services=()) 
     # DOWNLOAD_REQUIRES_AUTH covers every route that shows data (co2logd.web.access)
     access = DataAccess(settings, ingest, clock)
     checker = HealthChecker(settings, store, clock, services, sources)
+    # dashboard pages and plots take their turn, so readers cannot crowd out uploads (co2logd.web.pacing)
+    pacer = ViewPacer(clock, settings.VIEWS_PER_SECOND, settings.VIEWS_MAX_WAIT_SECONDS)
     index = GuardedResource(
-        DashboardResource(settings, store, clock, sources, services), access, PublicIndexResource(settings, store)
+        PacedResource(DashboardResource(settings, store, clock, sources, services), pacer),
+        access,
+        PublicIndexResource(settings, store),
     )
     root.putChild(b"", index)
     root.putChild(b"index", index)
     root.putChild(b"upload", UploadResource(ingest))
     root.putChild(b"download", GuardedResource(DownloadResource(settings, store, ingest, clock), access))
     root.putChild(b"uploadhelp", UploadHelpResource(settings))
-    root.putChild(b"plot", GuardedResource(PlotResource(settings, store, clock), access))
+    root.putChild(b"plot", GuardedResource(PacedResource(PlotResource(settings, store, clock), pacer), access))
     root.putChild(b"health", GuardedResource(HealthResource(checker), access, PublicHealthResource(checker)))
     root.putChild(b"metrics", GuardedResource(MetricsResource(Metrics(settings, ingest, store, clock, services)), access))
     root.putChild(b"static", StaticFiles(static_directory(), defaultType="application/octet-stream"))

@@ -5,7 +5,7 @@ interface, one upload per sensor in co2logserver's columns format with a
 ``time`` column (as a logger that buffers a day would), then screenshot the
 dashboard's default view ``/`` with headless Chromium.
 
-Usage: python docs/dashboard_screenshot.py [--width 1000] [--height 1340]
+Usage: python docs/dashboard_screenshot.py [--width 1000] [--height 1380]
 (needs /usr/bin/chromium)
 """
 
@@ -73,7 +73,7 @@ def day_of(box: str, end: int, rng: random.Random) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--width", type=int, default=1000, help="browser window width in CSS px (default 1000)")
-    parser.add_argument("--height", type=int, default=1340, help="browser window height in CSS px (default 1340)")
+    parser.add_argument("--height", type=int, default=1380, help="browser window height in CSS px (default 1380)")
     parser.add_argument("--output", default=os.path.join(HERE, "dashboard.png"))
     args = parser.parse_args()
     work = tempfile.mkdtemp(prefix="co2logd-shot-")

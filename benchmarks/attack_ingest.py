@@ -45,16 +45,13 @@ import msgpack
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
+
+from run import free_port  # noqa: E402
 SALTS = ["salt-one", "salt-two", "salt-three"]
 MIB = 1024 * 1024
 
 
-def free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def attacks() -> Dict[str, Tuple[bytes, List[Tuple[str, str]]]]:

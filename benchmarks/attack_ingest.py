@@ -47,7 +47,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 
-from run import free_port  # noqa: E402
+from run import Server, free_port  # noqa: E402
 SALTS = ["salt-one", "salt-two", "salt-three"]
 MIB = 1024 * 1024
 
@@ -87,41 +87,15 @@ def status_kb(pid: int, key: str) -> int:
     return 0
 
 
-class Server:
-    """``python -m co2logd`` from a checkout, on a fresh database."""
-
-    def __init__(self, repo: str, work: str):
-        self.port = free_port()
-        config = os.path.join(work, "config.py")
-        with open(config, "w") as f:
-            f.write("CO2LOGSERVER_CHECKSUM_SALTS = {!r}\n".format(SALTS))
-        db = os.path.join(work, "attack-{}.sqlite".format(self.port))
-        env = dict(os.environ, PYTHONPATH=repo)
-        env.pop("CO2LOGSERVER_CONFIG", None)
-        self.log = open(os.path.join(work, "server.log"), "ab")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "co2logd", "--http", "tcp:{}:interface=127.0.0.1".format(self.port), "--db", db, "-c", config],
-            cwd=work, env=env, stdout=self.log, stderr=subprocess.STDOUT,
-        )
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                return
-            except OSError:
-                if self.process.poll() is not None or time.monotonic() > deadline:
-                    raise SystemExit("co2logd did not start; see " + self.log.name)
-                time.sleep(0.05)
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self.log.close()
+def start_server(repo: str, work: str) -> Server:
+    """``python -m co2logd`` from a checkout, on a fresh database, with the salts of the attacks."""
+    port = free_port()
+    config = os.path.join(work, "config.py")
+    with open(config, "w") as f:
+        f.write("CO2LOGSERVER_CHECKSUM_SALTS = {!r}\n".format(SALTS))
+    db = os.path.join(work, "attack-{}.sqlite".format(port))
+    argv = [sys.executable, "-m", "co2logd", "--http", "tcp:{}:interface=127.0.0.1".format(port), "--db", db, "-c", config]
+    return Server("co2logd", argv, work, port, {"PYTHONPATH": repo}, os.path.join(work, "server.log"))
 
 
 def request(port: int, method: str, path: str, body: Optional[bytes] = None, headers=None, timeout: float = 600) -> Tuple[int, bytes]:
@@ -152,7 +126,7 @@ def probe(port: int, stop: threading.Event, waits: List[float]) -> None:
 
 
 def run_attack(repo: str, work: str, name: str, body: bytes, headers: List[Tuple[str, str]]) -> Dict[str, object]:
-    server = Server(repo, work)
+    server = start_server(repo, work)
     try:
         pid = server.process.pid
         request(server.port, "GET", "/no-such-page")  # warm up

@@ -7,7 +7,6 @@ the SVG drawing; end-to-end tests fetch every page from a real port.
 
 from __future__ import annotations
 
-import bisect
 import datetime
 import json
 import random
@@ -21,7 +20,7 @@ from twisted.internet import defer, reactor
 from twisted.trial import unittest
 
 from co2logd import rollup
-from co2logd.plot import Panel, bucket_edges, path_points, render_svg
+from co2logd.plot import Panel, path_points, render_svg
 from co2logd.store import upload_time_index
 from co2logd.timerange import TimeRange, TimeRangeError, parse_time, time_text
 from co2logd.transports.serial import SerialService

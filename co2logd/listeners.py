@@ -17,12 +17,15 @@ from twisted.internet import defer
 from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IStreamServerEndpoint
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from co2logd.net import host_port
+from co2logd.status.interfaces import IHealthReporter
 
 log = Logger()
 
 
+@implementer(IHealthReporter)
 class EndpointListener(Service):
     """
     Listens with one server endpoint while running.

@@ -18,9 +18,11 @@ import treq
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import defer, reactor
 from twisted.trial import unittest
+from zope.interface import implementer
 
 from co2logd import rollup
 from co2logd.plot import Panel, path_points, render_svg
+from co2logd.status.interfaces import IForwarderStats
 from co2logd.store import upload_time_index
 from co2logd.timerange import TimeRange, TimeRangeError, parse_time, time_text
 from co2logd.transports.serial import SerialService
@@ -214,8 +216,9 @@ class DrawingTests(unittest.TestCase):
         self.assertIn("00:00", labels)
 
 
+@implementer(IForwarderStats)
 class FakeUploader:
-    """Stands in for the OpenSenseMap uploader: the name and counters /metrics reads."""
+    """Stands in for the OpenSenseMap uploader: the counters /metrics reads."""
 
     name = "osem-uploader"
 

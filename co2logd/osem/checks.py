@@ -15,6 +15,9 @@ from typing import Any, Callable, Dict, NamedTuple, Optional
 
 from twisted.application.service import Service
 from twisted.logger import Logger, LogLevel
+from zope.interface import implementer
+
+from co2logd.status.interfaces import IHealthReporter
 
 log = Logger()
 
@@ -57,6 +60,7 @@ def osem_problem(settings, import_module: Callable[[str], Any] = _import) -> Opt
     return None
 
 
+@implementer(IHealthReporter)
 class OsemMisconfigured(Service):
     """
     Stands in for the uploader when forwarding cannot work: logs the problem

@@ -36,6 +36,7 @@ from twisted.internet import defer, task
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
+from zope.interface import implementer
 
 from co2logd.logs import gate
 from co2logd.osem.client import (
@@ -48,6 +49,7 @@ from co2logd.osem.client import (
     ServerTrouble,
 )
 from co2logd.osem.mapping import Entry
+from co2logd.status.interfaces import IForwarderStats
 
 log = Logger(observer=gate)
 
@@ -96,6 +98,7 @@ def _daemon_thread(*args, **kwargs) -> threading.Thread:
     return thread
 
 
+@implementer(IForwarderStats)
 class OsemUploader(Service):
     """
     Drains the store's outbox to the OpenSenseMap (see the module docstring).

@@ -59,12 +59,14 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from co2logd import payloads
 from co2logd.auth import salted_checksum
 from co2logd.errors import IngestError, bad_request
 from co2logd.logs import gate
 from co2logd.payloads import text_value
+from co2logd.status.interfaces import IHealthReporter, ISerialDeviceStats
 from co2logd.transports.counters import Counters, InFlight, RejectLog
 from co2logd.transports.framing import MAX_HEADER_LINES, error_reply, header_value, parse_header_line
 from co2logd.transports.sequence import NEW, SequenceTracker, sequence_number
@@ -398,6 +400,7 @@ def describe_open_error(error: BaseException) -> str:
     return str(error) or type(error).__name__
 
 
+@implementer(IHealthReporter, ISerialDeviceStats)
 class SerialService(Service):
     """
     Keeps one serial device open while running.
@@ -411,6 +414,8 @@ class SerialService(Service):
     instead (``makeService`` checks it exists before that).  With ``SERIAL_WATCHDOG_SECONDS`` a port
     that sends nothing for that long is closed and reopened.
     """
+
+    kind = "serial"
 
     def __init__(self, device: str, baud: int, ingest, reactor, settings, port_factory=open_serial_port, required: bool = False):
         self.device = device
@@ -534,6 +539,11 @@ class SerialService(Service):
             waits.append(self._closed)
             self.port.loseConnection()
         return defer.gatherResults(waits).addCallback(lambda _: None)
+
+    @property
+    def connected(self) -> bool:
+        """True while the device is open."""
+        return self.port is not None
 
     def health(self) -> Dict[str, Any]:
         """``ok`` while the device is open; else the reason, and that it is waited for."""

@@ -21,11 +21,13 @@ from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from co2logd import payloads
 from co2logd.errors import IngestError
 from co2logd.logs import gate
 from co2logd.net import host_port
+from co2logd.status.interfaces import IHealthReporter, IListenerStats
 from co2logd.transports.counters import Counters, InFlight, RejectLog
 from co2logd.transports.framing import Frame, error_reply, split_message
 from co2logd.transports.sequence import IN_FLIGHT, NEW, SequenceTracker, sequence_number
@@ -212,6 +214,7 @@ def effective_receive_buffer(reported: int) -> int:
     return reported // 2 if sys.platform.startswith("linux") else reported
 
 
+@implementer(IHealthReporter, IListenerStats)
 class UDPService(Service):
     """
     Listens on one UDP port while running.
@@ -221,6 +224,8 @@ class UDPService(Service):
     raises ``CannotListenError`` at start-up.  Stopping stops
     listening and waits for uploads still on their way to the database.
     """
+
+    kind = "udp"
 
     def __init__(self, port: int, interface: str, ingest, reactor, settings):
         self.port_number = port
@@ -286,6 +291,13 @@ class UDPService(Service):
     def stats(self) -> Dict[str, Any]:
         """The protocol's counters."""
         return self.protocol.stats()
+
+    def health(self) -> Dict[str, Any]:
+        """``ok`` while listening."""
+        report: Dict[str, Any] = {"name": self.name, "kind": self.kind, "ok": self.listening is not None}
+        if self.listening is None:
+            report["reason"] = "{} is not listening".format(self.name)
+        return report
 
 
 def udp_service(spec, ingest, reactor, settings) -> UDPService:

@@ -24,7 +24,7 @@ from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
-from co2logd.activity import SourceTracker
+from co2logd.status.sources import SourceTracker
 from co2logd.mtime import time_columns
 from co2logd.plot import HTML_AREA, bucket_edges, colours_for, render_html_legend, render_html_panel
 from co2logd.timerange import TimeRangeError, human_age

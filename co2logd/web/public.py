@@ -17,7 +17,7 @@ from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
-from co2logd.health import HealthChecker
+from co2logd.status.health import HealthChecker
 from co2logd.web.common import escape, finish_quietly, page
 
 log = Logger()

@@ -12,9 +12,9 @@ from twisted.web.resource import Resource
 
 from twisted.web.static import File
 
-from co2logd.activity import SourceTracker
-from co2logd.health import HealthChecker
-from co2logd.metrics import Metrics
+from co2logd.status.sources import SourceTracker
+from co2logd.status.health import HealthChecker
+from co2logd.status.metrics import Metrics
 from co2logd.web.access import DataAccess, GuardedResource
 from co2logd.web.common import allowed_methods
 from co2logd.web.dashboard import DashboardResource, static_directory
@@ -125,7 +125,7 @@ def make_root(settings, ingest, store, clock, extra_children=None, services=()) 
     The co2logserver routes, the dashboard, /plot, /health, /metrics and
     /static (plus whatever later features add).  ``services`` is the daemon's
     root MultiService: /health and /metrics read its children at request time
-    (see :mod:`co2logd.health`, :mod:`co2logd.metrics`).
+    (see :mod:`co2logd.status.health`, :mod:`co2logd.status.metrics`).
     """
     root = Resource()
     sources = SourceTracker(store, settings, clock)

@@ -9,8 +9,8 @@ from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
-from co2logd.health import HealthChecker
-from co2logd.metrics import Metrics
+from co2logd.status.health import HealthChecker
+from co2logd.status.metrics import Metrics
 from co2logd.web.common import error_reply, finish_quietly
 
 log = Logger()
@@ -42,7 +42,7 @@ class HealthResource(Resource):
 
 
 class MetricsResource(Resource):
-    """The registry of one :class:`~co2logd.metrics.Metrics` in the text exposition format."""
+    """The registry of one :class:`~co2logd.status.metrics.Metrics` in the text exposition format."""
 
     isLeaf = True
 

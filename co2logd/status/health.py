@@ -1,18 +1,8 @@
 """
-What /health reports, and the small interface services use to report it.
-
-A service in the daemon's service tree takes part by duck typing: if it has
-a ``health()`` method, that method returns a :class:`ComponentHealth`-shaped
-mapping::
-
-    {"name": "serial /dev/ttyUSB0", "kind": "serial", "ok": False,
-     "reason": "serial device /dev/ttyUSB0 is not connected", ...more fields}
-
-The serial service and the HTTP listeners have ``health()``.  Services
-without it are understood from what they already expose: a ``stats()``
-mapping with ``"connected"``, a ``listening`` attribute (the UDP service), or
-being a running listener whose name starts with ``http`` (strports services
-of a ``.tac`` file).  Anything else is ignored.
+What /health reports: the database, every service that provides
+:class:`~co2logd.status.interfaces.IHealthReporter` (HTTP, UDP and serial
+listeners, the OpenSenseMap stand-in when forwarding cannot work), the
+sources heard from, and the OpenSenseMap outbox.
 """
 
 from __future__ import annotations
@@ -21,54 +11,23 @@ from typing import Any, Dict, Iterable, List, Optional
 
 from twisted.internet import defer
 from twisted.logger import Logger
-from zope.interface import Attribute, Interface
 
-from co2logd.activity import Source, SourceTracker
+from co2logd.status.interfaces import IHealthReporter
+from co2logd.status.sources import Source, SourceTracker
 
 log = Logger()
 
 
-class IHealthReporter(Interface):
-    """Optional interface of services that know whether they work (duck typed, not checked)."""
-
-    name = Attribute("The service name, shown in the report")
-
-    def health() -> Dict[str, Any]:
-        """``{"name", "kind", "ok": bool, "reason": str when not ok, ...}``"""
-
-
 def component_health(service: Any) -> Optional[Dict[str, Any]]:
-    """The health of one service, or None when it reports nothing."""
-    name = getattr(service, "name", None) or type(service).__name__
-    report = getattr(service, "health", None)
-    if callable(report):
-        return dict(report())
-    stats = getattr(service, "stats", None)
-    if callable(stats):
-        try:
-            values = stats()
-        except Exception:
-            log.failure("stats() of {name} failed", name=name)
-            return {"name": name, "kind": "unknown", "ok": False, "reason": "{} cannot report its state".format(name)}
-        if isinstance(values, dict) and "connected" in values:
-            ok = bool(values["connected"])
-            out = {"name": name, "kind": "serial", "ok": ok, "opened": values.get("opened")}
-            if not ok:
-                out["reason"] = "{} is not connected".format(name)
-            return out
-    if hasattr(service, "listening"):
-        ok = service.listening is not None
-        out = {"name": name, "kind": "udp", "ok": ok}
-        if not ok:
-            out["reason"] = "{} is not listening".format(name)
-        return out
-    if str(name).startswith("http"):
-        ok = bool(getattr(service, "running", False))
-        out = {"name": name, "kind": "http", "ok": ok}
-        if not ok:
-            out["reason"] = "{} is not running".format(name)
-        return out
-    return None
+    """The health of one service, or None when it reports none."""
+    if not IHealthReporter.providedBy(service):
+        return None
+    try:
+        return dict(service.health())
+    except Exception:
+        name = getattr(service, "name", None) or type(service).__name__
+        log.failure("health() of {name} failed", name=name)
+        return {"name": name, "kind": "unknown", "ok": False, "reason": "{} cannot report its state".format(name)}
 
 
 def silent_reasons(sources: Iterable[Source], unheard: List[str], now: float, settings) -> List[str]:

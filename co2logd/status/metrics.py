@@ -4,12 +4,13 @@ Prometheus metrics, exposed by ``GET /metrics`` through ``prometheus_client``.
 Each :class:`Metrics` has a registry of its own (not the process-wide
 default), so several sites in one process, as in the tests, never collide.
 Most values are read at scrape time from what the services already count
-(duck typing, nothing is registered by them):
+(nothing is registered by them):
 
 * the ingest service's ``counters`` (uploads, rows, rejects by transport),
-* services with ``stats()``: serial (``connected``, ``opened``,
-  ``watchdog_reopens``) and UDP listeners (per-source ``messages``/``rejects``),
-* a service with ``counters`` and ``name == "osem-uploader"``,
+* listeners providing :class:`~co2logd.status.interfaces.IListenerStats`
+  (per-source ``messages``/``rejects``; serial devices also
+  :class:`~co2logd.status.interfaces.ISerialDeviceStats`),
+* the uploader, which provides :class:`~co2logd.status.interfaces.IForwarderStats`,
 * the store's ``write_stats`` (group commit) and the outbox statistics,
   fetched from the database just before each scrape.
 
@@ -26,6 +27,8 @@ from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from twisted.internet import defer
 from twisted.logger import Logger
+
+from co2logd.status.interfaces import IForwarderStats, IListenerStats, ISerialDeviceStats
 
 log = Logger()
 
@@ -95,35 +98,32 @@ class _Collector:
         messages = CounterMetricFamily("co2logd_transport_messages", "Messages (datagrams, lines) received, by listener", labels=["listener"])
         transport_rejects = CounterMetricFamily("co2logd_transport_rejects", "Messages refused by a listener, by reason", labels=["listener", "reason"])
         for service in list(self.metrics.services):
-            stats = getattr(service, "stats", None)
-            if not callable(stats):
+            if not IListenerStats.providedBy(service):
                 continue
             try:
-                values = stats()
+                values = service.stats()
             except Exception:
-                log.failure("stats() of {name} failed", name=getattr(service, "name", service))
+                log.failure("stats() of {name} failed", name=service.name)
                 continue
-            name = getattr(service, "name", None) or type(service).__name__
-            sources = values.get("sources", {}) if isinstance(values, dict) else {}
+            sources = values.get("sources", {})
             total = sum(s.get("messages", 0) for s in sources.values())
             reasons: Dict[str, int] = {}
             for s in sources.values():
                 for reason, n in s.get("rejects", {}).items():
                     reasons[reason] = reasons.get(reason, 0) + n
-            messages.add_metric([name], total)
+            messages.add_metric([service.name], total)
             for reason, n in sorted(reasons.items()):
-                transport_rejects.add_metric([name, reason], n)
-            if "connected" in values:
-                device = getattr(service, "device", name)
-                serial_connected.add_metric([device], 1 if values["connected"] else 0)
-                serial_reconnects.add_metric([device], max(0, values.get("opened", 0) - 1))
-            elif hasattr(service, "listening"):
-                datagrams.add_metric([name], total)
+                transport_rejects.add_metric([service.name, reason], n)
+            if ISerialDeviceStats.providedBy(service):
+                serial_connected.add_metric([service.device], 1 if service.connected else 0)
+                serial_reconnects.add_metric([service.device], max(0, service.opened - 1))
+            elif service.kind == "udp":
+                datagrams.add_metric([service.name], total)
         yield from (serial_connected, serial_reconnects, datagrams, messages, transport_rejects)
 
     def _uploader(self):
         for service in list(self.metrics.services):
-            if getattr(service, "name", None) == "osem-uploader" and isinstance(getattr(service, "counters", None), dict):
+            if IForwarderStats.providedBy(service):
                 events = CounterMetricFamily(
                     "co2logd_osem_events",
                     "OpenSenseMap uploader: requests, failures, measurements delivered and dead-lettered",

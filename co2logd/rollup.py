@@ -10,7 +10,7 @@ minute, so the answer is the exact min and max of the bucket's rows while
 a bucket spanning days reads a few dozen summaries instead of every row.
 
 Times here are integer microseconds since the epoch (UTC), so period edges
-are exact; the store compares them as stored text (:func:`co2logd.timerange.time_text`).
+are exact; the store compares them as stored text (:func:`co2logd.charts.timerange.time_text`).
 No SQL, no reactor.
 """
 
@@ -165,7 +165,7 @@ def whole_range_piece(bounds: Sequence[float]) -> Optional[Piece]:
 
 
 def text_of(us: int) -> str:
-    """Microseconds since the epoch as :func:`co2logd.timerange.time_text` writes them."""
+    """Microseconds since the epoch as :func:`co2logd.charts.timerange.time_text` writes them."""
     when = EPOCH + datetime.timedelta(microseconds=us)
     return when.isoformat(" ", timespec="microseconds" if when.microsecond else "seconds")
 

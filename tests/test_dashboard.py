@@ -21,10 +21,10 @@ from twisted.trial import unittest
 from zope.interface import implementer
 
 from co2logd import rollup
-from co2logd.plot import Panel, path_points, render_svg
+from co2logd.charts.svg import Panel, path_points, render_svg
 from co2logd.status.interfaces import IForwarderStats
 from co2logd.store import upload_time_index
-from co2logd.timerange import TimeRange, TimeRangeError, parse_time, time_text
+from co2logd.charts.timerange import TimeRange, TimeRangeError, parse_time, time_text
 from co2logd.transports.serial import SerialService
 from co2logd.transports.testing import FakeSerialDevices
 from co2logd.web.site import make_site

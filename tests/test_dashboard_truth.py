@@ -21,7 +21,7 @@ from twisted.internet import defer, reactor, task
 from twisted.trial import unittest
 
 from co2logd import mtime
-from co2logd.plot import HTML_AREA, OKABE_ITO
+from co2logd.charts.svg import HTML_AREA, OKABE_ITO
 from co2logd.store import Store
 from co2logd.web.plot import main_columns, unit_for
 from tests.helpers import SiteMixin, StoreMixin, make_settings
@@ -456,7 +456,7 @@ class EdgeTests(unittest.TestCase):
 
     def test_edges(self):
         """Long buckets get whole-minute or whole-hour inner edges, never more buckets than asked; short ones stay even."""
-        from co2logd.plot import bucket_edges
+        from co2logd.charts.svg import bucket_edges
 
         since, until = 1714521600.5 - DAY, 1714521600.5
         edges = bucket_edges(since, until, 800)

@@ -14,7 +14,7 @@ import xml.etree.ElementTree as ET
 from twisted.internet import defer, reactor
 from twisted.trial import unittest
 
-from co2logd.plot import plot_area_width
+from co2logd.charts.svg import plot_area_width
 from co2logd.web.site import make_site
 from tests.helpers import SiteMixin, make_settings
 

@@ -15,7 +15,7 @@ from twisted.internet import defer, reactor, task
 from twisted.trial import unittest
 
 from co2logd.status.sources import SourceTracker, trim_found
-from co2logd.timerange import time_text
+from co2logd.charts.timerange import time_text
 from co2logd.transports.udp import udp_service
 from co2logd.web.site import make_site
 from tests.helpers import SiteMixin, StoreMixin, make_settings

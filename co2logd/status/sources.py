@@ -29,7 +29,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from twisted.internet import defer
 
-from co2logd.timerange import parse_stored_time
+from co2logd.charts.timerange import parse_stored_time
 
 SourceKey = Tuple[Optional[str], Any]  # (transport, box)
 

@@ -1,8 +1,7 @@
-"""Small helpers shared by the resources: JSON replies, HTML escaping, query args."""
+"""Small helpers shared by the resources: JSON replies, query args, finishing (HTML is in :mod:`.html`)."""
 
 from __future__ import annotations
 
-import html
 import json
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -28,11 +27,6 @@ def error_reply(request: Request, status: int, message: str, reason: Optional[st
     return json_reply(request, status, body)
 
 
-def escape(value: Any) -> str:
-    """HTML-escape any value (None as empty)."""
-    return html.escape("" if value is None else str(value))
-
-
 def header_pairs(request: Request) -> List[Tuple[bytes, bytes]]:
     """Every request header as a (name, value) pair, repeated names kept."""
     return [(name, value) for name, values in request.requestHeaders.getAllRawHeaders() for value in values]
@@ -45,19 +39,6 @@ def query_args(request: Request) -> Dict[str, str]:
         for k, v in (request.args or {}).items()
         if v
     }
-
-
-def page(title: str, body: str, head: str = "") -> bytes:
-    """A minimal, phone-readable HTML page."""
-    return (
-        "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\">"
-        "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
-        "<title>{title}</title>"
-        "<style>body{{font-family:sans-serif;margin:1em;max-width:70em}}"
-        "table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:2px 6px}}"
-        "pre{{background:#eee;padding:10px;overflow-x:auto}}</style>{head}</head>"
-        "<body>{body}</body></html>\n"
-    ).format(title=escape(title), body=body, head=head).encode("utf-8")
 
 
 def finish_quietly(request: Request, data: Optional[bytes] = None) -> None:

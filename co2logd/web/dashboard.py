@@ -26,9 +26,10 @@ from twisted.web.server import NOT_DONE_YET
 
 from co2logd.status.sources import SourceTracker
 from co2logd.mtime import time_columns
-from co2logd.plot import HTML_AREA, bucket_edges, colours_for, render_html_legend, render_html_panel
-from co2logd.timerange import TimeRangeError, human_age
-from co2logd.web.common import escape, finish_quietly, page, query_args
+from co2logd.charts.svg import HTML_AREA, bucket_edges, colours_for, render_html_legend, render_html_panel
+from co2logd.charts.timerange import TimeRangeError, human_age
+from co2logd.web.common import finish_quietly, query_args
+from co2logd.web.html import escape, page
 from co2logd.web.plot import PlotError, PlotSpec, main_columns, plot_panels, plot_query, resolve_range
 
 log = Logger()

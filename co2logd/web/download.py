@@ -8,7 +8,7 @@ and written ``DOWNLOAD_CHUNK_ROWS`` at a time by a producer
 (:mod:`co2logd.web.producer`), only as fast as the client reads them.
 
 co2logd adds (issue 5): ``since``/``until`` on the upload time (``24h``,
-``2024-05-01``, UNIX seconds; see :mod:`co2logd.timerange`), ``box=`` and
+``2024-05-01``, UNIX seconds; see :mod:`co2logd.charts.timerange`), ``box=`` and
 ``source=`` (the transport column) filters, and paging: ``after=<rowid>``
 returns the rows after that rowid in rowid order (``after=0`` for the first
 page, ``number`` rows per page) and, when more follow, a
@@ -33,8 +33,9 @@ from twisted.web.server import NOT_DONE_YET
 from co2logd.ingest import json_default
 from co2logd.payloads import text_value
 from co2logd.store import Query
-from co2logd.timerange import TimeRangeError, parse_time, time_text
-from co2logd.web.common import error_reply, escape, finish_quietly, query_args
+from co2logd.charts.timerange import TimeRangeError, parse_time, time_text
+from co2logd.web.common import error_reply, finish_quietly, query_args
+from co2logd.web.html import PAGE_END, escape, page_start
 from co2logd.web.formulas import neutralise_cell
 from co2logd.web.producer import RowProducer
 
@@ -154,12 +155,8 @@ class TableWriter:
         others = {k: v for k, v in self.args.items() if k != "format"}
         csv_link = "/download?" + urlencode(dict(others, format="csv"))
         json_link = "/download?" + urlencode(dict(others, format="json"))
-        return (
-            "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\">"
-            "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
-            "<title>{name} - Data</title><style>body{{font-family:sans-serif;margin:1em}}"
-            "table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:2px 6px}}</style>"
-            "</head><body><h1>{name} - Data</h1><p><a href=\"/\">Home Page</a> · "
+        top = (
+            "<h1>{name} - Data</h1><p><a href=\"/\">Home Page</a> · "
             "<a href=\"{csv}\">Download as CSV</a> · <a href=\"{json}\">as JSON</a></p>"
             "<table>\n<tr>{th}</tr>\n"
         ).format(
@@ -167,7 +164,9 @@ class TableWriter:
             csv=escape(csv_link),
             json=escape(json_link),
             th="".join("<th>{}</th>".format(escape(h)) for h in self.header),
-        ).encode("utf-8")
+        )
+        # wide tables use the whole window
+        return (page_start(self.name + " - Data", max_width=None) + top).encode("utf-8")
 
     def rows(self, rows: List[tuple]) -> bytes:
         if self.fmt == "csv":
@@ -189,7 +188,7 @@ class TableWriter:
         if self.fmt == "json":
             return b"\n]\n"
         more = '<p><a rel="next" href="{}">Next page</a></p>\n'.format(escape(self.next_link)) if self.next_link else ""
-        return "</table>\n{}</body></html>\n".format(more).encode("utf-8")
+        return ("</table>\n" + more + PAGE_END).encode("utf-8")
 
     def _csv(self, rows) -> bytes:
         if self.neutralise_formulas:

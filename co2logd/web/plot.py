@@ -4,7 +4,7 @@
 ``/plot?cols=co2,temperature&since=24h&until=…&box=…&source=…&width=800&height=180``.
 The database reduces the range to min/max per pixel-wide bucket of
 measurement time and per source (:meth:`co2logd.store.Store.plot_series`),
-:mod:`co2logd.plot` draws a line per source.  ``since=all`` is the data's
+:mod:`co2logd.charts.svg` draws a line per source.  ``since=all`` is the data's
 own range.  The dashboard draws the same panels as HTML.
 
 The work and the answer are bounded before the query runs: a column asked
@@ -27,8 +27,8 @@ from twisted.web.server import NOT_DONE_YET
 
 from co2logd.payloads import text_value
 from co2logd.osem.mapping import Mapper
-from co2logd.plot import Panel, bands_for, bucket_edges, plot_area_width, render_svg
-from co2logd.timerange import TimeRange, TimeRangeError, time_text
+from co2logd.charts.svg import Panel, bands_for, bucket_edges, plot_area_width, render_svg
+from co2logd.charts.timerange import TimeRange, TimeRangeError, time_text
 from co2logd.web.common import error_reply, finish_quietly, query_args
 
 log = Logger()

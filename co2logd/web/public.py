@@ -18,7 +18,8 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
 from co2logd.status.health import HealthChecker
-from co2logd.web.common import escape, finish_quietly, page
+from co2logd.web.common import finish_quietly
+from co2logd.web.html import escape, page
 
 log = Logger()
 

@@ -1,8 +1,7 @@
-"""The resource tree and the Site, with a request that refuses oversized bodies early."""
+"""The resource tree and the Site (its limits are in :mod:`co2logd.web.limits`)."""
 
 from __future__ import annotations
 
-import io
 import json
 import os
 
@@ -20,8 +19,8 @@ from co2logd.web.common import allowed_methods
 from co2logd.web.dashboard import DashboardResource, static_directory
 from co2logd.web.pacing import PacedResource, ViewPacer
 from co2logd.web.download import DownloadResource
-from co2logd.web.guard import GuardedSite
-from co2logd.web.pages import UploadHelpResource
+from co2logd.web.limits import BoundedRequest, GuardedSite
+from co2logd.web.uploadhelp import UploadHelpResource
 from co2logd.web.plot import PlotResource
 from co2logd.web.public import PublicHealthResource, PublicIndexResource
 from co2logd.web.status import HealthResource, MetricsResource
@@ -30,34 +29,8 @@ from co2logd.web.upload import UploadResource
 log = Logger()
 
 
-class BoundedRequest(server.Request):
-    """
-    A request whose body may not exceed ``max_body`` bytes.
-
-    A larger ``Content-Length`` is answered with 413 at once, before the body
-    is read; a chunked body is cut off (and answered 413) as soon as it
-    passes the limit.  Either way the connection is closed.
-    """
-
-    max_body = 10 * 1024 * 1024
-
-    def gotLength(self, length):
-        self._body_bytes = 0
-        self._refused = False
-        if length is not None and length > self.max_body:
-            self._refuse(length)
-            self.content = io.BytesIO()
-            return
-        super().gotLength(length)
-
-    def handleContentChunk(self, data):
-        if self._refused:
-            return
-        self._body_bytes += len(data)
-        if self._body_bytes > self.max_body:
-            self._refuse(self._body_bytes)
-            return
-        super().handleContentChunk(data)
+class Co2logdRequest(BoundedRequest):
+    """A bounded request that answers methods a resource does not serve with co2logd's JSON 405."""
 
     def render(self, resrc):
         """
@@ -79,22 +52,6 @@ class BoundedRequest(server.Request):
         self.setHeader(b"content-length", str(len(body)).encode("ascii"))
         self.write(body)
         self.finish()
-
-    def _refuse(self, size):
-        self._refused = True
-        count = getattr(self.channel.site, "count", None)
-        if count is not None:
-            count("too-large")
-        log.info("Refused a body of at least {size} bytes (limit {limit})", size=size, limit=self.max_body)
-        body = json.dumps(
-            {"error": "The payload is larger than the limit of {} bytes (MAX_BODY_SIZE)".format(self.max_body), "reason": "too-large"}
-        ).encode("utf-8")
-        transport = self.channel.transport
-        transport.write(
-            b"HTTP/1.1 413 Payload Too Large\r\ncontent-type: application/json\r\n"
-            b"connection: close\r\ncontent-length: " + str(len(body)).encode() + b"\r\n\r\n" + body
-        )
-        transport.loseConnection()
 
 
 class OpenAPIResource(Resource):
@@ -156,11 +113,10 @@ def make_root(settings, ingest, store, clock, extra_children=None, services=()) 
 
 def make_site(settings, ingest, store, clock, extra_children=None, services=(), access_log=False) -> server.Site:
     """
-    A Site over :func:`make_root` whose requests honour ``MAX_BODY_SIZE``,
-    with the connection bound and request deadlines of :mod:`co2logd.web.guard`;
+    A Site over :func:`make_root` with the limits of :mod:`co2logd.web.limits`
+    (``MAX_BODY_SIZE``, ``HTTP_MAX_CONNECTIONS``, request deadlines);
     refusals are counted with the ingest service's HTTP rejects.
     """
-    request_factory = type("Request", (BoundedRequest,), {"max_body": settings.MAX_BODY_SIZE})
     rejects = ingest.counters["rejects"]
 
     def count(reason: str) -> None:
@@ -168,7 +124,8 @@ def make_site(settings, ingest, store, clock, extra_children=None, services=(), 
 
     site = GuardedSite(
         make_root(settings, ingest, store, clock, extra_children, services),
-        requestFactory=request_factory,
+        Co2logdRequest,
+        max_body=settings.MAX_BODY_SIZE,
         max_connections=settings.HTTP_MAX_CONNECTIONS,
         request_timeout=settings.HTTP_REQUEST_TIMEOUT,
         idle_timeout=settings.HTTP_IDLE_TIMEOUT,

@@ -1,7 +1,11 @@
 """
-HTTP limits below the resources: concurrent connections, and deadlines for
-receiving requests, so a slow-loris client cannot hold the server.
+Every HTTP limit below the resources: body size, concurrent connections, and
+deadlines for receiving requests, so neither a huge upload nor a slow-loris
+client can hold the server.
 
+* :class:`BoundedRequest` answers a body over ``max_body`` bytes with 413:
+  at once for a larger ``Content-Length``, as soon as a chunked body passes
+  the limit;
 * :class:`GuardedSite` answers a connection beyond ``max_connections`` with
   a 503 (``Retry-After``) and closes it at once;
 * :class:`GuardedChannel` gives each request ``request_timeout`` seconds
@@ -11,8 +15,8 @@ receiving requests, so a slow-loris client cannot hold the server.
   timeout (the Site's ``timeout``) applies.
 
 Each refusal is counted through the site's ``count(reason)`` callable
-(reasons ``too-many-connections``, ``request-timeout``) and answered with
-co2logd's error shape ``{"error": "..."}``.
+(reasons ``too-large``, ``too-many-connections``, ``request-timeout``) and
+answered with co2logd's error shape ``{"error": "...", "reason": "..."}``.
 
 On shutdown :meth:`GuardedSite.drain` lets requests in flight finish: idle
 connections are closed at once, a request being received or answered gets
@@ -24,12 +28,15 @@ the grace period is aborted.
 from __future__ import annotations
 
 import json
-from typing import Callable, List, Optional, Set
+import io
+from typing import Any, Callable, List, Optional, Set
 
 from twisted.internet import defer
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.web import http, server
+from twisted.web.iweb import INonQueuedRequestFactory
+from zope.interface import implementer
 
 from co2logd.net import host_port
 
@@ -50,6 +57,52 @@ def raw_error(status: int, phrase: str, message: str, reason: str, extra_headers
 
 def _ignore(reason: str) -> None:
     """The default ``count``: nothing is counted."""
+
+
+class BoundedRequest(server.Request):
+    """
+    A request whose body may not exceed ``max_body`` bytes.
+
+    A larger ``Content-Length`` is answered with 413 at once, before the body
+    is read; a chunked body is cut off (and answered 413) as soon as it
+    passes the limit.  Either way the refusal is counted with ``count`` and
+    the connection is closed.  :class:`GuardedSite` builds these with its
+    own limit and counter.
+    """
+
+    def __init__(self, channel: Any, *, max_body: int, count: Callable[[str], None] = _ignore):
+        super().__init__(channel)
+        self.max_body = max_body
+        self.count = count
+        self._body_bytes = 0
+        self._refused = False
+
+    def gotLength(self, length: Optional[int]) -> None:
+        if length is not None and length > self.max_body:
+            self._refuse(length)
+            self.content = io.BytesIO()
+            return
+        super().gotLength(length)
+
+    def handleContentChunk(self, data: bytes) -> None:
+        if self._refused:
+            return
+        self._body_bytes += len(data)
+        if self._body_bytes > self.max_body:
+            self._refuse(self._body_bytes)
+            return
+        super().handleContentChunk(data)
+
+    def _refuse(self, size: int) -> None:
+        self._refused = True
+        self.count("too-large")
+        log.info("Refused a body of at least {size} bytes (limit {limit})", size=size, limit=self.max_body)
+        transport = self.channel.transport
+        transport.write(raw_error(
+            413, "Payload Too Large",
+            "The payload is larger than the limit of {} bytes (MAX_BODY_SIZE)".format(self.max_body), "too-large",
+        ))
+        transport.loseConnection()
 
 
 class GuardedChannel(http.HTTPChannel):
@@ -109,7 +162,7 @@ class GuardedChannel(http.HTTPChannel):
                 request.responseHeaders.setRawHeaders(b"connection", [b"close"])
 
     def _arm(self) -> None:
-        timeout = getattr(self.factory, "request_timeout", None)
+        timeout = self.factory.request_timeout
         if timeout:
             self._deadline = self.callLater(timeout, self._too_slow)
 
@@ -171,10 +224,25 @@ class ShuttingDown(Protocol):
         self.transport.loseConnection()
 
 
+@implementer(INonQueuedRequestFactory)
+class _RequestFactory:
+    """What Twisted calls to make each request: one bounded by the site's limit, counted by the site."""
+
+    def __init__(self, site: "GuardedSite"):
+        self.site = site
+
+    def __call__(self, channel: Any) -> BoundedRequest:
+        site = self.site
+        return site.request_class(channel, max_body=site.max_body, count=site.count)
+
+
 class GuardedSite(server.Site):
     """
-    A Site that bounds its open connections and the time each request may take to arrive.
+    A Site that bounds request bodies, its open connections and the time
+    each request may take to arrive.
 
+    :param request_class: the :class:`BoundedRequest` subclass to build (with ``max_body`` and ``count``)
+    :param max_body: largest request body in bytes; larger ones are refused with 413
     :param max_connections: connections open at once; more are refused with 503
     :param request_timeout: seconds for a request to arrive whole (None: no bound)
     :param count: called with a reason for every refusal
@@ -187,9 +255,10 @@ class GuardedSite(server.Site):
 
     def __init__(
         self,
-        resource,
-        requestFactory=None,
+        resource: Any,
+        request_class: Callable[..., BoundedRequest] = BoundedRequest,
         *,
+        max_body: int,
         max_connections: int,
         request_timeout: Optional[float],
         idle_timeout: Optional[float],
@@ -202,8 +271,10 @@ class GuardedSite(server.Site):
         # no resource reads form fields from request.args: parsing every POST body
         # as a form would be wasted work on the upload path
         super().__init__(
-            resource, requestFactory=requestFactory, timeout=idle_timeout, reactor=reactor, parsePOSTFormSubmission=False
+            resource, requestFactory=_RequestFactory(self), timeout=idle_timeout, reactor=reactor, parsePOSTFormSubmission=False
         )
+        self.request_class = request_class
+        self.max_body = max_body
         self.access_log = access_log
         self.max_connections = max_connections
         self.request_timeout = request_timeout

@@ -12,7 +12,7 @@ from typing import Optional, Tuple
 from twisted.logger import Logger
 from twisted.web.resource import Resource
 
-from co2logd.web.common import escape, page
+from co2logd.web.html import escape, page
 
 log = Logger()
 

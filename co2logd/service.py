@@ -9,7 +9,7 @@ shutdown the listeners stop first and the database closes last.
 from __future__ import annotations
 
 import os
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence, Tuple, Union
 
 from twisted.application.service import MultiService, Service
 from twisted.internet import defer, endpoints
@@ -20,7 +20,12 @@ from co2logd import __version__
 from co2logd.ingest import IngestService
 from co2logd.listeners import EndpointListener
 from co2logd.logs import set_verbose
+from co2logd.osem.checks import OsemMisconfigured, osem_problem
+from co2logd.osem.mapping import outbox_entries_for
+from co2logd.settings import Settings
 from co2logd.store import Store, StoreError
+from co2logd.transports.serial import parse_serial_spec, serial_service
+from co2logd.transports.udp import parse_udp_spec, udp_service
 from co2logd.web.site import make_site
 
 log = Logger()
@@ -109,12 +114,12 @@ class Co2logdService(MultiService):
 
 
 def build_service(
-    settings,
-    reactor,
+    settings: Settings,
+    reactor: Any,
     http: Sequence[str] = ("tcp:8080",),
-    udp: Sequence[str] = (),
-    serial: Sequence[str] = (),
-    serial_required: Sequence[str] = (),
+    udp: Sequence[Union[str, Tuple[int, str]]] = (),
+    serial: Sequence[Union[str, Tuple[str, int]]] = (),
+    serial_required: Sequence[Union[str, Tuple[str, int]]] = (),
     verbose: bool = False,
     store: Optional[Store] = None,
     config_file: Optional[str] = None,
@@ -124,7 +129,8 @@ def build_service(
 
     The database schema is prepared here, synchronously, so a bad database
     stops start-up before the reactor runs.  ``http`` are Twisted server
-    endpoint strings; ``udp`` and ``serial`` the specs of ``--udp``/``--serial``.
+    endpoint strings; ``udp`` and ``serial`` the values of ``--udp``/``--serial``,
+    parsed (as the tap gives them) or as spec strings (as a ``.tac`` may).
     Nothing listens yet: call the root's ``bind()`` (or start it).
     """
     set_verbose(verbose)
@@ -150,11 +156,12 @@ def build_service(
         ingest.stored_observers.append(lambda receipt: receipt.osem_queued and uploader.nudge())
         uploader.setServiceParent(root)
 
-    for spec in udp:
-        _udp_service(spec, ingest, reactor, settings).setServiceParent(root)
-    required = set(serial_required)
-    for spec in serial:
-        _serial_service(spec, ingest, reactor, settings, spec in required or settings.SERIAL_REQUIRED).setServiceParent(root)
+    for port, interface in (parse_udp_spec(s) if isinstance(s, str) else s for s in udp):
+        udp_service((port, interface), ingest, reactor, settings).setServiceParent(root)
+    required = {parse_serial_spec(s) if isinstance(s, str) else tuple(s) for s in serial_required}
+    for device, baud in (parse_serial_spec(s) if isinstance(s, str) else s for s in serial):
+        must_exist = (device, baud) in required or settings.SERIAL_REQUIRED
+        serial_service((device, baud), ingest, reactor, settings, required=must_exist).setServiceParent(root)
 
     if http:
         site = make_site(settings, ingest, store, reactor, services=root, access_log=verbose)
@@ -164,32 +171,15 @@ def build_service(
     return root
 
 
-# -- hooks for the transports and the uploader (their own issues fill them) ---
-
-
-def _opensensemap(settings, store, reactor):
+def _opensensemap(settings: Settings, store: Store, reactor: Any) -> Tuple[Any, Service]:
     """
     (outbox_entries, uploader service) for OpenSenseMap forwarding; without
     the client or credentials the service only reports that (no traceback).
     """
-    from co2logd.osem.checks import OsemMisconfigured, osem_problem
-    from co2logd.osem.mapping import outbox_entries_for
-
     problem = osem_problem(settings)
     if problem is not None:
         return outbox_entries_for(settings, reactor), OsemMisconfigured(problem)
+    # imported only when forwarding can work: it needs the optional sensemapi
     from co2logd.osem.uploader import OsemUploader
 
     return outbox_entries_for(settings, reactor), OsemUploader(settings, store, reactor)
-
-
-def _udp_service(spec, ingest, reactor, settings):
-    from co2logd.transports.udp import udp_service
-
-    return udp_service(spec, ingest, reactor, settings)
-
-
-def _serial_service(spec, ingest, reactor, settings, required=False):
-    from co2logd.transports.serial import serial_service
-
-    return serial_service(spec, ingest, reactor, settings, required=required)

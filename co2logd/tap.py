@@ -1,10 +1,12 @@
 """
 The twistd plugin's Options and ``makeService``.
 
-Options check the command line's syntax (a ``UsageError`` each); the config
-file is read and validated in :func:`makeService`, where a problem ends
-start-up with one line (``SystemExit``) instead of a usage dump.  Nothing
-below this module sees the Options: it gets a :class:`Settings`.
+Options check the command line's syntax (a ``UsageError`` each) and keep
+the parsed values (``--udp`` as ``(port, interface)``, ``--serial`` as
+``(device, baud)``); the config file is read and validated in
+:func:`makeService`, where a problem ends start-up with one line
+(``SystemExit``) instead of a usage dump.  Nothing below this module sees
+the Options: it gets a :class:`Settings` and those values.
 """
 
 from __future__ import annotations
@@ -12,12 +14,16 @@ from __future__ import annotations
 import os
 import re
 import sys
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from twisted.internet import endpoints
 from twisted.python import usage
 
+from co2logd.service import Co2logdService, StartupError, build_service
 from co2logd.settings import Settings, SettingsError
+from co2logd.startup import check_database_path, check_serial_devices
+from co2logd.transports.serial import parse_serial_spec
+from co2logd.transports.udp import parse_udp_spec
 
 CONFIG_ENV = "CO2LOGSERVER_CONFIG"
 
@@ -37,12 +43,12 @@ class Options(usage.Options):
         ["name", None, None, "Server name (overrides the config's NAME)."],
     ]
 
-    def __init__(self):
+    def __init__(self) -> None:
         super().__init__()
         self["http"] = []
-        self["udp"] = []
-        self["serial"] = []
-        self["serial_required"] = []
+        self["udp"]: List[Tuple[int, str]] = []
+        self["serial"]: List[Tuple[str, int]] = []
+        self["serial_required"]: List[Tuple[str, int]] = []
 
     def opt_http(self, description: str) -> None:
         """Twisted server endpoint string to serve HTTP on, e.g. tcp:8080 (repeatable; 'none' disables HTTP)."""
@@ -50,16 +56,16 @@ class Options(usage.Options):
 
     def opt_udp(self, spec: str) -> None:
         """UDP listener: PORT or udp:PORT[:interface=ADDR] (repeatable)."""
-        self["udp"].append(spec)
+        self["udp"].append(_parsed(parse_udp_spec, spec, "--udp"))
 
     def opt_serial(self, spec: str) -> None:
         """Serial device to read lines from: DEVICE[:BAUD], default baud 9600 (repeatable)."""
-        self["serial"].append(spec)
+        self["serial"].append(_parsed(parse_serial_spec, spec, "--serial"))
 
     def opt_serial_required(self, spec: str) -> None:
         """Like --serial, but the device must exist at start-up, else co2logd does not start (repeatable)."""
         self.opt_serial(spec)
-        self["serial_required"].append(spec)
+        self["serial_required"].append(self["serial"][-1])
 
     def opt_version(self) -> None:
         """Print co2logd's version (and Twisted's and Python's) and exit."""
@@ -96,10 +102,6 @@ class Options(usage.Options):
         for description in http:
             check_endpoint(description)
         self["http"] = http
-        for spec in self["udp"]:
-            _check_spec("co2logd.transports.udp", "parse_udp_spec", spec, "--udp")
-        for spec in self["serial"]:
-            _check_spec("co2logd.transports.serial", "parse_serial_spec", spec, "--serial")
 
 
 def version_line() -> str:
@@ -127,12 +129,10 @@ def check_endpoint(description: str) -> None:
         raise usage.UsageError("--http {}: not a server endpoint string ({})".format(description, e))
 
 
-def _check_spec(module: str, function: str, spec: str, option: str) -> None:
-    import importlib
-
-    parse = getattr(importlib.import_module(module), function)
+def _parsed(parse: Any, spec: str, option: str) -> Any:
+    """``parse(spec)``, its ValueError as a UsageError naming the option."""
     try:
-        parse(spec)
+        return parse(spec)
     except ValueError as e:
         raise usage.UsageError("{} {}: {}".format(option, spec, e))
 
@@ -156,7 +156,7 @@ def database_files(path: str) -> list:
     return [path + suffix for suffix in ("", "-wal", "-shm", "-journal")]
 
 
-def makeService(options: Mapping[str, Any], reactor=None):
+def makeService(options: Mapping[str, Any], reactor: Any = None) -> Co2logdService:
     """
     Build the daemon and bind its ports; any problem ends start-up with one line.
 
@@ -167,10 +167,7 @@ def makeService(options: Mapping[str, Any], reactor=None):
     one line, so the terminal shows it and the exit status is 1.  A database
     file that start-up created is removed again when a later step fails.
     """
-    from co2logd.service import StartupError, build_service
-    from co2logd.startup import check_database_path, check_serial_devices
-
-    if reactor is None:
+    if reactor is None:  # only now: twistd installs the reactor it was asked for before calling makeService
         from twisted.internet import reactor
     config = options.get("config") or os.environ.get(CONFIG_ENV)
     try:

@@ -39,6 +39,16 @@ class OptionsTests(unittest.TestCase):
         """--http none disables HTTP."""
         self.assertEqual(parse("--http", "none")["http"], [])
 
+    def test_specs_are_parsed_once(self):
+        """--udp and --serial values are kept parsed, as the services take them; a bad one is a usage error."""
+        options = parse("--udp", "udp:9999:interface=127.0.0.1", "--udp", "8125",
+                        "--serial", "/dev/ttyX:115200", "--serial-required", "/dev/ttyY")
+        self.assertEqual(options["udp"], [(9999, "127.0.0.1"), (8125, "")])
+        self.assertEqual(options["serial"], [("/dev/ttyX", 115200), ("/dev/ttyY", 9600)])
+        self.assertEqual(options["serial_required"], [("/dev/ttyY", 9600)])
+        e = self.assertRaises(usage.UsageError, parse, "--udp", "udp:x")
+        self.assertIn("--udp udp:x", str(e))
+
     def test_bad_endpoint(self):
         """A bad endpoint string is a usage error naming it; a bare port gets a hint."""
         e = self.assertRaises(usage.UsageError, parse, "--http", "nonsense:1")

@@ -6,7 +6,8 @@ added since (the store's ``source_activity`` takes the last rowid seen), so
 the dashboard and /health stay cheap on a large table.
 
 Anyone who can upload can invent sources (a box value per row, a spoofed UDP
-sender address), so the table is bounded (issue 12, finding 9):
+sender address), so the table is bounded, lest one upload with a million
+made-up boxes fill memory and every page that lists sources:
 
 * at most ``SOURCES_MAX_TRACKED`` sources are kept: the watched ones, then
   the busiest (most uploads), then the most recently heard; the others are

@@ -1,5 +1,5 @@
 """
-Who may see the data (issue 12, finding 5).
+Who may see the data: the readings of a home or a school are nobody else's business.
 
 With ``DOWNLOAD_REQUIRES_AUTH`` every route that shows data (the dashboard,
 ``/download``, ``/plot``, ``/health``'s details, ``/metrics``) answers only

@@ -7,7 +7,7 @@ used when they are columns of the table; values are bound.  Rows are read
 and written ``DOWNLOAD_CHUNK_ROWS`` at a time by a producer
 (:mod:`co2logd.web.producer`), only as fast as the client reads them.
 
-co2logd adds (issue 5): ``since``/``until`` on the upload time (``24h``,
+co2logd adds: ``since``/``until`` on the upload time (``24h``,
 ``2024-05-01``, UNIX seconds; see :mod:`co2logd.charts.timerange`), ``box=`` and
 ``source=`` (the transport column) filters, and paging: ``after=<rowid>``
 returns the rows after that rowid in rowid order (``after=0`` for the first

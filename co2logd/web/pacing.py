@@ -1,8 +1,8 @@
 """
 Readers take their turn: dashboard pages and plots are served at most
 ``VIEWS_PER_SECOND`` a second, all clients together, so clients polling the
-dashboard back to back cannot crowd uploads out of the reactor (issue 12,
-finding 8).  A view beyond the rate waits for its slot on the clock; when
+dashboard back to back cannot crowd uploads out of the reactor (each view
+costs database reads and rendering on the reactor thread).  A view beyond the rate waits for its slot on the clock; when
 more than ``VIEWS_PER_SECOND × VIEWS_MAX_WAIT_SECONDS`` views wait, the next
 is refused at once with a 503 ``busy`` and ``Retry-After``.
 """

@@ -53,7 +53,8 @@ def numeric_columns(settings, columns: Mapping[str, str]) -> List[str]:
     ]
 
 
-#: names of columns that count or clock rather than measure: no default panel (issue 10)
+#: names of columns that count or clock rather than measure: no default panel (a plot of
+#: uptime or a sequence number is a straight line that crowds out the measurements)
 NOT_MEASUREMENTS = re.compile(
     r"(_utc$|(^|_)(time|timestamp|ts|epoch|date|uptime|millis|seq|sequence|counter|id)(_|$)|^uptime)"
 )

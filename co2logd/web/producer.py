@@ -1,6 +1,6 @@
 """
-Flow control for downloads (issue 12, finding 7): rows go to the client only
-as fast as it reads them.
+Flow control for downloads: rows go to the client only as fast as it reads
+them, so a client that reads slowly (or not at all) holds one chunk, not the table.
 
 :class:`RowProducer` is an ``IPushProducer`` registered on the request.  It
 fetches the next chunk of rows from the store (a thread hop through adbapi)

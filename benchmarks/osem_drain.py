@@ -20,7 +20,7 @@ import time
 from twisted.internet import defer, task
 
 from co2logd.osem import outbox_entries_for
-from co2logd.osem.fake import FakeOpenSenseMap, listen
+from co2logd.testing import FakeOpenSenseMap, listen_fake_opensensemap as listen
 from co2logd.osem.uploader import OsemUploader
 from co2logd.settings import Settings
 from co2logd.store import Store

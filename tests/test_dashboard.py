@@ -26,7 +26,7 @@ from co2logd.status.interfaces import IForwarderStats
 from co2logd.store import upload_time_index
 from co2logd.charts.timerange import TimeRange, TimeRangeError, parse_time, time_text
 from co2logd.transports.serial import SerialService
-from co2logd.transports.testing import FakeSerialDevices
+from co2logd.testing import FakeSerialDevices
 from co2logd.web.site import make_site
 from tests.helpers import SiteMixin, StoreMixin, make_settings, salted
 

@@ -18,7 +18,7 @@ from twisted.internet.defer import inlineCallbacks
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
-from co2logd.osem.fake import FakeOpenSenseMap, listen
+from co2logd.testing import FakeOpenSenseMap, listen_fake_opensensemap as listen
 
 
 class FakeApiTests(TestCase):

@@ -14,7 +14,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from co2logd.ingest import IngestService
 from co2logd.osem import outbox_entries_for
-from co2logd.osem.fake import FakeOpenSenseMap, listen
+from co2logd.testing import FakeOpenSenseMap, listen_fake_opensensemap as listen
 from co2logd.osem.uploader import OsemUploader, TokenBucket
 from co2logd.settings import Settings
 from co2logd.store import Store

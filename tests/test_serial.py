@@ -21,7 +21,7 @@ from co2logd.transports.serial import (
     parse_serial_spec,
     serial_service,
 )
-from co2logd.transports.testing import FakeSerialDevices
+from co2logd.testing import FakeSerialDevices
 from tests.transport_behaviour import TransportBehaviourMixin, TransportHarness, md5_salted
 
 

@@ -10,7 +10,7 @@ from co2logd.status.health import component_health
 from co2logd.status.interfaces import IForwarderStats, IHealthReporter, IListenerStats, ISerialDeviceStats
 from co2logd.transports.serial import SerialService
 from co2logd.transports.udp import UDPService
-from co2logd.transports.testing import FakeSerialDevices
+from co2logd.testing import FakeSerialDevices
 from tests.helpers import make_settings
 
 

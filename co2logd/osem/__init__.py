@@ -7,7 +7,7 @@ OpenSenseMap forwarding: store-and-forward through a durable outbox.
 * :mod:`co2logd.osem.uploader` drains the outbox with the ``sensemapi``
   client on a thread pool of its own: batches, retries, a request budget,
   dead letters.
-* :mod:`co2logd.osem.fake` is a faithful fake OpenSenseMap API for tests and
+* :class:`co2logd.testing.FakeOpenSenseMap` is a faithful fake OpenSenseMap API for tests and
   benchmarks.
 """
 

@@ -120,6 +120,19 @@ def _kind_str(value: Any) -> Any:
     return value
 
 
+def _kind_db(value: Any) -> Any:
+    # a SQLite path or a postgresql:// URL; the error never repeats a password
+    from co2logd.dburl import DatabaseUrlError, parse_db
+
+    if not isinstance(value, str):
+        raise TypeError("a SQLite file path or a postgresql:// URL")
+    try:
+        parse_db(value)
+    except DatabaseUrlError as e:
+        raise SettingsError(str(e))
+    return value
+
+
 def _kind_optional_str(value: Any) -> Any:
     if value is not None and not isinstance(value, str):
         raise TypeError("a string or None")
@@ -299,7 +312,7 @@ class Key:
 # name → Key.  co2logserver 0.1.2 keys first, then co2logd's own.
 KEYS: Dict[str, Key] = {
     "NAME": Key("co2logserver", _kind_str, "name of this server"),
-    "DB": Key("co2.sqlite", _kind_str, "SQLite database file"),
+    "DB": Key("co2.sqlite", _kind_db, "SQLite database file, or postgresql://user:password@host:port/dbname (docs/postgresql.md)"),
     "LOGLEVEL": Key(logging.WARNING, _kind_loglevel, "log level"),
     "SENSEMAPI_LOGLEVEL": Key(logging.WARNING, _kind_loglevel, "log level of sensemapi"),
     "CHECKSUM_SALTS": Key([], _kind_str_list, "pre-shared salts for the salted checksums"),

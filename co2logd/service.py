@@ -17,6 +17,7 @@ from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 
 from co2logd import __version__
+from co2logd.dburl import DatabaseUrlError, is_postgres, parse_db, redact
 from co2logd.ingest import IngestService
 from co2logd.listeners import EndpointListener
 from co2logd.logs import set_verbose
@@ -135,13 +136,10 @@ def build_service(
     """
     set_verbose(verbose)
     root = Co2logdService()
-    root.database = os.path.abspath(settings.DB)
+    root.database = describe_database(settings.DB)
     root.config_file = config_file
     if store is None:
-        try:
-            store = Store.open(settings.DB, settings, clock=reactor)
-        except StoreError as e:
-            raise StartupError("co2logd: {}".format(e))
+        store = open_store(settings, reactor)
     store.setServiceParent(root)
 
     outbox_entries = None
@@ -169,6 +167,27 @@ def build_service(
             endpoint = endpoints.serverFromString(reactor, description)
             EndpointListener(endpoint, site, description).setServiceParent(root)
     return root
+
+
+def describe_database(db: str) -> str:
+    """The database as logs and pages show it: a SQLite file's absolute path, a PostgreSQL URL without its password."""
+    return redact(db) if is_postgres(db) else os.path.abspath(db)
+
+
+def open_store(settings: Settings, reactor: Any) -> Store:
+    """The store ``settings.DB`` names, its schema prepared; a :class:`StartupError` with one line if it cannot be."""
+    try:
+        target = parse_db(settings.DB)
+    except DatabaseUrlError as e:
+        raise StartupError("co2logd: {}".format(e))
+    if not isinstance(target, str):
+        raise StartupError(
+            "co2logd: DB {}: the PostgreSQL store is not part of this version yet".format(target)
+        )
+    try:
+        return Store.open(settings.DB, settings, clock=reactor)
+    except StoreError as e:
+        raise StartupError("co2logd: {}".format(e))
 
 
 def _opensensemap(settings: Settings, store: Store, reactor: Any) -> Tuple[Any, Service]:

@@ -12,13 +12,18 @@ the Options: it gets a :class:`Settings` and those values.
 from __future__ import annotations
 
 import os
+import platform
 import re
 import sys
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
+import twisted
 from twisted.internet import endpoints
 from twisted.python import usage
 
+from co2logd import __version__
+from co2logd.dburl import is_postgres
+from co2logd.proctitle import hide_passwords
 from co2logd.service import Co2logdService, StartupError, build_service
 from co2logd.settings import Settings, SettingsError
 from co2logd.startup import check_database_path, check_serial_devices
@@ -31,14 +36,14 @@ CONFIG_ENV = "CO2LOGSERVER_CONFIG"
 class Options(usage.Options):
     """``twistd co2logd`` options; every one is optional."""
 
-    synopsis = "[--http ENDPOINT]... [--udp PORT]... [--serial DEVICE[:BAUD]]... [--db PATH] [--config FILE] [--version]"
+    synopsis = "[--http ENDPOINT]... [--udp PORT]... [--serial DEVICE[:BAUD]]... [--db PATH|URL] [--config FILE] [--version]"
     longdesc = (
         "Receive sensor data over HTTP, UDP and serial ports, store it in SQLite and "
         "forward it to the OpenSenseMap. Defaults: HTTP on tcp:8080, ./co2.sqlite."
     )
     optFlags = [["verbose", "v", "Log every stored upload, every HTTP request and serial comment lines (debug level)."]]
     optParameters = [
-        ["db", None, None, "SQLite database file (overrides the config's DB)."],
+        ["db", None, None, "SQLite database file or postgresql://user:password@host:port/dbname (overrides the config's DB)."],
         ["config", "c", None, "co2logserver-style Python config file (default: $" + CONFIG_ENV + ")."],
         ["name", None, None, "Server name (overrides the config's NAME)."],
     ]
@@ -94,6 +99,9 @@ class Options(usage.Options):
             raise SystemExit(1)
 
     def postOptions(self) -> None:
+        if self["db"]:
+            if is_postgres(self["db"]):
+                hide_passwords()  # ps must not show the URL's password
         http = self["http"] or ["tcp:8080"]
         if "none" in http:
             if len(http) > 1:
@@ -106,18 +114,12 @@ class Options(usage.Options):
 
 def version_line() -> str:
     """``co2logd 0.1.0 (Twisted 24.x, Python 3.x)``."""
-    import platform
-
-    import twisted
-
-    from co2logd import __version__
-
     return "co2logd {} (Twisted {}, Python {})".format(__version__, twisted.__version__, platform.python_version())
 
 
 def check_endpoint(description: str) -> None:
     """Raise UsageError unless ``description`` is a server endpoint string."""
-    from twisted.internet import reactor
+    from twisted.internet import reactor  # not at import: twistd installs the reactor it is asked for later
 
     if re.fullmatch(r"\d+", description):
         raise usage.UsageError(
@@ -175,12 +177,14 @@ def makeService(options: Mapping[str, Any], reactor: Any = None) -> Co2logdServi
     except SettingsError as e:
         raise SystemExit("co2logd: {}".format(e))
     required = list(options["serial"]) if settings.SERIAL_REQUIRED else list(options["serial_required"])
+    sqlite = not is_postgres(settings.DB)
     try:
-        check_database_path(settings.DB)
+        if sqlite:
+            check_database_path(settings.DB)
         check_serial_devices(required)
     except StartupError as e:
         raise SystemExit(str(e))
-    created = [f for f in database_files(settings.DB) if not os.path.exists(f)]
+    created = [f for f in database_files(settings.DB) if not os.path.exists(f)] if sqlite else []
     service = None
     try:
         service = build_service(

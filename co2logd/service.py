@@ -155,6 +155,8 @@ def build_service(
     required = set(serial_required)
     for spec in serial:
         _serial_service(spec, ingest, reactor, settings, spec in required or settings.SERIAL_REQUIRED).setServiceParent(root)
+    if settings.MQTT_BROKER:
+        _mqtt_service(ingest, reactor, settings).setServiceParent(root)
 
     if http:
         site = make_site(settings, ingest, store, reactor, services=root, access_log=verbose)
@@ -193,3 +195,9 @@ def _serial_service(spec, ingest, reactor, settings, required=False):
     from co2logd.transports.serial import serial_service
 
     return serial_service(spec, ingest, reactor, settings, required=required)
+
+
+def _mqtt_service(ingest, reactor, settings):
+    from co2logd.transports.mqtt import mqtt_service
+
+    return mqtt_service(ingest, settings, reactor)

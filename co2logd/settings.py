@@ -286,6 +286,65 @@ def _kind_unit_map(value: Any) -> Any:
         raise TypeError("a dict of column name to unit text, like {'co2': 'ppm'}")
     return {k.lower(): v for k, v in value.items()}
 
+# MQTT
+def _kind_mqtt_broker(value: Any) -> Any:
+    from co2logd.transports.mqtt_payloads import parse_broker_url
+
+    if value is None:
+        return None
+    try:
+        parse_broker_url(value)
+    except ValueError as e:
+        raise TypeError("None or a broker URL mqtt://[user:password@]host[:port] or mqtts://… ({})".format(e))
+    return value
+
+
+def _kind_topic_filters(value: Any) -> Any:
+    from co2logd.transports.mqtt_payloads import check_topic_filter
+
+    value = _kind_str_list(value)
+    try:
+        return [check_topic_filter(v) for v in value]
+    except ValueError as e:
+        raise TypeError("a list of MQTT topic filters ({})".format(e))
+
+
+def _kind_mqtt_qos(value: Any) -> Any:
+    # QoS 2 is not offered: paho keeps a QoS 2 message's state in memory only, so a crash could lose it
+    if isinstance(value, bool) or value not in (0, 1):
+        raise TypeError("0 or 1 (1: acknowledged after the commit)")
+    return value
+
+
+def _kind_mqtt_protocol(value: Any) -> Any:
+    if value not in ("5", "3.1.1"):
+        raise TypeError("'5' or '3.1.1'")
+    return value
+
+
+def _kind_receive_maximum(value: Any) -> Any:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
+        raise TypeError("a whole number from 1 to 65535")
+    return value
+
+
+def _kind_client_id(value: Any) -> Any:
+    if value is not None and not (isinstance(value, str) and 1 <= len(value.encode("utf-8")) <= 65535):
+        raise TypeError("None or a non-empty string")
+    return value
+
+
+def _kind_timezone(value: Any) -> Any:
+    from co2logd.transports.mqtt_payloads import check_timezone
+
+    if value is not None and not isinstance(value, str):
+        raise TypeError("None or an IANA time zone name such as 'Europe/Berlin'")
+    try:
+        return check_timezone(value)
+    except ValueError as e:
+        raise TypeError(str(e))
+
+
 class Key:
     """One setting: its default (or a function of the environment) and its kind."""
 
@@ -384,6 +443,18 @@ KEYS: Dict[str, Key] = {
     "SERIAL_RECONNECT_MAX_SECONDS": Key(60, _kind_transport_seconds, "longest wait between attempts to reopen a lost serial device"),
     "SERIAL_REQUIRED": Key(False, _kind_bool, "every --serial device must exist at start-up (else start-up fails); by default a missing device is waited for"),
     "TRANSPORT_LOG_INTERVAL": Key(60, _kind_transport_seconds, "at most one reject log line per source and reason in this many seconds (UDP, serial)"),
+    # MQTT
+    "MQTT_BROKER": Key(None, _kind_mqtt_broker, "MQTT broker to subscribe to, mqtt://[user:password@]host[:port] or mqtts://… for TLS (None: no MQTT); --mqtt overrides it"),
+    "MQTT_TOPICS": Key(["tele/+/SENSOR", "+/sensor/+/state", "co2logd/#"], _kind_topic_filters, "MQTT topic filters subscribed to (Tasmota, ESPHome, co2logd's own formats); --mqtt-topic replaces them"),
+    "MQTT_CLIENT_ID": Key(None, _kind_client_id, "MQTT client id (default: co2logd- and a hash of the host name and database path, the same at every restart, so the broker keeps the session)"),
+    "MQTT_QOS": Key(1, _kind_mqtt_qos, "QoS of the subscriptions: 1 acknowledges each message after its rows are committed; 0 takes what comes"),
+    "MQTT_KEEPALIVE": Key(60, _kind_positive_int, "MQTT keep-alive in seconds"),
+    "MQTT_CA_FILE": Key(None, _kind_optional_str, "CA certificates (PEM file) for mqtts:// (default: the system's)"),
+    "MQTT_TRUSTED_TOPICS": Key([], _kind_topic_filters, "topic filters whose messages count as authenticated by the broker: with UPLOAD_REQUIRES_AUTH, unsigned messages are accepted only from these"),
+    "MQTT_PROTOCOL": Key("5", _kind_mqtt_protocol, "MQTT version: '5' (user properties carry headers) or '3.1.1'"),
+    "MQTT_MAX_INFLIGHT": Key(1000, _kind_receive_maximum, "unacknowledged messages the broker may send at once (MQTT 5 Receive Maximum); they wait for the database"),
+    "MQTT_RECONNECT_MAX_SECONDS": Key(60, _kind_transport_seconds, "longest wait between attempts to reach the MQTT broker"),
+    "MQTT_TASMOTA_TIMEZONE": Key(None, _kind_timezone, "IANA zone of Tasmota devices' Time, local time without offset (default: this machine's zone)"),
     # OpenSenseMap uploader (issue 4)
     "OSEM_BATCH_SIZE": Key(2500, _kind_osem_batch_size, "most measurements per OpenSenseMap request (≤ 2500)"),
     "OSEM_REQUEST_TIMEOUT": Key(30.0, _kind_positive_number, "seconds to connect / to wait for each OpenSenseMap reply"),
@@ -440,6 +511,10 @@ KEYS: Dict[str, Key] = {
 }
 
 
+# keys whose values are never repeated in error messages
+SECRET_KEYS = frozenset({"MQTT_BROKER", "OSEM_PASSWORD"})
+
+
 def _closest(name: str) -> str:
     close = difflib.get_close_matches(name, list(KEYS), n=1, cutoff=0.5)
     return " (did you mean CO2LOGSERVER_{}?)".format(close[0]) if close else ""
@@ -488,8 +563,9 @@ class Settings:
             try:
                 resolved[name] = KEYS[name].kind(value)
             except TypeError as e:
+                shown = "(not shown: it may hold a password)" if name in SECRET_KEYS else repr(value)
                 raise SettingsError(
-                    "Setting CO2LOGSERVER_{} must be {}, not {!r}".format(name, e, value)
+                    "Setting CO2LOGSERVER_{} must be {}, not {}".format(name, e, shown)
                 )
         if resolved["OSEM_TIME_COL"] is None:
             resolved["OSEM_TIME_COL"] = next(iter(resolved["TIME_COLS"]), "time")

@@ -198,3 +198,46 @@ class Mosquitto:
     def url(self) -> str:
         """``mqtt://127.0.0.1:PORT`` (no credentials)."""
         return "mqtt://127.0.0.1:{}".format(self.port)
+
+
+def publish(port: int, messages, username: Optional[str] = None, password: Optional[str] = None,
+            protocol: str = "5", timeout: float = 30.0) -> int:
+    """
+    Publish ``messages`` (``(topic, payload)`` or ``(topic, payload,
+    {user property: value}, content_type)``) with QoS 1 and wait until the
+    broker has acknowledged every one; returns how many.  Blocking: call
+    it from a thread (``deferToThread``) in tests that run the reactor.
+    """
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+
+    mqtt5 = protocol == "5"
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5 if mqtt5 else mqtt.MQTTv311)
+    if username is not None:
+        client.username_pw_set(username, password)
+    client.max_inflight_messages_set(1000)
+    client.max_queued_messages_set(0)
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    try:
+        infos = []
+        for message in messages:
+            topic, payload = message[0], message[1]
+            properties = None
+            if mqtt5 and len(message) > 2:
+                properties = Properties(PacketTypes.PUBLISH)
+                if message[2]:
+                    properties.UserProperty = list(message[2].items())
+                if len(message) > 3 and message[3]:
+                    properties.ContentType = message[3]
+            infos.append(client.publish(topic, payload, qos=1, properties=properties))
+        deadline = time.monotonic() + timeout
+        for info in infos:
+            info.wait_for_publish(max(0.1, deadline - time.monotonic()))
+            if not info.is_published():
+                raise RuntimeError("the broker did not acknowledge message {} in time".format(info.mid))
+        return len(infos)
+    finally:
+        client.disconnect()
+        client.loop_stop()

@@ -493,7 +493,7 @@ class MQTTService(Service):
 
     def health(self) -> Dict[str, Any]:
         """/health: ok while connected to the broker."""
-        ok = self.is_connected and not self.refused_topics
+        ok = self.is_connected and self.is_subscribed and not self.refused_topics
         out: Dict[str, Any] = {
             "name": self.name,
             "kind": "mqtt",
@@ -504,6 +504,8 @@ class MQTTService(Service):
         }
         if not self.is_connected:
             out["reason"] = "MQTT broker {} is not connected ({})".format(self.broker.display(), self.last_problem)
+        elif not self.is_subscribed:
+            out["reason"] = "MQTT broker {} has not confirmed the subscription yet".format(self.broker.display())
         elif self.refused_topics:
             out["reason"] = "MQTT broker {} refused the subscription to {}".format(
                 self.broker.display(), ", ".join(topic for topic, _ in self.refused_topics)

@@ -27,6 +27,7 @@ import collections
 import hashlib
 import os
 import socket
+import threading
 from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Tuple
 
 from twisted.application.service import Service
@@ -128,6 +129,8 @@ class PahoConnection:
         client.on_subscribe = self._on_subscribe
         client.on_message = self._on_message
         self._SubscribeOptions = mqtt.SubscribeOptions
+        self._inbox: List[Tuple[str, tuple]] = []
+        self._inbox_lock = threading.Lock()
 
     # -- the reactor's side ---------------------------------------------------
 
@@ -139,9 +142,28 @@ class PahoConnection:
         self.client.connect_async(self.broker.host, self.broker.port, **kwargs)
         self.client.loop_start()
 
-    def ack(self, mid: int, qos: int) -> None:
-        """Send the PUBACK for ``mid`` (queued for the network thread; never blocks)."""
-        self.client.ack(mid, qos)
+    def ack(self, acks: Sequence[Tuple[int, int]]) -> None:
+        """
+        Queue the PUBACKs for ``(mid, qos)`` pairs for the network thread
+        (never blocks).  paho wakes its thread once per queued packet (a
+        byte on a socket pair); for a batch, once is enough.
+        """
+        client = self.client
+        wake = getattr(client, "_sockpairW", None)
+        if wake is None or len(acks) == 1:
+            for mid, qos in acks:
+                client.ack(mid, qos)
+            return
+        client._sockpairW = None  # paho 2.2: the socket pair's writer, used only to wake the thread
+        try:
+            for mid, qos in acks:
+                client.ack(mid, qos)
+        finally:
+            client._sockpairW = wake
+        try:
+            wake.send(b"0")
+        except (BlockingIOError, OSError):
+            pass  # a wake-up is pending already, or the loop is stopping
 
     def stop(self) -> defer.Deferred:
         """Disconnect (after the acknowledgements already queued) and join the network thread off the reactor."""
@@ -151,7 +173,23 @@ class PahoConnection:
     # -- the network thread's side: copy, then hop ----------------------------
 
     def _hop(self, method: str, *args: Any) -> None:
-        self.reactor.callFromThread(getattr(self.listener, method), *args)
+        """
+        Queue a report for the reactor; one ``callFromThread`` wakes it for
+        everything queued meanwhile (a burst of messages costs one wake-up),
+        and reports keep their order.
+        """
+        with self._inbox_lock:
+            self._inbox.append((method, args))
+            first = len(self._inbox) == 1
+        if first:
+            self.reactor.callFromThread(self._deliver)
+
+    def _deliver(self) -> None:
+        with self._inbox_lock:
+            batch, self._inbox = self._inbox, []
+        listener = self.listener
+        for method, args in batch:
+            getattr(listener, method)(*args)
 
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
         try:
@@ -205,20 +243,20 @@ class PahoConnection:
             self._hop("message_received", copy)
         except Exception:
             # nothing may escape into paho's thread; the message stays unacknowledged and comes again
-            self.reactor.callFromThread(log.failure, "Could not read an MQTT message")
+            log.failure("Could not read an MQTT message")  # the logger is thread-safe
 
 
 class Delivery:
     """One message on its way: mapped, ingested (maybe several times), settled with an outcome."""
 
-    __slots__ = ("message", "generation", "outcome", "attempts", "retry")
+    __slots__ = ("message", "generation", "outcome", "attempts", "work")
 
     def __init__(self, message: Message, generation: int):
         self.message = message
         self.generation = generation
         self.outcome: Optional[str] = None
         self.attempts = 0
-        self.retry: Optional[Tuple[Any, defer.Deferred]] = None  # (delayed call, its Deferred) while waiting for the database
+        self.work: Optional[Tuple[Any, str, bool]] = None  # (mapped, label, trusted) once mapped
 
     def same(self, message: Message) -> bool:
         """Whether ``message`` is this one sent again (same packet id, topic and payload)."""
@@ -266,6 +304,11 @@ class MQTTService(Service):
         self.pending: Deque[Delivery] = collections.deque()  # this connection's messages, in arrival order
         self.orphans: Dict[int, Delivery] = {}  # messages of an earlier connection, by packet id
         self.in_flight = InFlight()
+        # messages the database refused as busy, oldest first: tried again in order, the oldest first
+        self.waiting: Deque[Delivery] = collections.deque()
+        self.retry_call = None
+        self.probe: Optional[Delivery] = None  # the oldest waiting message, being tried alone
+        self.busy_streak = 0
         self.stopping = False
         self.counters: Dict[str, Any] = {
             "messages": 0,
@@ -317,13 +360,11 @@ class MQTTService(Service):
         """
         super().stopService()
         self.stopping = True
-        for delivery in list(self.pending) + list(self.orphans.values()):
-            if delivery.retry is not None:
-                call, waiting = delivery.retry
-                delivery.retry = None
-                if call.active():
-                    call.cancel()
-                    waiting.callback(None)
+        if self.retry_call is not None and self.retry_call.active():
+            self.retry_call.cancel()  # messages waiting for the database stay unacknowledged: the broker keeps them
+        self.retry_call = None
+        self.waiting.clear()
+        self.probe = None
         idle = self.in_flight.idle()
         timer = self.reactor.callLater(self.settings.SHUTDOWN_GRACE_SECONDS, idle.cancel)
         try:
@@ -427,12 +468,16 @@ class MQTTService(Service):
             return self._settle(delivery, REFUSED, refusal(e))
         label = "mqtt:" + (mapped_source(message.topic, mapped.convention))[:MAX_LABEL]
         trusted = bool(self.trusted) and any(topic_matches(f, message.topic) for f in self.trusted)
-        self._ingest(delivery, mapped, label, trusted)
+        delivery.work = (mapped, label, trusted)
+        if self.waiting:
+            self.waiting.append(delivery)  # no overtaking the messages that wait for the database
+            return
+        self._ingest(delivery)
 
-    def _ingest(self, delivery: Delivery, mapped, label: str, trusted: bool) -> None:
+    def _ingest(self, delivery: Delivery) -> None:
         delivery.attempts += 1
-        d = defer.maybeDeferred(self._call_ingest, mapped, label, trusted)
-        d.addCallbacks(self._stored, self._failed, callbackArgs=(delivery,), errbackArgs=(delivery, mapped, label, trusted))
+        d = defer.maybeDeferred(self._call_ingest, *delivery.work)
+        d.addCallbacks(self._stored, self._failed, callbackArgs=(delivery,), errbackArgs=(delivery,))
         self.in_flight.track(d)
         d.addErrback(lambda f: log.failure("Unexpected error settling an MQTT message", f))
 
@@ -440,35 +485,59 @@ class MQTTService(Service):
         return self.ingest.ingest(mapped.body, mapped.content_type, mapped.headers, label, mapped.columns or None)
 
     def _stored(self, receipt, delivery: Delivery) -> None:
+        if delivery is self.probe:
+            self.probe = None
+            self.busy_streak = 0
+            self._retry_waiting()  # the database took the oldest again: the rest follow, in order
         self.sources.source(source_of(delivery.message.topic)).rows += receipt.rows
         self._settle(delivery, DUPLICATE if getattr(receipt, "replayed", False) else STORED)
 
-    def _failed(self, failure, delivery: Delivery, mapped, label: str, trusted: bool) -> None:
+    def _failed(self, failure, delivery: Delivery) -> None:
         error = failure.value
-        if isinstance(error, IngestError) and error.status == 503 and not self.stopping:
-            # the database is busy or stalled: keep the message unacknowledged and try again
-            self.counters["store_retries"] += 1
-            delay = min(RETRY_MAX_SECONDS, RETRY_FIRST_SECONDS * 2 ** min(delivery.attempts - 1, 10))
-            waiting: defer.Deferred = defer.Deferred()
-            self.in_flight.track(waiting)  # the retry is still on its way to the database
-
-            def again() -> None:
-                delivery.retry = None
-                waiting.callback(None)
-                if not self.stopping:
-                    self._ingest(delivery, mapped, label, trusted)
-
-            delivery.retry = (self.reactor.callLater(delay, again), waiting)
-            return
         if isinstance(error, IngestError) and error.status == 503:
-            return  # stopping: not acknowledged, the broker sends it again
+            if self.stopping:
+                return  # not acknowledged: the broker sends it again
+            # the database is busy or stalled: keep the message unacknowledged and try again later
+            self.counters["store_retries"] += 1
+            self._wait_for_database(delivery)
+            return
         if not isinstance(error, IngestError):
             log.failure("Ingest failed on an MQTT message on {topic}", failure, topic=delivery.message.topic)
             error = IngestError(500, "internal", "The server failed on this message; nothing was saved")
         self._settle(delivery, REFUSED, error)
 
+    def _wait_for_database(self, delivery: Delivery) -> None:
+        """
+        Queue a message the database refused as busy.  After a growing delay
+        the oldest waiting one is tried alone; once it is stored, the others
+        follow in their order.
+        """
+        if delivery is self.probe:
+            self.probe = None
+            self.waiting.appendleft(delivery)  # still the oldest
+        else:
+            self.waiting.append(delivery)
+        if self.retry_call is None and self.probe is None:
+            delay = min(RETRY_MAX_SECONDS, RETRY_FIRST_SECONDS * 2 ** min(self.busy_streak, 10))
+            self.busy_streak += 1
+            self.retry_call = self.reactor.callLater(delay, self._retry_oldest)
+
+    def _retry_oldest(self) -> None:
+        self.retry_call = None
+        if self.waiting and not self.stopping:
+            self.probe = self.waiting.popleft()
+            self._ingest(self.probe)
+
+    def _retry_waiting(self) -> None:
+        waiting, self.waiting = self.waiting, collections.deque()
+        while waiting and not self.stopping:
+            self._ingest(waiting.popleft())
+
     def _settle(self, delivery: Delivery, outcome: str, error: Optional[IngestError] = None) -> None:
         delivery.outcome = outcome
+        if delivery is self.probe:  # the oldest waiting message was refused for good: the others go on
+            self.probe = None
+            self._retry_waiting()
         self.counters["outcomes"][outcome] += 1
         source = self.sources.source(source_of(delivery.message.topic))
         source.messages += 1
@@ -482,12 +551,13 @@ class MQTTService(Service):
     def _flush(self) -> None:
         """Acknowledge settled messages from the oldest on, stopping at the first still unsettled."""
         pending = self.pending
-        connection = self.connection
+        acks = []
         while pending and pending[0].outcome is not None:
-            delivery = pending.popleft()
-            if connection is not None:
-                connection.ack(delivery.message.mid, delivery.message.qos)
-                self.counters["acks"] += 1
+            message = pending.popleft().message
+            acks.append((message.mid, message.qos))
+        if acks and self.connection is not None:
+            self.connection.ack(acks)
+            self.counters["acks"] += len(acks)
 
     # -- reports --------------------------------------------------------------
 

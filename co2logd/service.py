@@ -220,6 +220,10 @@ def _serial_service(spec, ingest, reactor, settings, required=False):
 
 
 def _mqtt_service(ingest, reactor, settings):
+    try:
+        import paho.mqtt.client  # noqa: F401
+    except ImportError:
+        raise StartupError("co2logd: MQTT needs paho-mqtt: pip install 'co2logd[mqtt]'")
     from co2logd.transports.mqtt import mqtt_service
 
     return mqtt_service(ingest, settings, reactor)

@@ -289,7 +289,7 @@ class MQTTService(Service):
         self.topics = list(topics if topics else settings.MQTT_TOPICS)
         self.qos = settings.MQTT_QOS
         self.client_id = settings.MQTT_CLIENT_ID or default_client_id(settings.DB)
-        self.trusted = list(settings.MQTT_TRUSTED_TOPICS)
+        self.trusted: List[str] = []  # topic filters the broker vouches for (with UPLOAD_REQUIRES_AUTH)
         self.box_column = settings.OSEM_BOX_COL.lower()
         self.local_time = local_time_reader(settings.MQTT_TASMOTA_TIMEZONE)
         self.connection_factory = connection_factory

@@ -25,6 +25,7 @@ from co2logd.osem.checks import OsemMisconfigured, osem_problem
 from co2logd.osem.mapping import outbox_entries_for
 from co2logd.settings import Settings
 from co2logd.store import Store, StoreError
+from co2logd.transports.mqtt import mqtt_service
 from co2logd.transports.serial import parse_serial_spec, serial_service
 from co2logd.transports.udp import parse_udp_spec, udp_service
 from co2logd.web.site import make_site
@@ -160,6 +161,8 @@ def build_service(
     for device, baud in (parse_serial_spec(s) if isinstance(s, str) else s for s in serial):
         must_exist = (device, baud) in required or settings.SERIAL_REQUIRED
         serial_service((device, baud), ingest, reactor, settings, required=must_exist).setServiceParent(root)
+    if settings.MQTT_BROKER:
+        _mqtt_service(ingest, reactor, settings).setServiceParent(root)
 
     if http:
         site = make_site(settings, ingest, store, reactor, services=root, access_log=verbose)
@@ -202,3 +205,12 @@ def _opensensemap(settings: Settings, store: Store, reactor: Any) -> Tuple[Any, 
     from co2logd.osem.uploader import OsemUploader
 
     return outbox_entries_for(settings, reactor), OsemUploader(settings, store, reactor)
+
+
+def _mqtt_service(ingest: IngestService, reactor: Any, settings: Settings) -> Service:
+    """The MQTT subscriber; paho-mqtt is an optional extra, so its absence is one start-up line."""
+    try:
+        import paho.mqtt.client  # noqa: F401
+    except ImportError:
+        raise StartupError("co2logd: MQTT needs paho-mqtt: pip install 'co2logd[mqtt]'")
+    return mqtt_service(ingest, settings, reactor)

@@ -27,6 +27,7 @@ from co2logd.proctitle import hide_passwords
 from co2logd.service import Co2logdService, StartupError, build_service
 from co2logd.settings import Settings, SettingsError
 from co2logd.startup import check_database_path, check_serial_devices
+from co2logd.transports.mqtt_payloads import check_topic_filter, parse_broker_url
 from co2logd.transports.serial import parse_serial_spec
 from co2logd.transports.udp import parse_udp_spec
 
@@ -36,7 +37,10 @@ CONFIG_ENV = "CO2LOGSERVER_CONFIG"
 class Options(usage.Options):
     """``twistd co2logd`` options; every one is optional."""
 
-    synopsis = "[--http ENDPOINT]... [--udp PORT]... [--serial DEVICE[:BAUD]]... [--db PATH|URL] [--config FILE] [--version]"
+    synopsis = (
+        "[--http ENDPOINT]... [--udp PORT]... [--serial DEVICE[:BAUD]]... "
+        "[--mqtt URL [--mqtt-topic FILTER]...] [--db PATH|URL] [--config FILE] [--version]"
+    )
     longdesc = (
         "Receive sensor data over HTTP, UDP and serial ports, store it in SQLite and "
         "forward it to the OpenSenseMap. Defaults: HTTP on tcp:8080, ./co2.sqlite."
@@ -46,14 +50,18 @@ class Options(usage.Options):
         ["db", None, None, "SQLite database file or postgresql://user:password@host:port/dbname (overrides the config's DB)."],
         ["config", "c", None, "co2logserver-style Python config file (default: $" + CONFIG_ENV + ")."],
         ["name", None, None, "Server name (overrides the config's NAME)."],
+        ["mqtt", None, None, "MQTT broker to subscribe to: mqtt://[user:password@]host[:port] or mqtts://... (overrides MQTT_BROKER)."],
     ]
 
     def __init__(self) -> None:
         super().__init__()
         self["http"] = []
-        self["udp"]: List[Tuple[int, str]] = []
-        self["serial"]: List[Tuple[str, int]] = []
-        self["serial_required"]: List[Tuple[str, int]] = []
+        udp: List[Tuple[int, str]] = []  # (port, interface) per --udp
+        serial: List[Tuple[str, int]] = []  # (device, baud) per --serial
+        self["udp"] = udp
+        self["serial"] = serial
+        self["serial_required"] = []  # the (device, baud) of --serial-required, also in "serial"
+        self["mqtt_topics"] = []
 
     def opt_http(self, description: str) -> None:
         """Twisted server endpoint string to serve HTTP on, e.g. tcp:8080 (repeatable; 'none' disables HTTP)."""
@@ -71,6 +79,10 @@ class Options(usage.Options):
         """Like --serial, but the device must exist at start-up, else co2logd does not start (repeatable)."""
         self.opt_serial(spec)
         self["serial_required"].append(self["serial"][-1])
+
+    def opt_mqtt_topic(self, topic_filter: str) -> None:
+        """MQTT topic filter to subscribe to, e.g. tele/+/SENSOR (repeatable; replaces MQTT_TOPICS)."""
+        self["mqtt_topics"].append(_parsed(check_topic_filter, topic_filter, "--mqtt-topic"))
 
     def opt_version(self) -> None:
         """Print co2logd's version (and Twisted's and Python's) and exit."""
@@ -110,6 +122,11 @@ class Options(usage.Options):
         for description in http:
             check_endpoint(description)
         self["http"] = http
+        if self["mqtt"] is not None:
+            try:
+                parse_broker_url(self["mqtt"])
+            except ValueError as e:  # the URL may hold a password: not repeated here
+                raise usage.UsageError("--mqtt: {}".format(e))
 
 
 def version_line() -> str:
@@ -147,6 +164,10 @@ def load_settings(options: Mapping[str, Any], environ: Optional[Mapping[str, str
         overrides["DB"] = options["db"]
     if options.get("name"):
         overrides["NAME"] = options["name"]
+    if options.get("mqtt"):
+        overrides["MQTT_BROKER"] = options["mqtt"]
+    if options.get("mqtt_topics"):
+        overrides["MQTT_TOPICS"] = list(options["mqtt_topics"])
     config = options.get("config") or environ.get(CONFIG_ENV)
     if config:
         return Settings.from_config_file(config, overrides, environ=environ)

@@ -9,7 +9,7 @@ shutdown the listeners stop first and the database closes last.
 from __future__ import annotations
 
 import os
-from typing import Any, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, Optional, Sequence, Tuple, Union
 
 from twisted.application.service import MultiService, Service
 from twisted.internet import defer, endpoints
@@ -18,17 +18,20 @@ from twisted.logger import Logger
 
 from co2logd import __version__
 from co2logd.dburl import DatabaseUrlError, is_postgres, parse_db, redact
-from co2logd.ingest import IngestService
+from co2logd.ingest import IngestService, Receipt
 from co2logd.listeners import EndpointListener
 from co2logd.logs import set_verbose
 from co2logd.osem.checks import OsemMisconfigured, osem_problem
-from co2logd.osem.mapping import outbox_entries_for
+from co2logd.osem.mapping import EntriesFunction, outbox_entries_for
 from co2logd.settings import Settings
 from co2logd.store import Store, StoreError
 from co2logd.transports.mqtt import mqtt_service
 from co2logd.transports.serial import parse_serial_spec, serial_service
 from co2logd.transports.udp import parse_udp_spec, udp_service
 from co2logd.web.site import make_site
+
+if TYPE_CHECKING:  # imported late at run time: it needs the optional sensemapi
+    from co2logd.osem.uploader import OsemUploader
 
 log = Logger()
 
@@ -58,8 +61,8 @@ class Co2logdService(MultiService):
     it removes its pidfile.
     """
 
-    database = None
-    config_file = None
+    database: Optional[str] = None
+    config_file: Optional[str] = None
 
     def bind(self) -> None:
         """Bind every listener now (HTTP, UDP): a port in use raises :class:`StartupError`."""
@@ -143,8 +146,8 @@ def build_service(
         store = open_store(settings, reactor)
     store.setServiceParent(root)
 
-    outbox_entries = None
-    uploader = None
+    outbox_entries: Optional[EntriesFunction] = None
+    uploader: Union["OsemUploader", OsemMisconfigured, None] = None
     if settings.OSEM_UPLOAD:
         outbox_entries, uploader = _opensensemap(settings, store, reactor)
 
@@ -152,7 +155,13 @@ def build_service(
     ingest.verbose = verbose
     ingest.setServiceParent(root)
     if uploader is not None:
-        ingest.stored_observers.append(lambda receipt: receipt.osem_queued and uploader.nudge())
+        forwarder = uploader
+
+        def nudge(receipt: Receipt) -> None:
+            if receipt.osem_queued:
+                forwarder.nudge()
+
+        ingest.stored_observers.append(nudge)
         uploader.setServiceParent(root)
 
     for port, interface in (parse_udp_spec(s) if isinstance(s, str) else s for s in udp):
@@ -193,7 +202,9 @@ def open_store(settings: Settings, reactor: Any) -> Store:
         raise StartupError("co2logd: {}".format(e))
 
 
-def _opensensemap(settings: Settings, store: Store, reactor: Any) -> Tuple[Any, Service]:
+def _opensensemap(
+    settings: Settings, store: Store, reactor: Any
+) -> Tuple[Optional[EntriesFunction], Union["OsemUploader", OsemMisconfigured]]:
     """
     (outbox_entries, uploader service) for OpenSenseMap forwarding; without
     the client or credentials the service only reports that (no traceback).

@@ -149,7 +149,8 @@ def parse_rfc3339(text: str) -> float:
     m = RFC3339_UTC.match(text)
     if not m:
         raise ValueError(text)
-    t = datetime.datetime(*map(int, m.groups()[:6]), tzinfo=datetime.timezone.utc)
+    year, month, day, hour, minute, second = (int(g) for g in m.groups()[:6])
+    t = datetime.datetime(year, month, day, hour, minute, second, tzinfo=datetime.timezone.utc)
     return t.timestamp() + (float(m.group(7)) if m.group(7) else 0.0)
 
 

@@ -152,7 +152,7 @@ class OsemUploader(Service):
         super().startService()
         self._abandoned = False
         self.pool = ThreadPool(minthreads=1, maxthreads=1, name="co2logd-osem")
-        self.pool.threadFactory = _daemon_thread
+        self.pool.threadFactory = _daemon_thread  # type: ignore[assignment]  # a factory with Thread's signature
         self.pool.start()
         self._stats_loop = task.LoopingCall(self.log_stats)
         self._stats_loop.clock = self.clock
@@ -175,7 +175,7 @@ class OsemUploader(Service):
             if pool is not None:
                 pool.stop()
             return defer.succeed(None)
-        done = defer.Deferred()
+        done: defer.Deferred = defer.Deferred()
         bound = self.settings.OSEM_REQUEST_TIMEOUT + 1.0
 
         def finished(_=None):
@@ -240,6 +240,8 @@ class OsemUploader(Service):
         return None
 
     def _in_thread(self, f: Callable, *args) -> defer.Deferred:
+        if self.pool is None:
+            return defer.fail(RuntimeError("the uploader is not running"))
         return deferToThreadPool(self.reactor, self.pool, f, *args)
 
     def _get_client(self):

@@ -52,7 +52,7 @@ def salted_checksum(payload: Any, salt: Any, algorithm: str) -> str:
 
 def str2num(s: Any) -> Any:
     """An int when the value is a whole number, a float when it is another number, else the value."""
-    numbers = []
+    numbers: List[Any] = []
     for kind in (int, float):
         try:
             numbers.append(kind(s))

@@ -116,7 +116,12 @@ class SourceTracker:
         """Fire with the sources, busiest first, after reading rows added since the last refresh."""
         if self._running is not None:  # join the query in flight rather than start a second one
             d: defer.Deferred = defer.Deferred()
-            self._running.addBoth(lambda result: (d.callback(self.sorted()), result)[1])
+
+            def joined(result: Any) -> Any:
+                d.callback(self.sorted())
+                return result
+
+            self._running.addBoth(joined)
             return d
         box = self.settings.OSEM_BOX_COL if self.settings.OSEM_BOX_COL in self.store.columns else None
         known = frozenset(self.sources)

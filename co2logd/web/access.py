@@ -135,6 +135,8 @@ class DataAccess:
         if not self.token_matches(values[0]):
             log.info("Refused a dashboard login from {peer}: wrong token", peer=request.getClientAddress())
             return True, error_reply(request, 403, "The token is not DASHBOARD_TOKEN", "auth-invalid")
+        # a matching token means DASHBOARD_TOKEN is set, and with it the sessions
+        assert self.sessions is not None
         secure = request.isSecure() or request.getHeader(b"x-forwarded-proto") == b"https"
         request.addCookie(
             COOKIE,

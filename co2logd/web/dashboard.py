@@ -39,7 +39,7 @@ RANGES = ("1h", "6h", "24h", "7d", "30d", "365d", "all")
 
 def template(name: str) -> string.Template:
     """A template shipped in ``co2logd/web/templates``."""
-    text = resources.files("co2logd.web").joinpath("templates", name).read_text(encoding="utf-8")
+    text = resources.files("co2logd.web").joinpath("templates").joinpath(name).read_text(encoding="utf-8")
     return string.Template(text)
 
 

@@ -29,11 +29,13 @@ from __future__ import annotations
 
 import json
 import io
-from typing import Any, Callable, List, Optional, Set
+from typing import Any, Callable, List, Optional, Set, cast
 
 from twisted.internet import defer
-from twisted.internet.protocol import Protocol
+from twisted.internet.interfaces import IDelayedCall, ITCPTransport
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web import http, server
 from twisted.web.iweb import INonQueuedRequestFactory
 from zope.interface import implementer
@@ -53,6 +55,16 @@ def raw_error(status: int, phrase: str, message: str, reason: str, extra_headers
         + b"content-length: " + str(len(body)).encode("ascii") + b"\r\n\r\n"
         + body
     )
+
+
+def connected(protocol: Protocol) -> ITCPTransport:
+    """
+    The transport of a connected protocol.  Twisted types it as optional (it
+    is None before ``makeConnection``); every caller here runs after.
+    """
+    transport = protocol.transport
+    assert transport is not None
+    return cast(ITCPTransport, transport)
 
 
 def _ignore(reason: str) -> None:
@@ -97,7 +109,7 @@ class BoundedRequest(server.Request):
         self._refused = True
         self.count("too-large")
         log.info("Refused a body of at least {size} bytes (limit {limit})", size=size, limit=self.max_body)
-        transport = self.channel.transport
+        transport = connected(self.channel)
         transport.write(raw_error(
             413, "Payload Too Large",
             "The payload is larger than the limit of {} bytes (MAX_BODY_SIZE)".format(self.max_body), "too-large",
@@ -132,7 +144,7 @@ class GuardedChannel(http.HTTPChannel):
         self._disarm()
         super().allContentReceived()
 
-    def connectionLost(self, reason) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         """Give the place back."""
         self._disarm()
         self.factory.open_connections -= 1
@@ -178,10 +190,10 @@ class GuardedChannel(http.HTTPChannel):
         self.factory.count("request-timeout")
         log.info(
             "Closing the connection of {peer}: no whole request within {seconds} s",
-            peer=host_port(self.transport.getPeer()),
+            peer=host_port(connected(self).getPeer()),
             seconds=timeout,
         )
-        self.transport.write(
+        connected(self).write(
             raw_error(
                 408, "Request Timeout",
                 "The request did not arrive within {} seconds (HTTP_REQUEST_TIMEOUT)".format(timeout),
@@ -201,7 +213,7 @@ class RefusedConnection(Protocol):
 
     def connectionMade(self) -> None:
         """Say why, then go."""
-        self.transport.write(
+        connected(self).write(
             raw_error(
                 503, "Service Unavailable",
                 "Too many open connections (HTTP_MAX_CONNECTIONS = {}); try again later".format(self.limit),
@@ -209,7 +221,7 @@ class RefusedConnection(Protocol):
                 "retry-after: {}\r\n".format(self.retry_after).encode("ascii"),
             )
         )
-        self.transport.loseConnection()
+        connected(self).loseConnection()
 
 
 class ShuttingDown(Protocol):
@@ -217,11 +229,11 @@ class ShuttingDown(Protocol):
 
     def connectionMade(self) -> None:
         """Say why, then go."""
-        self.transport.write(
+        connected(self).write(
             raw_error(503, "Service Unavailable", "The server is shutting down; try again later", "shutting-down",
                       b"retry-after: 5\r\n")
         )
-        self.transport.loseConnection()
+        connected(self).loseConnection()
 
 
 @implementer(INonQueuedRequestFactory)
@@ -251,7 +263,7 @@ class GuardedSite(server.Site):
     :param shutdown_grace: seconds :meth:`drain` waits for requests in flight before aborting them
     """
 
-    protocol = GuardedChannel
+    protocol = GuardedChannel  # type: ignore[assignment]  # a channel class, as HTTPFactory's default is
 
     def __init__(
         self,
@@ -285,7 +297,7 @@ class GuardedSite(server.Site):
         self.shutdown_grace = shutdown_grace
         self.draining = False
         self._drain_waiters: List[defer.Deferred] = []
-        self._grace_call = None
+        self._grace_call: Optional[IDelayedCall] = None
 
     def drain(self) -> defer.Deferred:
         """
@@ -334,7 +346,7 @@ class GuardedSite(server.Site):
                 n=len(self.channels), grace=self.shutdown_grace,
             )
         for channel in list(self.channels):
-            channel.transport.abortConnection()
+            connected(channel).abortConnection()
 
     def log(self, request) -> None:
         if self.access_log:
@@ -342,6 +354,7 @@ class GuardedSite(server.Site):
 
     def buildProtocol(self, addr):
         """A channel, or a refusal when ``max_connections`` are open or the site drains."""
+        refusal: Protocol
         if self.draining:
             refusal = ShuttingDown()
             refusal.factory = self

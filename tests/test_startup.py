@@ -21,7 +21,7 @@ from typing import List, Optional
 from twisted.internet import defer, task, threads
 from twisted.trial import unittest
 
-from tests.helpers import README_JSON, REPO, free_port, wait_for_port
+from tests.helpers import README_JSON, REPO, listening_in, read_from, start_daemon, stop_daemon
 
 TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
 PYTHON_M = [sys.executable, "-m", "co2logd"]
@@ -266,12 +266,13 @@ def wait_until(predicate, timeout: float = 30.0) -> bool:
 class DaemonModeTests(unittest.TestCase):
     """twistd co2logd without -n: the parent returns 0 once the daemon serves; SIGTERM removes the pidfile."""
 
-    def daemon_run(self, cwd: str, port: int, udp: int) -> dict:
+    def daemon_run(self, cwd: str) -> dict:
+        """Start the daemon on ports of its own, upload once to the HTTP port its log names, SIGTERM it."""
         pidfile = os.path.join(cwd, "co2logd.pid")
         logfile = os.path.join(cwd, "co2logd.log")
         argv = TWISTD + [
             "--pidfile", pidfile, "--logfile", logfile, "co2logd",
-            "--http", "tcp:{}:interface=127.0.0.1".format(port), "--udp", "udp:{}:interface=127.0.0.1".format(udp),
+            "--http", "tcp:0:interface=127.0.0.1", "--udp", "udp:0:interface=127.0.0.1",
         ]
         parent = subprocess.run(argv, cwd=cwd, env=environment(), capture_output=True, timeout=TIMEOUT)
         out = {"parent": parent}
@@ -280,7 +281,9 @@ class DaemonModeTests(unittest.TestCase):
         with open(pidfile) as f:
             pid = int(f.read())
         try:
-            out["upload"] = upload(port)
+            # the parent returned once the daemon served: its log already names the ports it bound
+            out["ports"] = listening_in(read_from(logfile))
+            out["upload"] = upload(out["ports"]["HTTP"])
         finally:
             os.kill(pid, signal.SIGTERM)
             out["stopped"] = wait_until(lambda: not os.path.exists("/proc/{}".format(pid)))
@@ -296,8 +299,7 @@ class DaemonModeTests(unittest.TestCase):
 
         cwd = os.path.abspath(self.mktemp())
         os.makedirs(cwd)
-        port, udp = free_port(), free_port()
-        out = yield threads.deferToThread(self.daemon_run, cwd, port, udp)
+        out = yield threads.deferToThread(self.daemon_run, cwd)
         self.assertEqual(out["parent"].returncode, 0, out["parent"].stderr)
         self.assertEqual(out["upload"], {"saved-in-db": 2})
         self.assertTrue(out["stopped"])
@@ -307,22 +309,24 @@ class DaemonModeTests(unittest.TestCase):
             "co2logd {} starting: database {}, config file none (defaults)".format(
                 __version__, os.path.join(cwd, "co2.sqlite")), log
         )
-        self.assertIn("Listening for HTTP on 127.0.0.1:{}".format(port), log)
-        self.assertIn("Listening for UDP uploads on 127.0.0.1:{}, receive buffer ".format(udp), log)
+        self.assertRegex(log, r"Listening for HTTP on 127\.0\.0\.1:[1-9][0-9]*\n")
+        self.assertRegex(log, r"Listening for UDP uploads on 127\.0\.0\.1:[1-9][0-9]*, receive buffer ")
         self.assertNotIn("Traceback", log)
 
 
 class SerialMissingAtStartTests(unittest.TestCase):
     """python -m co2logd with a serial device that is not plugged in: HTTP serves, /health names it, it is read once it appears."""
 
-    def session(self, cwd: str, port: int) -> dict:
+    def session(self, cwd: str) -> dict:
+        """Start with the device missing, probe, plug a pty in at its path, write two lines, SIGTERM."""
         link = os.path.join(cwd, "usb-sensor-if00")
-        argv = PYTHON_M + ["--http", "tcp:{}:interface=127.0.0.1".format(port), "--serial", link]
-        process = subprocess.Popen(argv, cwd=cwd, env=environment(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        argv = PYTHON_M + ["--http", "tcp:0:interface=127.0.0.1", "--serial", link]
+        log_path = cwd + ".output"
+        process, ports = start_daemon(argv, cwd, environment(), log_path)
+        port = ports["HTTP"]
         out: dict = {}
         master = slave = None
         try:
-            wait_for_port(port, process, lambda: "")
             out["health_before"] = health(port)
             out["upload"] = upload(port)
             master, slave = os.openpty()
@@ -333,8 +337,8 @@ class SerialMissingAtStartTests(unittest.TestCase):
             out["stored"] = wait_until(lambda: b"4242" in urllib.request.urlopen(
                 "http://127.0.0.1:{}/download?format=csv".format(port), timeout=10).read())
         finally:
-            process.send_signal(signal.SIGTERM)
-            out["output"] = process.communicate(timeout=TIMEOUT)[0].decode()
+            stop_daemon(process, TIMEOUT)
+            out["output"] = read_from(log_path)
             for fd in (master, slave):
                 if fd is not None:
                     os.close(fd)
@@ -346,7 +350,7 @@ class SerialMissingAtStartTests(unittest.TestCase):
         """Missing at start: 503 naming the device while HTTP stores uploads; 200 and its rows once plugged in."""
         cwd = os.path.abspath(self.mktemp())
         os.makedirs(cwd)
-        out = yield threads.deferToThread(self.session, cwd, free_port())
+        out = yield threads.deferToThread(self.session, cwd)
         status, report = out["health_before"]
         self.assertEqual(status, 503, out["output"])
         self.assertEqual(

@@ -10,7 +10,7 @@ import sys
 from twisted.internet import defer, threads
 from twisted.trial import unittest
 
-from co2logd import legacy_utils
+from co2logd.settings import legacy_utils
 from co2logd.settings import Settings, SettingsError
 from tests.helpers import REPO, upload_to_daemon
 

@@ -88,7 +88,6 @@ class GracefulStopProcessTests(unittest.TestCase):
             busy = socket.create_connection(("127.0.0.1", port), timeout=10)
             busy.sendall(request_head(README_JSON) + README_JSON[:10])
             time.sleep(0.5)  # the daemon has read the first half
-            started = time.monotonic()
             process.send_signal(signal.SIGTERM)
             out["idle_closed"] = read_all(idle)  # closed at once, without an answer
             time.sleep(0.5)
@@ -96,7 +95,6 @@ class GracefulStopProcessTests(unittest.TestCase):
             busy.sendall(README_JSON[10:])
             out["reply"] = read_all(busy)
             out["code"] = process.wait(timeout=TIMEOUT)
-            out["stop_seconds"] = time.monotonic() - started
             idle.close()
             busy.close()
         finally:
@@ -128,7 +126,8 @@ class GracefulStopProcessTests(unittest.TestCase):
         self.assertEqual(out["idle_closed"], b"")
         self.assertFalse(out["refused"])
         self.assertIn(out["code"], (0, -signal.SIGTERM), out["output"])
-        self.assertLess(out["stop_seconds"], 10, out["output"])
+        # it stopped once the upload was answered, before the grace period (10 s) ran out
+        self.assertNotIn("still busy after", out["output"])
         self.assertEqual([r["co2"] for r in rows_in(os.path.join(cwd, "co2.sqlite"))], [1223, 2351])
         self.assertIn("letting 1 HTTP requests in flight finish", out["output"])
         self.assertNotIn("Traceback", out["output"])
@@ -141,10 +140,8 @@ class GracefulStopProcessTests(unittest.TestCase):
             stuck = socket.create_connection(("127.0.0.1", port), timeout=10)
             stuck.sendall(request_head(README_JSON) + README_JSON[:10])
             time.sleep(0.5)
-            started = time.monotonic()
             process.send_signal(signal.SIGTERM)
             out["code"] = process.wait(timeout=TIMEOUT)
-            out["stop_seconds"] = time.monotonic() - started
             out["reply"] = read_all(stuck)
             stuck.close()
         finally:
@@ -161,8 +158,6 @@ class GracefulStopProcessTests(unittest.TestCase):
         os.makedirs(cwd)
         out = yield threads.deferToThread(self.stuck_client, cwd)
         self.assertIn(out["code"], (0, -signal.SIGTERM), out["output"])
-        self.assertGreaterEqual(out["stop_seconds"], 0.9)
-        self.assertLess(out["stop_seconds"], 8, out["output"])
         self.assertEqual(out["reply"], b"")
         self.assertIn("aborting 1 HTTP connections still busy after 1 s", out["output"])
         self.assertEqual(rows_in(os.path.join(cwd, "co2.sqlite")), [])

@@ -39,3 +39,22 @@ class ReadmeTests(unittest.TestCase):
         readme = read("README.md")
         venv = readme.index("```sh\npython3 -m venv ~/co2logd-venv && . ~/co2logd-venv/bin/activate\n```")
         self.assertLess(venv, readme.index("```sh\npip install . && twistd -n co2logd\n```"))
+
+    def test_layout_matches_the_tree(self):
+        """README's Layout names every module and package of co2logd/, and no file that is not there."""
+        block = re.search(r"## Layout\n\n```\n(.*?)\n```", read("README.md"), re.S).group(1)
+        words = set(re.findall(r"[\w.]+/?", block))
+        package = os.path.join(REPO, "co2logd")
+        missing = []
+        for directory, dirs, files in os.walk(package):
+            dirs[:] = [d for d in dirs if d != "__pycache__" and os.path.exists(os.path.join(directory, d, "__init__.py"))]
+            relative = os.path.relpath(directory, package)
+            if relative != "." and os.path.basename(directory) + "/" not in words:
+                missing.append(relative + "/")
+            for name in files:
+                if name.endswith(".py") and name not in ("__init__.py", "__main__.py") and name not in words:
+                    missing.append(os.path.join(relative, name))
+        self.assertEqual(missing, [], "add them to README's Layout")
+        named = {w for w in words if w.endswith(".py")}
+        existing = {name for _, _, files in os.walk(REPO) for name in files}
+        self.assertEqual(sorted(named - existing), [], "README's Layout names files that are not there")

@@ -18,7 +18,7 @@ halves never share a connection:
 
 Times are measurement times in UNIX seconds (``co2logd_mtime.t``); the
 rollups hold min, max and count of every column's numeric values per period
-of that time (:data:`co2logd.rollup.SPANS`: minute to day) and per source.
+of that time (:data:`co2logd.charts.rollup.SPANS`: minute to day) and per source.
 """
 
 from __future__ import annotations
@@ -30,7 +30,8 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from co2logd import mtime, rollup
+from co2logd import mtime
+from co2logd.charts import rollup
 from co2logd.db import StoreError, transaction
 from co2logd.names import quote_identifier
 from co2logd.payloads import text_value
@@ -283,7 +284,7 @@ class PlotQueries:
     def _roll_up(self, connection, columns: Sequence[str], low: int, high: int) -> None:
         """
         Fold the rows with ``low < row <= high`` into the rollups of
-        ``columns`` (every span of :data:`co2logd.rollup.SPANS`): one GROUP BY
+        ``columns`` (every span of :data:`co2logd.charts.rollup.SPANS`): one GROUP BY
         (source, minute of measurement time) over that range of the side
         table, the longer spans summed from its minutes, merged into what is
         there (min, max and count merge, so rows arriving late, or a backfill
@@ -807,8 +808,8 @@ class _PlotJob:
         self.bounds = bounds
         self.filters = filters
         self.max_series = max_series
-        self.pieces: Optional[list] = None  # co2logd.rollup.plan_seconds(bounds) when rollups may answer
-        self.whole: Optional[rollup.Piece] = None  # or the whole range at once (co2logd.rollup.whole_range_piece)
+        self.pieces: Optional[list] = None  # co2logd.charts.rollup.plan_seconds(bounds) when rollups may answer
+        self.whole: Optional[rollup.Piece] = None  # or the whole range at once (co2logd.charts.rollup.whole_range_piece)
         self.mode: Optional[str] = None  # "exact" or "rollup", chosen in the first interaction
         self.sources: Optional[Dict[SourceId, str]] = None  # the filters' sources (None: all)
         self.left_out = 0

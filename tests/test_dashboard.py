@@ -20,7 +20,7 @@ from twisted.internet import defer, reactor
 from twisted.trial import unittest
 from zope.interface import implementer
 
-from co2logd import rollup
+from co2logd.charts import rollup
 from co2logd.charts.svg import Panel, path_points, render_svg
 from co2logd.status.interfaces import IForwarderStats
 from co2logd.store import upload_time_index

@@ -22,7 +22,7 @@ from twisted.trial import unittest
 
 from co2logd import mtime
 from co2logd.charts.svg import HTML_AREA, OKABE_ITO
-from co2logd.rollup import SPANS, STEPS
+from co2logd.charts.rollup import SPANS, STEPS
 from co2logd.store import Store
 from co2logd.web.plot import main_columns, unit_for
 from tests.helpers import SiteMixin, StoreMixin, make_settings

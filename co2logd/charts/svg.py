@@ -21,7 +21,7 @@ import math
 import re
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from co2logd.rollup import STEPS
+from co2logd.charts.rollup import STEPS
 
 Bucket = Tuple[int, float, float]  # (bucket index, min, max)
 
@@ -44,7 +44,7 @@ def bucket_edges(since: float, until: float, buckets: int) -> List[float]:
     """
     At most ``buckets + 1`` times from ``since`` to ``until``: equally spaced,
     and when a bucket spans a minute or more, on whole periods from the
-    epoch, a step from :data:`co2logd.rollup.STEPS` (2 minutes, 20 minutes,
+    epoch, a step from :data:`co2logd.charts.rollup.STEPS` (2 minutes, 20 minutes,
     12 hours...) or whole days, so the rollups answer every bucket but the
     two at the ends without reading rows, from a few periods each.
     """

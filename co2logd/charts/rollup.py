@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import datetime
 import re
-from typing import List, Optional, Sequence, Tuple
+from typing import Any, List, Optional, Sequence, Tuple
 
 MINUTE = 60
 HOUR = 3600
@@ -67,13 +67,15 @@ def micros(text: str) -> Optional[int]:
 class Piece:
     """
     How one bucket is answered: ``exact`` time ranges (microseconds from
-    :func:`cut`, stored-time text from :func:`plan`; read from the rows) and ``periods`` as ``(span, first start, end start)`` in
-    seconds (read from the rollups of that span: starts in ``[first, end)``).
+    :func:`cut`, stored-time text from :func:`plan`, seconds from
+    :func:`plan_seconds`; read from the rows) and ``periods`` as ``(span,
+    first start, end start)`` in seconds (read from the rollups of that
+    span: starts in ``[first, end)``).
     """
 
     __slots__ = ("exact", "periods")
 
-    def __init__(self, exact: List[Tuple[int, int]], periods: List[Tuple[int, int, int]]):
+    def __init__(self, exact: List[Tuple[Any, Any]], periods: List[Tuple[int, int, int]]):
         self.exact = exact
         self.periods = periods
 

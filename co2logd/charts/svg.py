@@ -129,8 +129,8 @@ def time_ticks(since: float, until: float, width: int) -> Tuple[List[float], str
     wanted = max(2, width // 110)
     step = next((s for s in TIME_STEPS if span / s <= wanted), TIME_STEPS[-1])
     first = math.ceil(since / step) * step
-    ticks = []
-    t = first
+    ticks: List[float] = []
+    t: float = first
     while t <= until and len(ticks) < 100:
         ticks.append(t)
         t += step
@@ -195,7 +195,8 @@ class Frame:
         return (t - self.since) / (self.until - self.since) * self.area
 
     def value_ticks(self) -> List[float]:
-        ticks, value = [], self.low
+        ticks: List[float] = []
+        value = self.low
         while value <= self.high + self.step / 2 and len(ticks) < 50:
             ticks.append(value)
             value += self.step
@@ -208,8 +209,8 @@ def _body(panel: Panel, frame: Frame, colours: Dict[str, str], left: float, scal
     stretch = ' vector-effect="non-scaling-stroke"' if scaled else ""
     area, low, high = frame.area, frame.low, frame.high
     if panel.bands and panel.buckets:
-        edges = [low] + [b for b in panel.bands if low < b < high] + [high]
-        for a, b in zip(edges, edges[1:]):
+        band_edges = [low] + [b for b in panel.bands if low < b < high] + [high]
+        for a, b in zip(band_edges, band_edges[1:]):
             level = sum(1 for t in panel.bands if t <= a)
             fill = BAND_FILLS[min(level, len(BAND_FILLS) - 1)]
             out.append('<rect class="band" x="{}" y="{}" width="{}" height="{}" fill="{}"/>'.format(
@@ -227,12 +228,11 @@ def _body(panel: Panel, frame: Frame, colours: Dict[str, str], left: float, scal
             out.append('<line class="grid" x1="{0}" x2="{0}" y1="{1}" y2="{2}"{3}/>'.format(
                 x, _num(frame.y0), _num(frame.y1), stretch))
     edges = panel.edges
-    if edges is None:
-        def x_of(i: int) -> float:
+
+    def x_of(i: int) -> float:
+        if edges is None:
             return left + i + 0.5
-    else:
-        def x_of(i: int) -> float:
-            return left + frame.x_of_time((edges[i] + edges[i + 1]) / 2)
+        return left + frame.x_of_time((edges[i] + edges[i + 1]) / 2)
     for label, buckets in panel.series:
         points = path_points(buckets, x_of, frame.y_of)
         d = "".join(["%s%.1f,%.1f" % point for point in points])

@@ -307,6 +307,7 @@ class MQTTService(Service):
         # messages the database refused as busy, oldest first: tried again in order, the oldest first
         self.waiting: Deque[Delivery] = collections.deque()
         self.retry_call = None
+        self._flush_call = None
         self.probe: Optional[Delivery] = None  # the oldest waiting message, being tried alone
         self.busy_streak = 0
         self.stopping = False
@@ -374,6 +375,9 @@ class MQTTService(Service):
                      n=self.in_flight.count)
         if timer.active():
             timer.cancel()
+        if self._flush_call is not None:
+            self._flush_call.cancel()
+            self._flush()  # the PUBACKs of what was committed go out before the disconnect
         connection, self.connection = self.connection, None
         if connection is not None:
             yield connection.stop()
@@ -545,11 +549,13 @@ class MQTTService(Service):
             self.counters["refused"][error.reason] += 1
             source.rejects[error.reason] += 1
             self.reject_log.reject(str(delivery.message.topic)[:MAX_LABEL], error.reason, error.message, "mqtt")
-        if delivery.generation == self.generation:
-            self._flush()
+        if delivery.generation == self.generation and self._flush_call is None:
+            # at the end of this reactor turn: a group commit settles many messages, one batch of PUBACKs
+            self._flush_call = self.reactor.callLater(0, self._flush)
 
     def _flush(self) -> None:
         """Acknowledge settled messages from the oldest on, stopping at the first still unsettled."""
+        self._flush_call = None
         pending = self.pending
         acks = []
         while pending and pending[0].outcome is not None:

@@ -16,7 +16,9 @@ from twisted.trial import unittest
 
 from co2logd.transports.mqtt import MQTTService
 from tests.helpers import README_SALT, StoreMixin, make_settings, rows_in, salted
-from tests.mosquitto import MISSING, Mosquitto, publish
+import shutil
+
+from tests.mosquitto import MISSING, Mosquitto, make_certificates, publish
 
 
 def wait_until(predicate, timeout: float = 20.0, what: str = "the condition", report=lambda: ""):
@@ -222,3 +224,35 @@ class ConnectionTests(BrokerMixin, unittest.TestCase):
         self.assertFalse(health["ok"])
         self.assertIn("Not authorized", health["reason"])
         self.assertNotIn("wrong-pw", json.dumps(health))
+
+
+class TLSTests(BrokerMixin, unittest.TestCase):
+    """mqtts:// with a private CA (MQTT_CA_FILE) and broker credentials."""
+
+    if MISSING:
+        skip = MISSING
+    elif shutil.which("openssl") is None:
+        skip = "the openssl command (Debian package openssl) is needed to make the test certificates"
+
+    @defer.inlineCallbacks
+    def test_tls_with_private_ca(self):
+        """With the CA file: connected over TLS, stored; without it: the certificate is refused, not connected."""
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        ca, cert, key = make_certificates(directory)
+        self.broker = Mosquitto(directory, users={"co2logd": "pw"}, tls=(cert, key))
+        self.broker.start()
+        self.addCleanup(self.broker.stop)
+        self.setup_store(MQTT_CA_FILE=ca)
+        url = "mqtts://co2logd:pw@127.0.0.1:{}".format(self.broker.port)
+        service = self.start_mqtt(url=url, topics=["co2logd/#"])
+        yield wait_until(lambda: service.is_subscribed, what="the subscription over TLS")
+        yield self.publish([("co2logd/tls", b'{"co2": 42}')], username="co2logd", password="pw", ca_file=ca)
+        yield wait_until(lambda: service.counters["acks"] == 1, what="the PUBACK", report=service.stats)
+        self.assertEqual(self.rows()[0]["co2"], 42)
+        yield service.stopService()
+
+        self.settings = self.settings.replace(MQTT_CA_FILE=None, MQTT_CLIENT_ID="co2logd-test-no-ca")
+        untrusting = self.start_mqtt(url=url, topics=["co2logd/#"])
+        yield wait_until(lambda: untrusting.counters["connect_failures"] > 0, what="a refused certificate")
+        self.assertFalse(untrusting.health()["ok"])

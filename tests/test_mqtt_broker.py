@@ -76,10 +76,10 @@ class ConventionTests(BrokerMixin, unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_conventions_end_to_end(self):
-        """Tasmota, ESPHome, JSON with a salted checksum as user property, CSV behind a header block."""
+        """Tasmota, ESPHome, JSON with a salted checksum as user property, CSV behind a header block, line protocol."""
         self.start_broker()
         self.setup_store(CHECKSUM_SALTS=[README_SALT], MQTT_TASMOTA_TIMEZONE="UTC")
-        service = self.start_mqtt()
+        service = self.start_mqtt(topics=["tele/+/SENSOR", "+/sensor/+/state", "co2logd/#", "telegraf/#"])
         yield wait_until(lambda: service.is_subscribed, what="the subscription")
         own = b'{"co2": [700, 710], "box": ["hall", "hall"]}'
         messages = [
@@ -88,19 +88,22 @@ class ConventionTests(BrokerMixin, unittest.TestCase):
             ("co2logd/hall", own, {"Content-MD5-Salted": salted(own, README_SALT)}, "application/json"),
             ("co2logd/cellar", b"Content-Type: text/csv\nIdempotency-Key: cellar-1\n\nco2,box\n1200,cellar\n"),
             ("co2logd/hall/status", b"online"),  # not data: acknowledged, nothing stored
+            ("telegraf/gw1/air", b"air,host=gw1 co2=640i 1714564800000000000\n"),  # Telegraf's MQTT output
         ]
         yield self.publish(messages)
-        yield wait_until(lambda: service.counters["acks"] == len(messages), what="five PUBACKs", report=service.stats)
+        yield wait_until(lambda: service.counters["acks"] == len(messages), what="all PUBACKs", report=service.stats)
         rows = self.rows()
-        self.assertEqual(len(rows), 5)
+        self.assertEqual(len(rows), 6)
         tasmota = rows[0]
         self.assertEqual((tasmota["scd30_carbondioxide"], tasmota["scd30_temperature"], tasmota["box"]), (814, 24.7, "tasmota_1"))
         self.assertEqual(tasmota["time"], "2024-05-01 12:00:00+00:00")
         self.assertEqual(tasmota["transport"], "mqtt:tele/tasmota_1/SENSOR")
         self.assertEqual((rows[1]["co2"], rows[1]["box"], rows[1]["transport"]), (905, "livingroom", "mqtt:livingroom/sensor/+/state"))
         self.assertEqual([(r["co2"], r["box"], r["matched_checksums"]) for r in rows[2:4]], [(700, "hall", "md5"), (710, "hall", "md5")])
-        self.assertEqual((rows[4]["co2"], rows[4]["box"]), (1200, "cellar"))
-        self.assertEqual(dict(service.counters["outcomes"]), {"stored": 4, "not-data": 1})
+        by_box = {r["box"]: r for r in rows}  # the key's lookup lets the cellar's row commit after later ones
+        self.assertEqual(by_box["cellar"]["co2"], 1200)
+        self.assertEqual((by_box["gw1"]["co2"], by_box["gw1"]["time"]), (640, "2024-05-01 12:00:00+00:00"))
+        self.assertEqual(dict(service.counters["outcomes"]), {"stored": 5, "not-data": 1})
 
 
 class DurabilityTests(BrokerMixin, unittest.TestCase):

@@ -292,6 +292,8 @@ class MQTTService(Service):
         self.trusted: List[str] = []  # topic filters the broker vouches for (with UPLOAD_REQUIRES_AUTH)
         self.box_column = settings.OSEM_BOX_COL.lower()
         self.local_time = local_time_reader(settings.MQTT_TASMOTA_TIMEZONE)
+        self.line_topics = list(settings.MQTT_LINE_PROTOCOL_TOPICS)
+        self.max_points = settings.MAX_ROWS_PER_UPLOAD
         self.connection_factory = connection_factory
         self.connection = None
         self.setName("mqtt {}".format(self.broker.display()))
@@ -464,7 +466,9 @@ class MQTTService(Service):
         if message.topic is None:
             return self._settle(delivery, REFUSED, IngestError(400, "topic", "The topic is not UTF-8 text"))
         try:
-            mapped = map_message(message, self.box_column, self.local_time)
+            mapped = map_message(
+                message, self.box_column, self.local_time, self.line_topics, self.reactor.seconds(), self.max_points
+            )
         except NotData as e:
             log.debug("Not data on {topic}: {why}", topic=message.topic, why=e.why)
             return self._settle(delivery, NOT_DATA)

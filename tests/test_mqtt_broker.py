@@ -126,6 +126,19 @@ class DurabilityTests(BrokerMixin, unittest.TestCase):
         self.assertEqual(sorted(r["seq"] for r in self.rows()), list(range(200)))
 
     @defer.inlineCallbacks
+    def test_published_while_down_mqtt311(self):
+        """The same with MQTT 3.1.1 (clean_session false): the session survives co2logd's absence."""
+        self.start_broker()
+        self.setup_store(MQTT_PROTOCOL="3.1.1")
+        first = self.start_mqtt(topics=["co2logd/#"])
+        yield wait_until(lambda: first.is_subscribed, what="the subscription")
+        yield first.stopService()
+        yield self.publish([("co2logd/n", json.dumps({"seq": i}).encode()) for i in range(50)], protocol="3.1.1")
+        second = self.start_mqtt(topics=["co2logd/#"])
+        yield wait_until(lambda: second.counters["acks"] == 50, what="50 PUBACKs", report=second.stats)
+        self.assertEqual(sorted(r["seq"] for r in self.rows()), list(range(50)))
+
+    @defer.inlineCallbacks
     def test_bad_payloads_refused_and_acknowledged_once(self):
         """A payload that can never be stored is counted, acknowledged, and not sent again after a restart."""
         self.start_broker()

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple, Type
 
 from twisted.web.resource import Resource
 from twisted.web.server import Request
+
+from co2logd.payloads import text_value
 
 
 def json_reply(request: Request, status: int, body: Any) -> bytes:
@@ -39,6 +41,26 @@ def query_args(request: Request) -> Dict[str, str]:
         for k, v in (request.args or {}).items()
         if v
     }
+
+
+def row_filters(
+    settings: Any, columns: Mapping[str, Any], args: Mapping[str, str], error: Type[ValueError] = ValueError
+) -> List[Tuple[str, Any]]:
+    """
+    ``box=`` and ``source=`` (the transport column) as (column, value)
+    equality filters, for /download, /plot and the dashboard; ``error`` (the
+    route's own) when the table has no such column.
+    """
+    filters = []
+    for arg, column in (("box", settings.OSEM_BOX_COL), ("source", settings.TRANSPORT_COL)):
+        value = args.get(arg, "")
+        if value == "":
+            continue
+        if column not in columns:
+            raise error("There is no column {!r} to filter by {}".format(column, arg))
+        # a box is stored as its upload sent it: "7" as the number 7
+        filters.append((column, text_value(value) if arg == "box" else value))
+    return filters
 
 
 def finish_quietly(request: Request, data: Optional[bytes] = None) -> None:

@@ -34,7 +34,7 @@ from co2logd.ingest import json_default
 from co2logd.payloads import text_value
 from co2logd.store import Query
 from co2logd.charts.timerange import TimeRangeError, parse_time, time_text
-from co2logd.web.common import error_reply, finish_quietly, query_args
+from co2logd.web.common import error_reply, finish_quietly, query_args, row_filters
 from co2logd.web.html import PAGE_END, escape, page_start
 from co2logd.web.formulas import neutralise_cell
 from co2logd.web.producer import RowProducer
@@ -110,12 +110,8 @@ def add_range_and_paging(
     if until is not None:
         # stored times are longer than the bound, so "<=" keeps [since, until)
         query.bounds.append((settings.UPLOAD_TIME_COL, "<=", time_text(until)))
-    for arg, column in (("box", settings.OSEM_BOX_COL), ("source", settings.TRANSPORT_COL)):
-        value = args.get(arg, "")
-        if value != "":
-            if column not in columns:
-                raise DownloadArgumentError("There is no column {!r} to filter by {}".format(column, arg))
-            query.bounds.append((column, "=", text_value(value) if arg == "box" else value))
+    for column, value in row_filters(settings, columns, args, DownloadArgumentError):
+        query.bounds.append((column, "=", value))
     after = args.get("after", "")
     if after == "":
         return None

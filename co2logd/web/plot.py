@@ -25,11 +25,10 @@ from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
-from co2logd.payloads import text_value
 from co2logd.osem.mapping import Mapper
 from co2logd.charts.svg import Panel, bands_for, bucket_edges, plot_area_width, render_svg
 from co2logd.charts.timerange import TimeRange, TimeRangeError, time_text
-from co2logd.web.common import error_reply, finish_quietly, query_args
+from co2logd.web.common import error_reply, finish_quietly, query_args, row_filters
 
 log = Logger()
 
@@ -81,19 +80,6 @@ def main_columns(settings, columns: Mapping[str, str]) -> List[str]:
 def unique(names: Iterable[str]) -> List[str]:
     """``names`` without repeats, in first-seen order."""
     return list(dict.fromkeys(names))
-
-
-def row_filters(settings, columns: Mapping[str, str], args: Mapping[str, str]) -> List[Tuple[str, Any]]:
-    """``box=`` and ``source=`` (the transport column) as (column, value) equality filters."""
-    filters = []
-    for arg, column in (("box", settings.OSEM_BOX_COL), ("source", settings.TRANSPORT_COL)):
-        value = args.get(arg, "")
-        if value == "":
-            continue
-        if column not in columns:
-            raise PlotError("There is no column {!r} to filter by {}".format(column, arg))
-        filters.append((column, text_value(value) if arg == "box" else value))
-    return filters
 
 
 def _bounded_int(args: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
@@ -159,7 +145,7 @@ class PlotSpec:
             TimeRange.from_args(None if whole else args.get("since"), args.get("until"), now),
             width,
             height,
-            row_filters(settings, columns, args),
+            row_filters(settings, columns, args, PlotError),
             whole,
         )
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 
 from twisted.logger import Logger
@@ -15,7 +14,7 @@ from co2logd.status.sources import SourceTracker
 from co2logd.status.health import HealthChecker
 from co2logd.status.metrics import Metrics
 from co2logd.web.access import DataAccess, GuardedResource
-from co2logd.web.common import allowed_methods
+from co2logd.web.common import allowed_methods, error_reply
 from co2logd.web.dashboard import DashboardResource, static_directory
 from co2logd.web.pacing import PacedResource, ViewPacer
 from co2logd.web.download import DownloadResource
@@ -41,14 +40,13 @@ class Co2logdRequest(BoundedRequest):
         allowed = allowed_methods(resrc)
         if allowed is None or self.method in allowed:
             return super().render(resrc)
-        self.setResponseCode(405)
         self.setHeader(b"allow", b", ".join(allowed))
-        self.setHeader(b"content-type", b"application/json")
-        body = json.dumps({
-            "error": "Method {} is not allowed here; use {}".format(
+        body = error_reply(
+            self, 405,
+            "Method {} is not allowed here; use {}".format(
                 self.method.decode("latin-1"), ", ".join(m.decode("ascii") for m in allowed)),
-            "reason": "method-not-allowed",
-        }).encode("utf-8")
+            "method-not-allowed",
+        )
         self.setHeader(b"content-length", str(len(body)).encode("ascii"))
         self.write(body)
         self.finish()

@@ -31,7 +31,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from co2logd import mtime, rollup
-from co2logd.db import StoreError, transaction
+from co2logd.store.interfaces import StoreError
+from co2logd.store.sqlite import transaction
 from co2logd.names import quote_identifier
 from co2logd.payloads import text_value
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Iterable
 
-from co2logd.db import StoreError
+from co2logd.store.interfaces import StoreError
 
 #: every name SQLite accepts for the rowid, in the order the store prefers them
 ALIASES = ("rowid", "_rowid_", "oid")
@@ -29,7 +29,7 @@ def is_reserved(name: str) -> bool:
 def rowid_alias(columns: Iterable[str]) -> str:
     """
     The first of ``rowid``, ``_rowid_``, ``oid`` that no column of the table
-    hides; a :class:`~co2logd.db.StoreError` if the table hides all three.
+    hides; a :class:`~co2logd.store.StoreError` if the table hides all three.
     """
     taken = {name.lower() for name in columns}
     for alias in ALIASES:

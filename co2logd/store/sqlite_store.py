@@ -1,26 +1,23 @@
 """
-The store: one SQLite file behind ``twisted.enterprise.adbapi``.
+The SQLite store: one file behind ``twisted.enterprise.adbapi``, providing
+:class:`~co2logd.store.IStore`.
 
-* ``prepare_database`` runs once, synchronously, before the reactor starts:
-  it creates or upgrades the schema (a version table, upgrade steps kept as
-  data) and reads the data table's columns.  A co2logserver 0.1.2 database is
-  used as it is; co2logd only adds its transport column and its own tables.
-* :class:`Store` writes uploads (new columns, rows and outbox entries,
-  atomically, committed before the Deferred fires) and answers queries.
-  Uploads that arrive together share one transaction (group commit), each in
-  a savepoint of its own; a bounded queue makes :attr:`Store.busy` true when
-  the writer falls behind.  The column cache means no schema query per upload.
-
-The SQL lives here and, for the dashboard's reads and the plot rollups, in
-:mod:`co2logd.plot_queries` (a mixin of :class:`Store`).  Identifiers come
-from :func:`co2logd.names.quote_identifier` (checked names only); values are
+:class:`Store` writes uploads (new columns, rows and outbox entries,
+atomically, committed before the Deferred fires) and answers queries.
+Uploads that arrive together share one transaction (group commit), each in
+a savepoint of its own; a bounded queue makes :attr:`Store.busy` true when
+the writer falls behind.  The column cache means no schema query per upload.
+The schema and its upgrades are in :mod:`co2logd.store.schema`; the
+dashboard's reads and the plot rollups in :mod:`co2logd.plot_queries` (a
+mixin of :class:`Store`).  Identifiers come from
+:func:`co2logd.names.quote_identifier` (checked names only); values are
 always bound parameters.
 """
 
 from __future__ import annotations
 
-import datetime
 import sqlite3
+import time
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from twisted.application.service import Service
@@ -31,255 +28,45 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from co2logd.db import StoreError, transaction
-from co2logd.dbwatch import HEARTBEAT_TABLE, DatabaseLost, DatabaseWatch, is_disk_error
+from zope.interface import implementer
+
+from co2logd.store.schema import (
+    DEAD_LETTER_TABLE,
+    IDEMPOTENCY_TABLE,
+    OUTBOX_TABLE,
+    REPLAY_TABLE,
+    prepare_database,
+)
+from co2logd.store.sqlite import configure_connection, configure_reader, declared_type, sql_value, transaction
+from co2logd.store.watch import DatabaseWatch, is_disk_error
 from co2logd.names import quote_identifier
-from co2logd import mtime
 from co2logd.rowid import rowid_alias
-from co2logd.plot_queries import (
-    MTIME_STATE_TABLE,
-    MTIME_TABLE,
-    ROLLUP_ODD_TABLE,
-    ROLLUP_SOURCE_TABLE,
-    ROLLUP_STATE_TABLE,
-    ROLLUP_TABLE,
-    PlotQueries,
+from co2logd.plot_queries import PlotQueries
+from co2logd.store.interfaces import (
+    DatabaseLost,
+    DuplicateUpload,
+    IdempotencyClaim,
+    IRowStream,
+    IStore,
+    Query,
+    ReplayAdvance,
+    ReplayRefused,
+    StoreBusy,
+    StoreError,
+    WriteObserver,
+    WriteRequest,
 )
 
 log = Logger()
 
-SCHEMA_VERSION_TABLE = "co2logd_schema_version"
-OUTBOX_TABLE = "co2logd_osem_outbox"
-DEAD_LETTER_TABLE = "co2logd_osem_dead_letter"
 
-# Upgrade steps as data: version → statements.  Never edit a released step;
-# append a new one.
-UPGRADES: List[Tuple[int, List[str]]] = [
-    (
-        1,
-        [
-            "CREATE TABLE IF NOT EXISTS {} (id INTEGER PRIMARY KEY AUTOINCREMENT, "
-            "queued_at REAL NOT NULL, entry TEXT NOT NULL)".format(OUTBOX_TABLE),
-            "CREATE TABLE IF NOT EXISTS {} (id INTEGER PRIMARY KEY, queued_at REAL NOT NULL, "
-            "failed_at REAL NOT NULL, entry TEXT NOT NULL, reason TEXT NOT NULL)".format(
-                DEAD_LETTER_TABLE
-            ),
-        ],
-    ),
-    (
-        2,
-        [
-            # plots, /download?since= and the dashboard select by upload time (issue 5);
-            # {index}, {table} and {upload_time} come from the settings in prepare_database
-            "CREATE INDEX IF NOT EXISTS {index} ON {table} ({upload_time})",
-        ],
-    ),
-    (
-        3,
-        [
-            # replay protection and idempotent uploads (issue 7); "last" has no
-            # type so counters stay exact integers and timestamps stay reals
-            "CREATE TABLE IF NOT EXISTS co2logd_replay (key TEXT PRIMARY KEY, last NOT NULL, updated_at REAL NOT NULL)",
-            "CREATE TABLE IF NOT EXISTS co2logd_idempotency (key TEXT PRIMARY KEY, digest TEXT NOT NULL, "
-            "receipt TEXT NOT NULL, created_at REAL NOT NULL)",
-            "CREATE INDEX IF NOT EXISTS co2logd_idempotency_created ON co2logd_idempotency (created_at)",
-        ],
-    ),
-    (
-        4,
-        [
-            # plot rollups (issue 5): per plotted column, span (60 or 3600 s),
-            # period start (UNIX seconds) and source, the min, max and count of
-            # the numeric values; filled lazily from the rows after each
-            # column's done_rowid (see Store.plot_series).  Sources are
-            # (transport, box) value pairs; odd rows are rows whose upload time
-            # is not stored text of the usual shape, read exactly instead.
-            "CREATE TABLE IF NOT EXISTS {} (id INTEGER PRIMARY KEY, transport, box)".format(ROLLUP_SOURCE_TABLE),
-            "CREATE TABLE IF NOT EXISTS {} (col TEXT NOT NULL, span INTEGER NOT NULL, start INTEGER NOT NULL, "
-            "source INTEGER NOT NULL, lo NOT NULL, hi NOT NULL, n INTEGER NOT NULL, "
-            "PRIMARY KEY (col, span, start, source)) WITHOUT ROWID".format(ROLLUP_TABLE),
-            "CREATE TABLE IF NOT EXISTS {} (col TEXT PRIMARY KEY, done_rowid INTEGER NOT NULL, "
-            "names TEXT NOT NULL)".format(ROLLUP_STATE_TABLE),
-            "CREATE TABLE IF NOT EXISTS {} (row INTEGER PRIMARY KEY)".format(ROLLUP_ODD_TABLE),
-        ],
-    ),
-    (
-        5,
-        [
-            # the heartbeat /health writes (issue 12): one row, updated in a committed transaction
-            "CREATE TABLE IF NOT EXISTS {} (id INTEGER PRIMARY KEY CHECK (id = 1), beat_at REAL NOT NULL)".format(
-                HEARTBEAT_TABLE
-            ),
-        ],
-    ),
-    (
-        6,
-        [
-            # measurement time (issue 10): per data row (by rowid) its time on
-            # the plots in UNIX seconds, its source and how the time was found
-            # (co2logd.mtime); filled by the writer, and for older rows by the
-            # maintenance timer from filled_to on.  The rollups are now keyed
-            # by this time: the upload-time rollups of version 4 go.
-            "CREATE TABLE IF NOT EXISTS {} (row INTEGER PRIMARY KEY, t REAL, src INTEGER, kind INTEGER NOT NULL)".format(MTIME_TABLE),
-            "CREATE INDEX IF NOT EXISTS co2logd_mtime_t ON {} (t)".format(MTIME_TABLE),
-            "CREATE INDEX IF NOT EXISTS co2logd_mtime_src ON {} (src, t)".format(MTIME_TABLE),
-            "CREATE INDEX IF NOT EXISTS co2logd_mtime_unusable ON {} (t) WHERE kind >= 2".format(MTIME_TABLE),
-            "CREATE INDEX IF NOT EXISTS co2logd_rollup_source_key ON {} (transport, box)".format(ROLLUP_SOURCE_TABLE),
-            "CREATE TABLE IF NOT EXISTS {} (k INTEGER PRIMARY KEY, filled_to INTEGER NOT NULL, names TEXT NOT NULL)".format(MTIME_STATE_TABLE),
-            "DELETE FROM {}".format(ROLLUP_TABLE),
-            "DELETE FROM {}".format(ROLLUP_STATE_TABLE),
-            "DROP TABLE IF EXISTS {}".format(ROLLUP_ODD_TABLE),
-        ],
-    ),
-]
-SCHEMA_VERSION = UPGRADES[-1][0]
-
-SQL_TYPES = {
-    bool: "INTEGER",
-    int: "INTEGER",
-    float: "REAL",
-    str: "TEXT",
-    datetime.datetime: "DATETIME",
-}
-
-
-class StoreBusy(Exception):
-    """The writer is behind: too many rows wait for the database; try again later."""
-
-
-def sql_type(value: Any) -> str:
-    """The declared SQL type for a new column, from its first value (co2logserver's rule)."""
-    return SQL_TYPES.get(type(value), "")
-
-
-def sql_value(value: Any) -> Any:
-    """A Python value as it is bound: datetimes as sqlite3's own adapter writes them."""
-    if isinstance(value, datetime.datetime):
-        return value.isoformat(" ")
-    if isinstance(value, bool):
-        return int(value)
-    return value
-
-
-def configure_connection(connection: sqlite3.Connection, synchronous: str = "FULL") -> None:
-    """WAL, a busy timeout and the chosen durability; explicit transactions."""
-    connection.isolation_level = None  # we BEGIN/COMMIT ourselves, DDL included
-    connection.execute("PRAGMA journal_mode=WAL")
-    connection.execute("PRAGMA busy_timeout=5000")
-    connection.execute("PRAGMA synchronous={}".format(synchronous))
-
-
-def prepare_database(path: str, settings) -> Dict[str, str]:
-    """
-    Create or upgrade the schema; return the data table's columns (name → type).
-
-    Synchronous on purpose: it runs before the reactor, so a database that
-    cannot be opened or upgraded stops start-up with a clear error.
-    """
-    try:
-        connection = sqlite3.connect(path)
-    except sqlite3.Error as e:
-        raise StoreError("Cannot open database {}: {}".format(path, e))
-    try:
-        configure_connection(connection, settings.DB_SYNCHRONOUS)
-        connection.execute("BEGIN IMMEDIATE")
-        table = quote_identifier(settings.DATA_TABLE_NAME)
-        columns = _table_columns(connection, settings.DATA_TABLE_NAME)
-        if not columns:
-            connection.execute(
-                "CREATE TABLE {} ({} DATETIME, {} TEXT, {} TEXT, {} TEXT)".format(
-                    table,
-                    quote_identifier(settings.UPLOAD_TIME_COL),
-                    quote_identifier(settings.MATCHED_CHECKSUMS_COL),
-                    quote_identifier(settings.FAILED_CHECKSUMS_COL),
-                    quote_identifier(settings.TRANSPORT_COL),
-                )
-            )
-        else:
-            wanted = [
-                (settings.UPLOAD_TIME_COL, "DATETIME"),
-                (settings.MATCHED_CHECKSUMS_COL, "TEXT"),
-                (settings.FAILED_CHECKSUMS_COL, "TEXT"),
-                (settings.TRANSPORT_COL, "TEXT"),
-            ]
-            for name, declared in wanted:
-                if name not in columns:
-                    connection.execute(
-                        "ALTER TABLE {} ADD COLUMN {} {}".format(table, quote_identifier(name), declared)
-                    )
-        connection.execute(
-            "CREATE TABLE IF NOT EXISTS {} (version INTEGER NOT NULL)".format(SCHEMA_VERSION_TABLE)
-        )
-        row = connection.execute("SELECT max(version) FROM {}".format(SCHEMA_VERSION_TABLE)).fetchone()
-        current = row[0] or 0
-        if current > SCHEMA_VERSION:
-            raise StoreError(
-                "Database {} has schema version {}, newer than this co2logd ({}); upgrade co2logd".format(
-                    path, current, SCHEMA_VERSION
-                )
-            )
-        names = {
-            "table": table,
-            "upload_time": quote_identifier(settings.UPLOAD_TIME_COL),
-            "index": quote_identifier(upload_time_index(settings)),
-        }
-        for version, statements in UPGRADES:
-            if version > current:
-                for statement in statements:
-                    connection.execute(statement.format(**names))
-                connection.execute(
-                    "INSERT INTO {} (version) VALUES (?)".format(SCHEMA_VERSION_TABLE), (version,)
-                )
-        _check_mtime_names(connection, settings)
-        connection.execute("COMMIT")
-        return _table_columns(connection, settings.DATA_TABLE_NAME)
-    except sqlite3.Error as e:
-        raise StoreError("Cannot prepare database {}: {}".format(path, e))
-    finally:
-        connection.close()
-
-
-def _check_mtime_names(connection: sqlite3.Connection, settings) -> None:
-    """
-    Start the measurement-time side table afresh when the settings it was
-    built under (time columns, source columns) changed: maintenance then
-    refills it, and the rollups, from the first row in the background.
-    """
-    names = mtime.names(settings)
-    row = connection.execute("SELECT names FROM {} WHERE k = 1".format(MTIME_STATE_TABLE)).fetchone()
-    if row is not None and row[0] == names:
-        return
-    connection.execute("DELETE FROM {}".format(MTIME_TABLE))
-    connection.execute("DELETE FROM {}".format(ROLLUP_TABLE))
-    connection.execute("DELETE FROM {}".format(ROLLUP_STATE_TABLE))
-    connection.execute(
-        "INSERT OR REPLACE INTO {} (k, filled_to, names) VALUES (1, 0, ?)".format(MTIME_STATE_TABLE), (names,)
-    )
-
-
-def configure_reader(connection: sqlite3.Connection) -> None:
-    """A read-only connection for the dashboard and plots: ``query_only``, so it can never write or fsync."""
-    connection.isolation_level = None
-    connection.execute("PRAGMA busy_timeout=5000")
-    connection.execute("PRAGMA query_only=ON")
-
-
-def upload_time_index(settings) -> str:
-    """The name of the index on the upload-time column (schema version 2)."""
-    return "{}_{}_idx".format(settings.DATA_TABLE_NAME, settings.UPLOAD_TIME_COL)
-
-
-def _table_columns(connection: sqlite3.Connection, table: str) -> Dict[str, str]:
-    rows = connection.execute("SELECT name, type FROM pragma_table_info(?)", (table,)).fetchall()
-    return {name.lower(): declared for name, declared in rows}
-
-
+@implementer(IStore)
 class Store(PlotQueries, DatabaseWatch, Service):
     """
     Writes and reads the data table through one adbapi connection.
 
     With a ``clock``, a heartbeat write runs every ``HEALTH_HEARTBEAT_SECONDS``
-    (see :mod:`co2logd.dbwatch`, which also refuses writes into a database
+    (see :mod:`co2logd.store.watch`, which also refuses writes into a database
     file that was deleted or replaced).
 
     ``columns`` is the cached schema of the data table (name → declared type),
@@ -319,14 +106,17 @@ class Store(PlotQueries, DatabaseWatch, Service):
             from twisted.internet import reactor as clock
         self._maintenance_clock = clock  # the heartbeat runs only with a given clock; maintenance always
         self._maintenance: Optional[LoopingCall] = None
-        self._replay_seen: Dict[str, float] = {}  # replay counters committed by this process (issue 7)
+        self._replay_seen: Dict[str, float] = {}  # replay counters committed by this process
+        self._observers: List[WriteObserver] = []
+        self._stopping = False
+        self.timer: Callable[[], float] = time.perf_counter  # for the observers' latencies
         #: transactions written, uploads in them, the largest group, writes refused as busy
         self.write_stats: Dict[str, int] = {"transactions": 0, "uploads": 0, "largest_group": 0, "busy": 0}
         synchronous = settings.DB_SYNCHRONOUS
 
         def opened(connection) -> None:
             configure_connection(connection, synchronous)
-            self._remember_files()  # the files this connection writes (dbwatch)
+            self._remember_files()  # the files this connection writes (watch.py)
 
         self.pool = pool_factory(
             "sqlite3",
@@ -364,8 +154,9 @@ class Store(PlotQueries, DatabaseWatch, Service):
         )
 
     def stopService(self) -> Optional[Deferred]:
-        """Close the pools once every queued write has been committed (or has failed)."""
+        """Close the pools once every queued write has been committed (or has failed); later writes fail at once."""
         super().stopService()
+        self._stopping = True
         self._stop_heartbeat()
         if self._maintenance is not None and self._maintenance.running:
             self._maintenance.stop()
@@ -402,35 +193,49 @@ class Store(PlotQueries, DatabaseWatch, Service):
         """True while the writer is behind: new uploads should be refused (503) until it catches up."""
         return self._queued_rows >= self.queue_limit
 
-    def write(
-        self,
-        columns: Sequence[str],
-        rows: Sequence[Sequence[Any]],
-        new_columns: Mapping[str, str],
-        outbox: Sequence[str] = (),
-        queued_at: float = 0.0,
-        guards: Sequence[Any] = (),
-    ) -> Deferred:
+    def add_observer(self, observer: WriteObserver) -> None:
+        """Call ``observer(seconds, rows or None)`` on the reactor after every write is answered."""
+        self._observers.append(observer)
+
+    def write(self, request: WriteRequest) -> Deferred:
         """
-        Add ``new_columns`` (name → SQL type), insert ``rows`` and queue
-        ``outbox`` entries atomically; fire with the number of rows once
-        committed.  On any error nothing of it is kept.  While the queue is
-        full (:attr:`busy`) the Deferred fails at once with :class:`StoreBusy`.
-        ``guards`` run first in the upload's savepoint (``guard.apply(cursor)``;
-        raising refuses the upload) and hear ``guard.committed(store)`` after
-        the commit: replay counters and idempotency keys (issue 7).
+        Add the new columns, insert the rows and queue the outbox entries of
+        ``request`` atomically; fire with the number of rows once committed.
+        On any error nothing of it is kept.  While the queue is full
+        (:attr:`busy`) the Deferred fails at once with :class:`StoreBusy`;
+        once :meth:`stopService` began, with :class:`StoreError`.
         """
+        if self._stopping or self._closed:
+            return self._observed(self.timer(), fail(StoreError("The store is stopping: the write was not queued")))
         if self.lost is not None:
-            return fail(DatabaseLost(self.lost))
+            return self._observed(self.timer(), fail(DatabaseLost(self.lost)))
         if self._queued_rows >= self.queue_limit:
             self.write_stats["busy"] += 1
-            return fail(StoreBusy("{} rows are waiting for the database".format(self._queued_rows)))
-        upload = _Upload(columns, rows, new_columns, outbox, queued_at, guards)
+            return self._observed(
+                self.timer(), fail(StoreBusy("{} rows are waiting for the database".format(self._queued_rows)))
+            )
+        upload = _Upload(request)
         self._queue.append(upload)
-        self._queued_rows += len(rows) or 1
+        self._queued_rows += len(request.rows) or 1
         if not self._writing:
             self._flush()
-        return upload.deferred
+        return self._observed(self.timer(), upload.deferred)
+
+    def _observed(self, started: float, d: Deferred) -> Deferred:
+        if not self._observers:
+            return d
+
+        def answered(result: Any) -> Any:
+            seconds = self.timer() - started
+            rows = None if isinstance(result, Failure) else result
+            for observer in self._observers:
+                try:
+                    observer(seconds, rows)
+                except Exception:
+                    log.failure("A write observer failed")
+            return result
+
+        return d.addBoth(answered)
 
     def _flush(self) -> None:
         group, self._queue = self._queue, []
@@ -461,8 +266,9 @@ class Store(PlotQueries, DatabaseWatch, Service):
             if isinstance(result, Failure):
                 upload.deferred.errback(result)
             else:
-                for guard in upload.guards:
-                    guard.committed(self)
+                advance = upload.request.replay
+                if advance is not None:
+                    self.replay_seen(advance.key, advance.number)
                 upload.deferred.callback(result)
         self._writing = False
         if self._queue:
@@ -499,7 +305,7 @@ class Store(PlotQueries, DatabaseWatch, Service):
                 else:
                     cursor.execute("RELEASE upload")
                     added.update(mine)
-                    results.append(len(upload.rows))
+                    results.append(len(upload.request.rows))
             cursor.execute("SAVEPOINT mtime")
             try:
                 self._index_new_rows(cursor, before, filled, dict(known, **added))
@@ -521,21 +327,31 @@ class Store(PlotQueries, DatabaseWatch, Service):
         return results, added
 
     def _write_one(self, cursor, upload: "_Upload", known: Mapping[str, str], added: Mapping[str, str]) -> Dict[str, str]:
+        request = upload.request
+        if request.idempotency is not None:  # the key first: a repeat racing the first copy is a repeat, not a replay
+            _take_key(cursor, request.idempotency)
+        if request.replay is not None:
+            _advance(cursor, request.replay)
         mine: Dict[str, str] = {}
-        for guard in upload.guards:
-            guard.apply(cursor)
-        for name, declared in upload.new_columns.items():
+        for name, python_type in request.new_columns.items():
             if name in known or name in added or name in mine:
                 continue  # another upload added it since this one was normalised
+            declared = declared_type(python_type)
             cursor.execute("ALTER TABLE {} ADD COLUMN {} {}".format(self.table, quote_identifier(name), declared))
             mine[name] = declared
-        if upload.rows:
-            cursor.executemany(self._insert_sql(upload.columns), upload.rows)
-        if upload.outbox:
-            queued_at = upload.queued_at
+        if request.rows:
+            if request.fixed:
+                names = [name for name, _ in request.fixed] + list(request.columns)
+                fixed = tuple(sql_value(value) for _, value in request.fixed)
+                rows: Iterable[Sequence[Any]] = (fixed + tuple(row) for row in request.rows)
+            else:
+                names, rows = list(request.columns), request.rows
+            cursor.executemany(self._insert_sql(names), rows)
+        if request.outbox:
+            queued_at = request.queued_at
             cursor.executemany(
                 "INSERT INTO {} (queued_at, entry) VALUES (?, ?)".format(OUTBOX_TABLE),
-                [(queued_at, entry) for entry in upload.outbox],
+                [(queued_at, entry) for entry in request.outbox],
             )
         return mine
 
@@ -568,7 +384,7 @@ class Store(PlotQueries, DatabaseWatch, Service):
 
         def run(connection):
             return connection.execute(
-                "SELECT digest, receipt FROM co2logd_idempotency WHERE key = ? AND created_at >= ?", (key, cutoff)
+                "SELECT digest, receipt FROM {} WHERE key = ? AND created_at >= ?".format(IDEMPOTENCY_TABLE), (key, cutoff)
             ).fetchone()
 
         return self.pool.runWithConnection(run)
@@ -579,7 +395,9 @@ class Store(PlotQueries, DatabaseWatch, Service):
         def run(connection):
             connection.execute("BEGIN IMMEDIATE")
             try:
-                deleted = connection.execute("DELETE FROM co2logd_idempotency WHERE created_at < ?", (cutoff,)).rowcount
+                deleted = connection.execute(
+                    "DELETE FROM {} WHERE created_at < ?".format(IDEMPOTENCY_TABLE), (cutoff,)
+                ).rowcount
                 connection.execute("COMMIT")
             except BaseException:
                 if connection.in_transaction:
@@ -610,7 +428,7 @@ class Store(PlotQueries, DatabaseWatch, Service):
         Fire with a :class:`RowStream` over the query's rows, fetched a chunk
         at a time so an export is never held in memory whole.
         """
-        sql, params = query.sql(self.table)
+        sql, params = select_sql(query, self.table)
         stream = RowStream(self.pool, chunk_rows)
 
         def start(connection):
@@ -626,7 +444,7 @@ class Store(PlotQueries, DatabaseWatch, Service):
         ``columns`` must be ``[store.rowid]``), or None: where the next page of a
         paged download starts.
         """
-        sql, params = query.sql(self.table)
+        sql, params = select_sql(query, self.table)
         sql += " OFFSET ?"
 
         def run(connection):
@@ -696,16 +514,35 @@ class Store(PlotQueries, DatabaseWatch, Service):
 class _Upload:
     """One caller's write waiting in the queue, and the Deferred it gets."""
 
-    __slots__ = ("columns", "rows", "new_columns", "outbox", "queued_at", "guards", "deferred")
+    __slots__ = ("request", "deferred")
 
-    def __init__(self, columns, rows, new_columns, outbox, queued_at, guards=()):
-        self.columns = columns
-        self.rows = rows
-        self.new_columns = new_columns
-        self.outbox = outbox
-        self.queued_at = queued_at
-        self.guards = guards
+    def __init__(self, request: WriteRequest):
+        self.request = request
         self.deferred: Deferred = Deferred()
+
+
+def _take_key(cursor, claim: IdempotencyClaim) -> None:
+    """Insert the idempotency key; an expired one is taken over, a live one raises DuplicateUpload."""
+    cursor.execute(
+        "INSERT INTO {t} (key, digest, receipt, created_at) VALUES (?, ?, ?, ?) "
+        "ON CONFLICT(key) DO UPDATE SET digest = excluded.digest, receipt = excluded.receipt, "
+        "created_at = excluded.created_at WHERE {t}.created_at < ?".format(t=IDEMPOTENCY_TABLE),
+        (claim.key, claim.digest, claim.receipt, claim.now, claim.cutoff),
+    )
+    if cursor.rowcount != 1:
+        raise DuplicateUpload(claim.key)
+
+
+def _advance(cursor, advance: ReplayAdvance) -> None:
+    """Store the larger number (an UPSERT with a condition) or raise ReplayRefused."""
+    cursor.execute(
+        "INSERT INTO {t} (key, last, updated_at) VALUES (?, ?, ?) "
+        "ON CONFLICT(key) DO UPDATE SET last = excluded.last, updated_at = excluded.updated_at "
+        "WHERE excluded.last > {t}.last".format(t=REPLAY_TABLE),
+        (advance.key, advance.number, advance.now),
+    )
+    if cursor.rowcount != 1:
+        raise ReplayRefused(advance)
 
 
 def _fetch_all(connection, sql, params):
@@ -722,6 +559,7 @@ def _execute_many(connection, sql, params):
     return len(params)
 
 
+@implementer(IRowStream)
 class RowStream:
     """The rows of one SELECT, fetched a chunk at a time on the store's connection."""
 
@@ -753,45 +591,22 @@ class RowStream:
             self.cursor = None
 
 
-class Query:
-    """
-    A validated download query: columns, bounds, order and limit.
-
-    Every name must be a column of the table (checked by the caller against
-    the store's column cache); values are bound.
-    """
-
-    def __init__(
-        self,
-        columns: Optional[Sequence[str]] = None,
-        bounds: Sequence[Tuple[str, str, Any]] = (),
-        order_by: Optional[Tuple[str, str]] = None,
-        limit: Optional[int] = None,
-    ):
-        self.columns = list(columns or [])
-        self.bounds = list(bounds)
-        self.order_by = order_by
-        self.limit = limit
-
-    def sql(self, table: str) -> Tuple[str, List[Any]]:
-        """The SELECT statement and its parameters."""
-        cols = ", ".join(quote_identifier(c) for c in self.columns) if self.columns else "*"
-        sql = "SELECT {} FROM {}".format(cols, table)
-        params: List[Any] = []
-        if self.bounds:
-            clauses = []
-            for column, op, value in self.bounds:
-                if op not in (">=", "<=", "="):
-                    raise ValueError("bad comparison {!r}".format(op))
-                clauses.append("{} {} ?".format(quote_identifier(column), op))
-                params.append(value)
-            sql += " WHERE " + " AND ".join(clauses)
-        if self.order_by:
-            column, direction = self.order_by
-            if direction.upper() not in ("ASC", "DESC"):
-                raise ValueError("bad direction {!r}".format(direction))
-            sql += " ORDER BY {} {}".format(quote_identifier(column), direction.upper())
-        if self.limit is not None:
-            sql += " LIMIT ?"
-            params.append(int(self.limit))
-        return sql, params
+def select_sql(query: Query, table: str) -> Tuple[str, List[Any]]:
+    """The SELECT statement of a download query and its parameters."""
+    query.check()
+    cols = ", ".join(quote_identifier(c) for c in query.columns) if query.columns else "*"
+    sql = "SELECT {} FROM {}".format(cols, table)
+    params: List[Any] = []
+    if query.bounds:
+        clauses = []
+        for column, op, value in query.bounds:
+            clauses.append("{} {} ?".format(quote_identifier(column), op))
+            params.append(value)
+        sql += " WHERE " + " AND ".join(clauses)
+    if query.order_by:
+        column, direction = query.order_by
+        sql += " ORDER BY {} {}".format(quote_identifier(column), direction.upper())
+    if query.limit is not None:
+        sql += " LIMIT ?"
+        params.append(int(query.limit))
+    return sql, params

@@ -1,5 +1,5 @@
 """
-Is the database still there, and does a write still reach the disk? (issue 12, finding 10)
+Is the database still there, and does a write still reach the disk?
 
 A mixin of :class:`co2logd.store.Store`:
 
@@ -37,11 +37,10 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from co2logd.db import StoreError
+from co2logd.store.interfaces import DatabaseLost
+from co2logd.store.schema import HEARTBEAT_TABLE
 
 log = Logger()
-
-HEARTBEAT_TABLE = "co2logd_heartbeat"
 
 #: SQLite primary result codes that mean the storage refuses writes
 DISK_ERROR_CODES = {
@@ -55,10 +54,6 @@ DISK_ERROR_CODES = {
 }
 
 FileId = Optional[Tuple[int, int]]
-
-
-class DatabaseLost(StoreError):
-    """The database file was deleted or replaced under the running daemon: writes are refused until a restart."""
 
 
 def is_disk_error(error: BaseException) -> bool:

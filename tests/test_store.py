@@ -7,7 +7,7 @@ from twisted.internet import defer
 from twisted.trial import unittest
 
 from co2logd.store import SCHEMA_VERSION, Query, StoreError, WriteRequest, prepare_database
-from co2logd.store.sqlite_store import select_sql
+from co2logd.store.reads import select_sql
 from tests.helpers import StoreMixin, make_settings, rows_in
 
 

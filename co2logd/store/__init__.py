@@ -22,7 +22,8 @@ from co2logd.store.interfaces import (
 )
 from co2logd.store.schema import SCHEMA_VERSION, UPGRADES, prepare_database, upload_time_index
 from co2logd.store.sqlite import configure_connection
-from co2logd.store.sqlite_store import RowStream, Store
+from co2logd.store.reads import RowStream
+from co2logd.store.sqlite_store import Store
 
 __all__ = [
     "DatabaseLost",

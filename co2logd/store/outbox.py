@@ -56,4 +56,4 @@ def dead_letters(connection: sqlite3.Connection, limit: int) -> List[Tuple[int, 
         "SELECT id, queued_at, failed_at, entry, reason FROM {} ORDER BY failed_at DESC LIMIT ?".format(DEAD_LETTER_TABLE),
         (limit,),
     ).fetchall()
-    return [tuple(row) for row in rows]  # type: ignore[misc]
+    return [(i, queued_at, failed_at, entry, reason) for i, queued_at, failed_at, entry, reason in rows]

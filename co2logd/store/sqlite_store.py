@@ -75,11 +75,14 @@ class Store(PlotQueries, DatabaseWatch, Service):
         self._row_count = (0, 0)  # (last rowid counted, rows up to it) for row_count()
         self._wanted: List[str] = []  # columns whose rollups maintenance keeps
         self._index_sql: Dict[Any, Any] = {}  # measurement-time and rollup statements by column set (writer thread)
-        self._maintaining: Optional[Deferred] = None
         if clock is None:
-            from twisted.internet import reactor as clock
-        self._maintenance_clock = clock  # the heartbeat runs only with a given clock; maintenance always
+            from twisted.internet import reactor as default
+
+            self._maintenance_clock: Any = default  # the heartbeat runs only with a given clock; maintenance always
+        else:
+            self._maintenance_clock = clock
         self._maintenance: Optional[LoopingCall] = None
+        self._maintaining = None  # maintenance in flight (plot_queries)
         synchronous = settings.DB_SYNCHRONOUS
 
         def opened(connection: sqlite3.Connection) -> None:
@@ -116,7 +119,7 @@ class Store(PlotQueries, DatabaseWatch, Service):
 
     def startService(self) -> None:
         """Start the heartbeat (when the store has a clock) and the maintenance timer (side table and rollups, see :meth:`maintain`)."""
-        super().startService()
+        Service.startService(self)
         self._start_heartbeat()
         self._maintenance = LoopingCall(self.maintain)
         self._maintenance.clock = self._maintenance_clock
@@ -124,9 +127,9 @@ class Store(PlotQueries, DatabaseWatch, Service):
             lambda f: log.failure("The maintenance timer stopped", f)
         )
 
-    def stopService(self) -> Optional[Deferred]:
+    def stopService(self) -> "Optional[Deferred[Any]]":
         """Refuse writes from now on; close the pools once the group in flight has been committed (or has failed)."""
-        super().stopService()
+        Service.stopService(self)
         drained = self.writer.stop()
         self._stop_heartbeat()
         if self._maintenance is not None and self._maintenance.running:
@@ -149,11 +152,12 @@ class Store(PlotQueries, DatabaseWatch, Service):
             if pool.running:  # stopping twice (a test's cleanup after its own stop) is harmless
                 pool.close()
 
-    def _run(self, f: Callable[..., Any], *args: Any) -> Deferred:
+    def _run(self, f: Callable[..., Any], *args: Any) -> "Deferred[Any]":
         """``f(connection, *args)`` on the writer's connection; a StoreError once the store is closed."""
         if self._closed:
             return fail(StoreError("The store is closed"))
-        return self.pool.runWithConnection(f, *args)
+        d: "Deferred[Any]" = self.pool.runWithConnection(f, *args)
+        return d
 
     # -- writing ------------------------------------------------------------
 
@@ -167,7 +171,7 @@ class Store(PlotQueries, DatabaseWatch, Service):
         """Transactions written, uploads in them, the largest group, writes refused as busy."""
         return self.writer.stats
 
-    def write(self, request: WriteRequest) -> Deferred:
+    def write(self, request: WriteRequest) -> "Deferred[Any]":
         """See :meth:`co2logd.store.IStore.write`."""
         return self.writer.write(request)
 
@@ -201,17 +205,17 @@ class Store(PlotQueries, DatabaseWatch, Service):
         """The last counter/timestamp committed for ``key`` by this process, or None (then the transaction decides)."""
         return self.writer.replay_last(key)
 
-    def idempotency_lookup(self, key: str, cutoff: float) -> Deferred:
+    def idempotency_lookup(self, key: str, cutoff: float) -> "Deferred[Any]":
         """Fire with ``(digest, receipt JSON)`` for a key stored at or after ``cutoff``, or None."""
         return self._run(freshness.lookup_key, key, cutoff)
 
-    def idempotency_expire(self, cutoff: float) -> Deferred:
+    def idempotency_expire(self, cutoff: float) -> "Deferred[Any]":
         """Delete idempotency keys stored before ``cutoff``; fire with how many went."""
         return self._run(freshness.expire_keys, cutoff)
 
     # -- reading ------------------------------------------------------------
 
-    def count(self) -> Deferred:
+    def count(self) -> "Deferred[Any]":
         """Number of rows in the data table."""
         return self._run(reads.count_rows, self.table)
 
@@ -226,7 +230,7 @@ class Store(PlotQueries, DatabaseWatch, Service):
             return fail()
         return self._run(reads.RowStream(self.pool, chunk_rows).start, sql, params)
 
-    def rowid_at(self, query: Query, offset: int) -> Deferred:
+    def rowid_at(self, query: Query, offset: int) -> "Deferred[Any]":
         """
         The rowid of the row ``offset`` places into ``query``'s result (its
         ``columns`` must be ``[store.rowid]``, its limit 1), or None: where the
@@ -236,22 +240,22 @@ class Store(PlotQueries, DatabaseWatch, Service):
 
     # -- the OpenSenseMap outbox --------------------------------------------
 
-    def outbox_fetch(self, limit: int) -> Deferred:
+    def outbox_fetch(self, limit: int) -> "Deferred[Any]":
         """The oldest ``limit`` outbox entries as [(id, queued_at, entry)]."""
         return self._run(outbox.fetch, limit)
 
-    def outbox_delete(self, ids: Iterable[int]) -> Deferred:
+    def outbox_delete(self, ids: Iterable[int]) -> "Deferred[Any]":
         """Remove delivered entries."""
         return self._run(outbox.delete, list(ids))
 
-    def outbox_dead_letter(self, failures: Iterable[Tuple[int, str]], failed_at: float) -> Deferred:
+    def outbox_dead_letter(self, failures: Iterable[Tuple[int, str]], failed_at: float) -> "Deferred[Any]":
         """Move entries that the OpenSenseMap refused for good, with the reason."""
         return self._run(outbox.dead_letter, list(failures), failed_at)
 
-    def outbox_stats(self) -> Deferred:
+    def outbox_stats(self) -> "Deferred[Any]":
         """{"depth", "oldest_queued_at", "dead_letters"} of the outbox."""
         return self._run(outbox.stats)
 
-    def dead_letters(self, limit: int = 100) -> Deferred:
+    def dead_letters(self, limit: int = 100) -> "Deferred[Any]":
         """The newest dead letters as [(id, queued_at, failed_at, entry, reason)]."""
         return self._run(outbox.dead_letters, limit)

@@ -230,7 +230,7 @@ class GroupWriter:
         if isinstance(outcome, Failure):
             from co2logd.store.watch import is_disk_error
 
-            if outcome.check(DatabaseLost) or is_disk_error(outcome.value):  # said once more by /health: no traceback
+            if outcome.check(DatabaseLost) or (outcome.value is not None and is_disk_error(outcome.value)):  # said once more by /health: no traceback
                 log.error("A write transaction of {uploads} uploads failed: {why}", uploads=len(group), why=str(outcome.value))
             else:
                 log.failure("A write transaction of {uploads} uploads failed", outcome, uploads=len(group))

@@ -24,9 +24,8 @@ from co2logd.auth import Authenticator, Headers, header_items
 from co2logd.idempotency import Idempotency
 from co2logd.replay import ReplayPolicy, replay_error
 from co2logd.errors import IngestError, bad_request
-from co2logd.names import is_safe_identifier
+from co2logd.store.names import is_reserved, is_safe_identifier
 from co2logd.store.watch import is_disk_error
-from co2logd.rowid import is_reserved
 from co2logd.store import DatabaseLost, DuplicateUpload, ReplayRefused, StoreBusy, WriteRequest
 
 log = Logger()

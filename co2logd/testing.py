@@ -48,7 +48,7 @@ from co2logd.store.interfaces import (
     WriteObserver,
     WriteRequest,
 )
-from co2logd.plot_queries import PlotData, source_label  # after co2logd.store, which imports it
+from co2logd.store.rollups import PlotData, source_label
 from co2logd.timerange import parse_stored_time
 
 if TYPE_CHECKING:
@@ -67,7 +67,7 @@ SensorKey = Tuple[str, str, str, str]
 
 #: what the SQLite store declares a new column as, by the type of its first value
 _DECLARED = {bool: "INTEGER", int: "INTEGER", float: "REAL", str: "TEXT", datetime.datetime: "DATETIME"}
-_MAX_AHEAD = 366 * 86400.0  # a measurement time more than this after its upload is unusable (co2logd.mtime)
+_MAX_AHEAD = 366 * 86400.0  # a measurement time more than this after its upload is unusable (co2logd.store.mtime)
 
 
 def _stored(value: Any) -> Any:
@@ -286,7 +286,7 @@ class MemoryStore(Service):
         return succeed(None)
 
     def _time(self, row: Dict[str, Any]) -> Tuple[Optional[float], bool]:
-        """A row's measurement time (see co2logd.mtime), and whether it was unusable (placed at upload time)."""
+        """A row's measurement time (see co2logd.store.mtime), and whether it was unusable (placed at upload time)."""
         settings = self.settings
         upload = row.get(settings.UPLOAD_TIME_COL)
         up = parse_stored_time(upload) if isinstance(upload, str) else None

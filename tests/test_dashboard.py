@@ -105,7 +105,7 @@ class SourceActivityTests(StoreMixin, unittest.TestCase):
     def test_chunks_add_up(self):
         """Read 7 rows per interaction, the sources are what the rows say; asking again reads only new rows."""
         self.make_store()
-        self.store.activity_chunk_rows = 7
+        self.store.rollups.activity_chunk_rows = 7
         rng = random.Random(4)
         rows = [(stored_time(T0 + rng.uniform(0, 1000)), rng.choice(["http", "udp:10.0.0.1"]), 1, 1.0, rng.choice(["a", "b", None]))
                 for _ in range(100)]

@@ -1,7 +1,7 @@
 """
 The download reads: a :class:`~co2logd.store.Query` as SQL, the rows a
 chunk at a time, counts and paging.  (The dashboard's reads and the plot
-rollups are in :mod:`co2logd.plot_queries`.)
+rollups are in :mod:`co2logd.store.rollups`.)
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from twisted.enterprise import adbapi
 from twisted.internet.defer import Deferred
 from zope.interface import implementer
 
-from co2logd.names import quote_identifier
+from co2logd.store.names import quote_identifier
 from co2logd.store.interfaces import IRowStream, Query
 
 Row = Tuple[Any, ...]

@@ -12,16 +12,10 @@ from __future__ import annotations
 import sqlite3
 from typing import Any, Dict, List, Tuple
 
-from co2logd import mtime
-from co2logd.names import quote_identifier
-from co2logd.plot_queries import (
-    MTIME_STATE_TABLE,
-    MTIME_TABLE,
-    ROLLUP_ODD_TABLE,
-    ROLLUP_SOURCE_TABLE,
-    ROLLUP_STATE_TABLE,
-    ROLLUP_TABLE,
-)
+from co2logd.store import mtime
+from co2logd.store.mtime import MTIME_STATE_TABLE, MTIME_TABLE
+from co2logd.store.mtime import SOURCE_TABLE as ROLLUP_SOURCE_TABLE
+from co2logd.store.names import quote_identifier
 from co2logd.store.interfaces import StoreError
 from co2logd.store.sqlite import configure_connection
 
@@ -47,6 +41,9 @@ __all__ = [
 SCHEMA_VERSION_TABLE = "co2logd_schema_version"
 OUTBOX_TABLE = "co2logd_osem_outbox"
 DEAD_LETTER_TABLE = "co2logd_osem_dead_letter"
+ROLLUP_TABLE = "co2logd_rollup"
+ROLLUP_STATE_TABLE = "co2logd_rollup_state"
+ROLLUP_ODD_TABLE = "co2logd_rollup_odd"  # schema version 4 only; dropped by version 6
 HEARTBEAT_TABLE = "co2logd_heartbeat"
 REPLAY_TABLE = "co2logd_replay"
 IDEMPOTENCY_TABLE = "co2logd_idempotency"
@@ -117,7 +114,7 @@ UPGRADES: List[Tuple[int, List[str]]] = [
         [
             # measurement time (issue 10): per data row (by rowid) its time on
             # the plots in UNIX seconds, its source and how the time was found
-            # (co2logd.mtime); filled by the writer, and for older rows by the
+            # (co2logd.store.mtime); filled by the writer, and for older rows by the
             # maintenance timer from filled_to on.  The rollups are now keyed
             # by this time: the upload-time rollups of version 4 go.
             "CREATE TABLE IF NOT EXISTS {} (row INTEGER PRIMARY KEY, t REAL, src INTEGER, kind INTEGER NOT NULL)".format(MTIME_TABLE),

@@ -8,15 +8,15 @@ runs (:mod:`~co2logd.store.schema`), the group-commit writer
 the outbox (:mod:`~co2logd.store.outbox`), the replay and idempotency tables
 (:mod:`~co2logd.store.freshness`), the file checks and heartbeat
 (:mod:`~co2logd.store.watch`), and the dashboard's reads and plot rollups
-(:mod:`co2logd.plot_queries`).  Identifiers come from
-:func:`co2logd.names.quote_identifier` (checked names only); values are always
-bound parameters.
+(:mod:`~co2logd.store.rollups`).  Identifiers come from
+:func:`co2logd.store.names.quote_identifier` (checked names only); values are
+always bound parameters.
 """
 
 from __future__ import annotations
 
 import sqlite3
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from twisted.application.service import Service
 from twisted.enterprise import adbapi
@@ -26,11 +26,10 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from co2logd.names import quote_identifier
-from co2logd.plot_queries import PlotQueries
-from co2logd.rowid import rowid_alias
 from co2logd.store import freshness, outbox, reads
-from co2logd.store.interfaces import IRowStream, IStore, Query, StoreError, WriteObserver, WriteRequest
+from co2logd.store.names import quote_identifier, rowid_alias
+from co2logd.store.rollups import PlotData, Rollups
+from co2logd.store.interfaces import Filter, IRowStream, IStore, Query, StoreError, WriteObserver, WriteRequest
 from co2logd.store.schema import prepare_database
 from co2logd.store.sqlite import configure_connection, configure_reader
 from co2logd.store.watch import DatabaseWatch
@@ -40,7 +39,7 @@ log = Logger()
 
 
 @implementer(IStore)
-class Store(PlotQueries, DatabaseWatch, Service):
+class Store(DatabaseWatch, Service):
     """
     Writes and reads the data table through one adbapi connection (the
     writer's); the dashboard and plots read on read-only connections.
@@ -71,10 +70,8 @@ class Store(PlotQueries, DatabaseWatch, Service):
         self.table = quote_identifier(settings.DATA_TABLE_NAME)
         #: how every query names the data table's rowid: a column called rowid may hide it
         self.rowid: str = rowid_alias(self.columns)
-        self._closed = False
-        self._row_count = (0, 0)  # (last rowid counted, rows up to it) for row_count()
-        self._wanted: List[str] = []  # columns whose rollups maintenance keeps
-        self._index_sql: Dict[Any, Any] = {}  # measurement-time and rollup statements by column set (writer thread)
+        #: True once the pools are closed
+        self.closed = False
         if clock is None:
             from twisted.internet import reactor as default
 
@@ -82,7 +79,6 @@ class Store(PlotQueries, DatabaseWatch, Service):
         else:
             self._maintenance_clock = clock
         self._maintenance: Optional[LoopingCall] = None
-        self._maintaining = None  # maintenance in flight (plot_queries)
         synchronous = settings.DB_SYNCHRONOUS
 
         def opened(connection: sqlite3.Connection) -> None:
@@ -109,6 +105,7 @@ class Store(PlotQueries, DatabaseWatch, Service):
             cp_noisy=False,
         )
         self.writer = GroupWriter(self.pool, self, settings.WRITE_QUEUE_MAX_ROWS)
+        self.rollups = Rollups(self)
 
     @classmethod
     def open(cls, path: str, settings: Any, clock: Optional[IReactorTime] = None) -> "Store":
@@ -121,9 +118,9 @@ class Store(PlotQueries, DatabaseWatch, Service):
         """Start the heartbeat (when the store has a clock) and the maintenance timer (side table and rollups, see :meth:`maintain`)."""
         Service.startService(self)
         self._start_heartbeat()
-        self._maintenance = LoopingCall(self.maintain)
+        self._maintenance = LoopingCall(self.rollups.maintain)
         self._maintenance.clock = self._maintenance_clock
-        self._maintenance.start(self.maintenance_interval, now=True).addErrback(
+        self._maintenance.start(self.rollups.maintenance_interval, now=True).addErrback(
             lambda f: log.failure("The maintenance timer stopped", f)
         )
 
@@ -134,7 +131,8 @@ class Store(PlotQueries, DatabaseWatch, Service):
         self._stop_heartbeat()
         if self._maintenance is not None and self._maintenance.running:
             self._maintenance.stop()
-        waits = [self._maintaining] if self._maintaining is not None else []  # stops after its chunk
+        maintaining = self.rollups.maintaining
+        waits = [maintaining] if maintaining is not None else []  # stops after its chunk
         if not drained.called:
             waits.append(drained)
         if not waits:
@@ -147,14 +145,14 @@ class Store(PlotQueries, DatabaseWatch, Service):
         self._close_pool()
 
     def _close_pool(self) -> None:
-        self._closed = True
+        self.closed = True
         for pool in (self.pool, self.read_pool):
             if pool.running:  # stopping twice (a test's cleanup after its own stop) is harmless
                 pool.close()
 
     def _run(self, f: Callable[..., Any], *args: Any) -> "Deferred[Any]":
         """``f(connection, *args)`` on the writer's connection; a StoreError once the store is closed."""
-        if self._closed:
+        if self.closed:
             return fail(StoreError("The store is closed"))
         d: "Deferred[Any]" = self.pool.runWithConnection(f, *args)
         return d
@@ -183,13 +181,13 @@ class Store(PlotQueries, DatabaseWatch, Service):
 
     def group_began(self, cursor: sqlite3.Cursor) -> Tuple[int, int]:
         """The last rowid before the group and how far the measurement-time side table is filled."""
-        (before,) = cursor.execute("SELECT coalesce(max({}), 0) FROM {}".format(self._rowid(), self.table)).fetchone()
-        return before, self._filled_to(cursor)
+        (before,) = cursor.execute("SELECT coalesce(max({}), 0) FROM {}".format(self.rowid, self.table)).fetchone()
+        return before, self.rollups.filled_to(cursor)
 
     def group_written(self, cursor: sqlite3.Cursor, began: Tuple[int, int], columns: Dict[str, str]) -> None:
         """Index the group's rows by measurement time and fold them into the current rollups."""
         before, filled = began
-        self._index_new_rows(cursor, before, filled, columns)
+        self.rollups.index_new_rows(cursor, before, filled, columns)
 
     def before_commit(self, connection: sqlite3.Connection) -> None:
         """Raise DatabaseLost when the database file is no longer ours."""
@@ -259,3 +257,55 @@ class Store(PlotQueries, DatabaseWatch, Service):
     def dead_letters(self, limit: int = 100) -> "Deferred[Any]":
         """The newest dead letters as [(id, queued_at, failed_at, entry, reason)]."""
         return self._run(outbox.dead_letters, limit)
+
+    # -- the dashboard, /plot and /health (co2logd.store.rollups) ---------------
+
+    def want_rollups(self, columns: Iterable[str]) -> None:
+        """Ask maintenance to keep rollups of ``columns`` (bounded: the oldest wishes go first)."""
+        self.rollups.want_rollups(columns)
+
+    def catch_up(self) -> "Deferred[None]":
+        """Fire once maintenance has nothing left to do (for tests and benchmarks)."""
+        return self.rollups.catch_up()
+
+    def plot_series(
+        self,
+        columns: Sequence[str],
+        bounds: Sequence[float],
+        filters: Sequence[Filter] = (),
+        max_series: int = 6,
+        rollups: bool = True,
+    ) -> "Deferred[PlotData]":
+        """See :meth:`co2logd.store.rollups.Rollups.plot_series`."""
+        return self.rollups.plot_series(columns, bounds, filters, max_series, rollups)
+
+    def time_extent(self, filters: Sequence[Filter] = ()) -> "Deferred[Optional[Tuple[float, float]]]":
+        """``(earliest, latest)`` measurement time of the rows the filters select, or None."""
+        return self.rollups.time_extent(filters)
+
+    def unusable_times(self, since: float, until: float, filters: Sequence[Filter] = ()) -> "Deferred[int]":
+        """Rows in the range placed by upload time because their time was unusable, plus rows with no time at all."""
+        return self.rollups.unusable_times(since, until, filters)
+
+    def latest_by_source(
+        self, columns: Sequence[str], filters: Sequence[Filter] = (), limit: int = 6
+    ) -> "Deferred[List[Tuple[str, float, Dict[str, Any]]]]":
+        """See :meth:`co2logd.store.rollups.Rollups.latest_by_source`."""
+        return self.rollups.latest_by_source(columns, filters, limit)
+
+    def row_count(self) -> "Deferred[int]":
+        """Number of rows in the data table, counted incrementally (see :meth:`co2logd.store.rollups.Rollups.row_count`)."""
+        return self.rollups.row_count()
+
+    def latest_values(self, columns: Sequence[str]) -> "Deferred[Dict[str, Tuple[Any, Any]]]":
+        """``{column: (value, upload time)}``: each column's newest numeric value by upload time (any source)."""
+        return self.rollups.latest_values(columns)
+
+    def source_activity(
+        self,
+        box_column: Optional[str],
+        after_rowid: int = 0,
+        trim: Optional[Callable[[Dict[Tuple[Any, Any], List[Any]]], None]] = None,
+    ) -> "Deferred[Tuple[List[Tuple[Any, Any, Any, int, int]], int]]":
+        """See :meth:`co2logd.store.rollups.Rollups.source_activity`."""
+        return self.rollups.source_activity(box_column, after_rowid, trim)

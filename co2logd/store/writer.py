@@ -28,7 +28,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 
-from co2logd.names import quote_identifier
+from co2logd.store.names import quote_identifier
 from co2logd.store import freshness, outbox
 from co2logd.store.interfaces import DatabaseLost, StoreBusy, StoreError, WriteObserver, WriteRequest
 from co2logd.store.sqlite import declared_type, sql_value

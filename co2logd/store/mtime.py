@@ -26,7 +26,7 @@ from __future__ import annotations
 import json
 from typing import List, Mapping
 
-from co2logd.names import quote_identifier
+from co2logd.store.names import quote_identifier
 
 MTIME_TABLE = "co2logd_mtime"
 MTIME_STATE_TABLE = "co2logd_mtime_state"

@@ -2,8 +2,9 @@
 Read queries for the dashboard, plots and /health, and the maintenance that
 keeps the plot rollups and the measurement-time side table current.
 
-:class:`PlotQueries` is a mixin of :class:`co2logd.store.Store`.  Its two
-halves never share a connection:
+:class:`Rollups` is a part of :class:`co2logd.store.Store`, built with it
+(it reads the store's pools, table, columns and settings).  Its two halves
+never share a connection:
 
 * **Reads** (plots, latest values, row counts, source activity) run on the
   store's *read pool*: connections opened with ``PRAGMA query_only``, so a
@@ -11,7 +12,7 @@ halves never share a connection:
   never waits for, or holds up, the writer (WAL readers see a snapshot).
 * **Maintenance** (:meth:`maintain`) runs on the writer's connection from a
   clock-driven timer, in bounded chunks, one short transaction each: it
-  indexes rows the writer has not indexed (see :mod:`co2logd.mtime`) and
+  indexes rows the writer has not indexed (see :mod:`co2logd.store.mtime`) and
   folds new rows into the rollups of the plotted columns.  Readers take the
   rollups as they are plus the exact rows beyond each column's watermark, so
   an answer is exact even while maintenance lags.
@@ -24,26 +25,23 @@ of that time (:data:`co2logd.rollup.SPANS`: minute to day) and per source.
 from __future__ import annotations
 
 import bisect
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Protocol, Sequence, Tuple
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from co2logd import mtime, rollup
-from co2logd.store.interfaces import StoreError
-from co2logd.store.sqlite import transaction
-from co2logd.names import quote_identifier
+from twisted.enterprise import adbapi
+
+from co2logd import rollup
 from co2logd.payloads import text_value
+from co2logd.store import mtime
+from co2logd.store.interfaces import StoreError
+from co2logd.store.names import quote_identifier
+from co2logd.store.schema import MTIME_STATE_TABLE, MTIME_TABLE, ROLLUP_SOURCE_TABLE, ROLLUP_STATE_TABLE, ROLLUP_TABLE
+from co2logd.store.sqlite import transaction
 
 log = Logger()
-
-ROLLUP_TABLE = "co2logd_rollup"
-ROLLUP_SOURCE_TABLE = mtime.SOURCE_TABLE
-ROLLUP_STATE_TABLE = "co2logd_rollup_state"
-ROLLUP_ODD_TABLE = "co2logd_rollup_odd"  # schema version 4 only; dropped by version 5
-MTIME_TABLE = mtime.MTIME_TABLE
-MTIME_STATE_TABLE = mtime.MTIME_STATE_TABLE
 
 _MORE = object()  # a step that has more to do
 
@@ -80,7 +78,20 @@ def source_label(transport: Any, box: Any) -> str:
     return str(transport) if transport is not None else "(unknown)"
 
 
-class PlotQueries:
+class RollupsHost(Protocol):
+    """What :class:`Rollups` reads of the store it is part of."""
+
+    pool: adbapi.ConnectionPool
+    read_pool: adbapi.ConnectionPool
+    table: str
+    rowid: str
+    settings: Any
+    columns: Dict[str, str]
+    running: Any
+    closed: bool
+
+
+class Rollups:
     """The read side of :class:`co2logd.store.Store`, and the rollup maintenance."""
 
     # Maintenance shares the writer's connection with uploads, which wait
@@ -102,11 +113,27 @@ class PlotQueries:
     #: seconds between maintenance runs
     maintenance_interval = 1.0
 
+    def __init__(self, store: RollupsHost):
+        self.store = store
+        self._row_count = (0, 0)  # (last rowid counted, rows up to it) for row_count()
+        self._wanted: List[str] = []  # columns whose rollups maintenance keeps
+        self._index_sql: Dict[Any, Any] = {}  # measurement-time and rollup statements by column set (writer thread)
+        self.maintaining: Optional[Deferred[Any]] = None
+
+    # what it reads of the store, current at every use
+    pool = property(lambda self: self.store.pool)
+    read_pool = property(lambda self: self.store.read_pool)
+    table = property(lambda self: self.store.table)
+    settings = property(lambda self: self.store.settings)
+    columns = property(lambda self: self.store.columns)
+    running = property(lambda self: self.store.running)
+    _closed = property(lambda self: self.store.closed)
+
     # -- helpers --------------------------------------------------------------
 
     def _rowid(self) -> str:
         """The data table's rowid as the store names it (an alias when a column shadows ``rowid``)."""
-        return getattr(self, "rowid", "rowid")
+        return self.store.rowid
 
     def _read(self, f: Callable[..., Any], *args: Any) -> Deferred:
         """Run ``f(connection, *args)`` on a read-only connection."""
@@ -158,18 +185,18 @@ class PlotQueries:
         between).  Fires with None; failures are logged, not raised, so the
         timer keeps running.  Runs once at a time; a second call joins the first.
         """
-        if self._maintaining is not None:
+        if self.maintaining is not None:
             joined: Deferred = Deferred()
-            self._maintaining.addBoth(lambda r: (joined.callback(None), r)[1])
+            self.maintaining.addBoth(lambda r: (joined.callback(None), r)[1])
             return joined
         if self._closed or not self.running:
             return succeed(None)
         columns = dict(self.columns)
         wanted = list(self._wanted)
-        self._maintaining = d = self._in_steps(self.pool, self._maintain_step, columns, wanted)
+        self.maintaining = d = self._in_steps(self.pool, self._maintain_step, columns, wanted)
 
         def done(result):
-            self._maintaining = None
+            self.maintaining = None
             if isinstance(result, Failure) and not self._closed:
                 log.failure("Plot maintenance failed; it is tried again on the next tick", result)
             return None
@@ -180,7 +207,6 @@ class PlotQueries:
         """Fire once maintenance has nothing left to do (for tests and benchmarks)."""
         return self.maintain()
 
-    rollups_idle = catch_up
 
     def _maintain_step(self, connection, columns: Dict[str, str], wanted: List[str]):
         """One transaction: index a chunk of new rows, else roll a chunk up; ``_MORE`` while work remains."""
@@ -189,7 +215,7 @@ class PlotQueries:
         rowid = self._rowid()
         with transaction(connection):
             (top,) = connection.execute("SELECT coalesce(max({}), 0) FROM {}".format(rowid, self.table)).fetchone()
-            filled = self._filled_to(connection)
+            filled = self.filled_to(connection)
             if filled > top:  # rows deleted by hand: forget what was above
                 connection.execute("DELETE FROM {} WHERE row > ?".format(MTIME_TABLE), (top,))
                 connection.execute("DELETE FROM {}".format(ROLLUP_TABLE))
@@ -233,7 +259,7 @@ class PlotQueries:
             )
             return _MORE
 
-    def _filled_to(self, connection) -> int:
+    def filled_to(self, connection) -> int:
         row = connection.execute("SELECT filled_to FROM {} WHERE k = 1".format(MTIME_STATE_TABLE)).fetchone()
         return row[0] if row else 0
 
@@ -241,7 +267,7 @@ class PlotQueries:
         connection.execute("UPDATE {} SET filled_to = ? WHERE k = 1".format(MTIME_STATE_TABLE), (value,))
         return value
 
-    def _index_new_rows(self, cursor, before: int, filled: int, columns: Dict[str, str]) -> None:
+    def index_new_rows(self, cursor, before: int, filled: int, columns: Dict[str, str]) -> None:
         """
         In the writer's transaction: index the rows just written (rowid above
         ``before``) when every earlier row is indexed (else maintenance

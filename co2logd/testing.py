@@ -48,7 +48,7 @@ from co2logd.store.interfaces import (
     WriteObserver,
     WriteRequest,
 )
-from co2logd.store.rollups import PlotData, source_label
+from co2logd.store.rollups import PlotData, source_label, value_forms
 from co2logd.timerange import parse_stored_time
 
 if TYPE_CHECKING:
@@ -305,17 +305,7 @@ class MemoryStore(Service):
         return row.get(self.settings.TRANSPORT_COL), row.get(self.settings.OSEM_BOX_COL)
 
     def _selected(self, filters: Sequence[Tuple[str, Any]]) -> Callable[[Dict[str, Any]], bool]:
-        def forms(value: Any) -> List[Any]:
-            from co2logd.payloads import text_value
-
-            text = str(value)
-            out = [value, text]
-            number = text_value(text)
-            if isinstance(number, (int, float)):
-                out.append(number)
-            return out
-
-        wanted = [(0 if column == self.settings.TRANSPORT_COL else 1, forms(value)) for column, value in filters]
+        wanted = [(0 if column == self.settings.TRANSPORT_COL else 1, value_forms(value)) for column, value in filters]
         return lambda row: all(self._source(row)[k] in values for k, values in wanted)
 
     def plot_series(

@@ -417,7 +417,7 @@ class Rollups:
         clauses, params = [], []
         for column, value in filters:
             field = "transport" if column == self.settings.TRANSPORT_COL else "box"
-            forms = _value_forms(value)
+            forms = value_forms(value)
             clauses.append("{} IN ({})".format(field, ", ".join("?" * len(forms))))
             params += forms
         return {
@@ -813,7 +813,7 @@ class Rollups:
         return self._in_steps(self.read_pool, step)
 
 
-def _value_forms(value: Any) -> List[Any]:
+def value_forms(value: Any) -> List[Any]:
     """A filter value as text and as the number it reads as: matches however the column stored it."""
     text = str(value)
     forms = [value, text]

@@ -776,11 +776,11 @@ class MemoryStore(Service):
             raise StoreBusy("the memory store was told it is busy")
         names = [name for name, _ in request.fixed] + list(request.columns)
         fixed = [_stored(value) for _, value in request.fixed]
-        rows = []
-        for row in request.rows:
-            if len(row) != len(request.columns):
-                raise StoreError("a row has {} values for {} columns".format(len(row), len(request.columns)))
-            rows.append(dict(zip(names, fixed + [_stored(value) for value in row])))
+        rows: List[Dict[str, Any]] = []
+        for values in request.rows:
+            if len(values) != len(request.columns):
+                raise StoreError("a row has {} values for {} columns".format(len(values), len(request.columns)))
+            rows.append(dict(zip(names, fixed + [_stored(value) for value in values])))
         for name in names:
             if name not in self.columns and name not in request.new_columns:
                 raise StoreError("no such column: {}".format(name))

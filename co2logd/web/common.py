@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Any, Dict, List, Mapping, Optional, Tuple, Type
+from typing import Any, Container, Dict, List, Mapping, Optional, Tuple, Type
 
 from twisted.web.resource import Resource
 from twisted.web.server import Request
@@ -44,7 +44,7 @@ def query_args(request: Request) -> Dict[str, str]:
 
 
 def row_filters(
-    settings: Any, columns: Mapping[str, Any], args: Mapping[str, str], error: Type[ValueError] = ValueError
+    settings: Any, columns: Container[str], args: Mapping[str, str], error: Type[ValueError] = ValueError
 ) -> List[Tuple[str, Any]]:
     """
     ``box=`` and ``source=`` (the transport column) as (column, value)

@@ -769,7 +769,8 @@ class Rollups:
         (uploads: distinct upload times; one upload split over two chunks
         counts twice).  ``trim``, when given, is called in the database
         thread on the ``{(transport, box): [last, rows, uploads]}`` collected
-        so far, every few thousand groups, to bound it (issue 12, finding 9).
+        so far, every few thousand groups, to bound it (uploaders can invent
+        sources: a box value per row).
         Callers keep the rowid and ask again for the new rows only.  The
         rows are grouped :attr:`activity_chunk_rows` at a time, one read
         interaction each.

@@ -65,7 +65,7 @@ UPGRADES: List[Tuple[int, List[str]]] = [
     (
         2,
         [
-            # plots, /download?since= and the dashboard select by upload time (issue 5);
+            # plots, /download?since= and the dashboard select by upload time;
             # {index}, {table} and {upload_time} come from the settings in prepare_database,
             # {replay} and {idempotency} are the table names above
             "CREATE INDEX IF NOT EXISTS {index} ON {table} ({upload_time})",
@@ -74,7 +74,7 @@ UPGRADES: List[Tuple[int, List[str]]] = [
     (
         3,
         [
-            # replay protection and idempotent uploads (issue 7); "last" has no
+            # replay protection and idempotent uploads; "last" has no
             # type so counters stay exact integers and timestamps stay reals
             "CREATE TABLE IF NOT EXISTS {replay} (key TEXT PRIMARY KEY, last NOT NULL, updated_at REAL NOT NULL)",
             "CREATE TABLE IF NOT EXISTS {idempotency} (key TEXT PRIMARY KEY, digest TEXT NOT NULL, "
@@ -85,8 +85,8 @@ UPGRADES: List[Tuple[int, List[str]]] = [
     (
         4,
         [
-            # plot rollups (issue 5): per plotted column, span (60 or 3600 s),
-            # period start (UNIX seconds) and source, the min, max and count of
+            # plot rollups, so a plot of a year reads summaries, not rows: per
+            # plotted column, span (60 or 3600 s), period start (UNIX seconds) and source, the min, max and count of
             # the numeric values; filled lazily from the rows after each
             # column's done_rowid (see Store.plot_series).  Sources are
             # (transport, box) value pairs; odd rows are rows whose upload time
@@ -103,7 +103,8 @@ UPGRADES: List[Tuple[int, List[str]]] = [
     (
         5,
         [
-            # the heartbeat /health writes (issue 12): one row, updated in a committed transaction
+            # the heartbeat /health writes, to see that a write still reaches the disk: one row,
+            # updated in a committed transaction
             "CREATE TABLE IF NOT EXISTS {} (id INTEGER PRIMARY KEY CHECK (id = 1), beat_at REAL NOT NULL)".format(
                 HEARTBEAT_TABLE
             ),
@@ -112,7 +113,7 @@ UPGRADES: List[Tuple[int, List[str]]] = [
     (
         6,
         [
-            # measurement time (issue 10): per data row (by rowid) its time on
+            # measurement time, so plots place a row where it was measured, not uploaded: per data row (by rowid) its time on
             # the plots in UNIX seconds, its source and how the time was found
             # (co2logd.store.mtime); filled by the writer, and for older rows by the
             # maintenance timer from filled_to on.  The rollups are now keyed

@@ -4,11 +4,11 @@ The OpenSenseMap uploader.
 Its rules (batches, backoff, ``Retry-After``, the request budget, refused
 credentials, dead letters) run on a ``task.Clock`` with the
 :class:`~co2logd.testing.FakeOsemClient` (which ``tests/test_osem_client.py``
-checks against the real client), answered at once: no test waits for
-real time to pass.  The store is the real one on a temporary file; the
-tests wait for its answers, never for a timer.  One class runs the whole
-chain for real: sensemapi on the uploader's thread, the fake API on a
-loopback port.
+checks against the real client) and the
+:class:`~co2logd.testing.MemoryStore` (checked against the SQLite store by
+``tests/store_behaviour.py``), both answered at once: no test waits for
+real time to pass.  One class runs the whole chain for real: SQLite store,
+sensemapi on the uploader's thread, the fake API on a loopback port.
 """
 
 import collections
@@ -27,7 +27,7 @@ from co2logd.osem.fake import FakeOpenSenseMap, listen
 from co2logd.osem.uploader import OsemUploader, TokenBucket
 from co2logd.settings import Settings
 from co2logd.store import Store
-from co2logd.testing import FakeOsemClient
+from co2logd.testing import FakeOsemClient, MemoryStore
 
 EMAIL, PASSWORD = "site@example.org", "pw"
 T0 = 1_700_000_000.0
@@ -117,8 +117,9 @@ class Behind:
 
 class CountingStore:
     """
-    The real store, counting its calls in flight: when none is, the uploader
-    waits only on its clock (or for nothing), so a test may move the clock on.
+    A store, counting its calls in flight: when none is, the uploader waits
+    only on its clock (or for nothing), so a test may move the clock on.
+    (MemoryStore answers at once; a SQLite store answers from its thread.)
     """
 
     def __init__(self, store):
@@ -146,7 +147,7 @@ class CountingStore:
 
 
 class UploaderClockTests(TestCase):
-    """The uploader's rules on a task.Clock with the verified fake client; the store's answers are awaited."""
+    """The uploader's rules on a task.Clock with the verified fake client and the in-memory store."""
 
     def setUp(self):
         self.clock = task.Clock()
@@ -157,10 +158,10 @@ class UploaderClockTests(TestCase):
         """A daemon's worth of objects on one clock (``store``: keep an earlier one, as a restart on the same file)."""
         self.settings = uploader_settings(DB_SYNCHRONOUS="OFF", **values)
         if store is None:
-            real = Store.open(self.mktemp(), self.settings)
-            real.startService()
-            self.addCleanup(real.stopService)
-            store = CountingStore(real)
+            memory = MemoryStore(self.settings)
+            memory.startService()
+            self.addCleanup(memory.stopService)
+            store = CountingStore(memory)
         self.store = store
         self.ingest = IngestService(
             self.settings, store, self.clock, outbox_entries=outbox_entries_for(self.settings, self.clock)

@@ -123,6 +123,7 @@ class Options(usage.Options):
             check_endpoint(description)
         self["http"] = http
         if self["mqtt"] is not None:
+            hide_passwords()  # ps must not show the broker's password
             try:
                 parse_broker_url(self["mqtt"])
             except ValueError as e:  # the URL may hold a password: not repeated here

@@ -64,7 +64,7 @@ def table_of(points: Sequence[Point], now: float) -> Tuple[Table, int]:
                 raise refusal(point, "the tags {!r} collide once lower-cased".format(name))
             row[name] = value
         tags = set(row)
-        for key, value in point.fields.items():
+        for key, field in point.fields.items():
             name = key.lower()
             if name in RESERVED:
                 raise refusal(point, "the field {!r} would overwrite the {!r} column".format(key, name))
@@ -72,12 +72,12 @@ def table_of(points: Sequence[Point], now: float) -> Tuple[Table, int]:
                 raise refusal(point, "the tag and the field {!r} would share one column".format(name))
             if name in row:
                 raise refusal(point, "the fields {!r} collide once lower-cased".format(name))
-            if type(value) is int and value > INT64_MAX:
+            if type(field) is int and field > INT64_MAX:
                 raise refusal(
                     point,
                     "the unsigned value of field {!r} is above {} (64-bit signed integers are stored)".format(key, INT64_MAX),
                 )
-            row[name] = value
+            row[name] = field
         if point.time_ns is None:
             if arrival is None:
                 arrival = datetime.datetime.fromtimestamp(now, datetime.timezone.utc)

@@ -166,7 +166,7 @@ def parse(body: Union[bytes, str], precision: str = "ns", max_points: Optional[i
             elif "\\" in tag_text:
                 tags = tuple((_UNESCAPE_KEY.sub(r"\1", k), _UNESCAPE_KEY.sub(r"\1", v)) for k, v in tags_of(tag_text))
             else:  # no escapes: every ',' and '=' is a separator
-                tags = tuple(tuple(pair.split("=")) for pair in tag_text[1:].split(","))  # type: ignore[misc]
+                tags = tuple(tuple(pair.split("=")) for pair in tag_text[1:].split(","))
             if len(tags) > 1 and len({k for k, _ in tags}) != len(tags):
                 seen = set()
                 for k, _ in tags:
@@ -182,11 +182,13 @@ def parse(body: Union[bytes, str], precision: str = "ns", max_points: Optional[i
                 if "\\" in key:
                     key = _UNESCAPE_KEY.sub(r"\1", key)
                 first = raw[0]
+                value: FieldValue
                 if first == '"':
-                    value: FieldValue = raw[1:-1]
-                    if "\\" in value:
-                        value = _UNESCAPE_STRING.sub(r"\1", value)
-                    if len(value) > MAX_STRING_BYTES // 4 and len(value.encode("utf-8")) > MAX_STRING_BYTES:
+                    string = raw[1:-1]
+                    if "\\" in string:
+                        string = _UNESCAPE_STRING.sub(r"\1", string)
+                    value = string
+                    if len(string) > MAX_STRING_BYTES // 4 and len(string.encode("utf-8")) > MAX_STRING_BYTES:
                         raise _error(
                             text, pos, line,
                             "string value of field {!r} is longer than {} bytes".format(key, MAX_STRING_BYTES),

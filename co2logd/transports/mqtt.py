@@ -199,6 +199,7 @@ class PahoConnection:
                 self._hop("connect_failed", str(reason_code))
                 return
             if self.subscriptions:
+                topics: List[Any]
                 if self.mqtt5:
                     # retainHandling 2: no retained messages (old readings, stored when they were live)
                     topics = [(f, self._SubscribeOptions(qos=q, retainHandling=2)) for f, q in self.subscriptions]
@@ -300,7 +301,7 @@ class MQTTService(Service):
         self.line_topics = list(settings.MQTT_LINE_PROTOCOL_TOPICS)
         self.max_points = settings.MAX_ROWS_PER_UPLOAD
         self.connection_factory = connection_factory
-        self.connection = None
+        self.connection: Optional[Any] = None  # a PahoConnection (or a test's fake) while running
         self.setName("mqtt {}".format(self.broker.display()))
         self.is_connected = False
         #: True once the broker answered this connection's subscription
@@ -339,7 +340,7 @@ class MQTTService(Service):
         """Start connecting; a broker that is down is waited for."""
         super().startService()
         self.stopping = False
-        self.connection = self.connection_factory(
+        self.connection = connection = self.connection_factory(
             self.reactor,
             self,
             self.broker,
@@ -357,7 +358,7 @@ class MQTTService(Service):
             client_id=self.client_id,
             topics=", ".join(self.topics),
         )
-        self.connection.start()
+        connection.start()
 
     @defer.inlineCallbacks
     def stopService(self):
@@ -489,6 +490,7 @@ class MQTTService(Service):
 
     def _ingest(self, delivery: Delivery) -> None:
         delivery.attempts += 1
+        assert delivery.work is not None  # mapped before it is handed on
         d = defer.maybeDeferred(self._call_ingest, *delivery.work)
         d.addCallbacks(self._stored, self._failed, callbackArgs=(delivery,), errbackArgs=(delivery,))
         self.in_flight.track(d)

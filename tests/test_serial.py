@@ -265,7 +265,7 @@ class SerialLineTests(PtyMixin, TransportHarness, unittest.TestCase):
         self.assertEqual((yield self.outcome()), {"saved-in-db": 1})
         self.write(b'12 seq=3,co2=3\n')
         self.assertEqual((yield self.outcome()), {"saved-in-db": 1})
-        nodes = self.service.stats()["nodes"]
+        nodes = self.ingest.sequences.as_dict()
         self.assertEqual(nodes[str(("serial:" + self.link + " box=12", None))], {"last": 3, "stored": 2, "duplicates": 1, "lost": 1, "restarts": 0})
         rows = yield self.rows()
         self.assertEqual([r[0] for r in rows], [1, 2, 3])

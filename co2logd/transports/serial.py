@@ -495,12 +495,6 @@ class SerialService(Service):
             self.port.loseConnection()
         return defer.gatherResults(waits).addCallback(lambda _: None)
 
-    def _numbered_here(self, node: Any) -> bool:
-        """Whether a sequence node (``(Upload.node, box)``) is one of this device's."""
-        sender = str(node[0])
-        label = self.protocol.label
-        return sender == label or sender.startswith(label + " ")
-
     def health(self) -> Dict[str, Any]:
         """``ok`` while the device is open; else the reason, and that it is waited for."""
         ok = self.port is not None
@@ -515,10 +509,9 @@ class SerialService(Service):
         return report
 
     def stats(self) -> Dict[str, Any]:
-        """Counters per node, comments ignored, how often the port was opened."""
+        """Counters per source, comments ignored, how often the port was opened."""
         return {
             "sources": self.protocol.counters.as_dict(),
-            "nodes": self.protocol.ingest.sequences.as_dict(self._numbered_here),
             "ignored": dict(self.protocol.ignored),
             "opened": self.opened,
             "watchdog_reopens": self.watchdog_reopens,

@@ -14,7 +14,7 @@ import urllib.request
 from twisted.internet import defer, threads
 from twisted.trial import unittest
 
-from co2logd import legacy_utils
+from co2logd.settings import legacy_utils
 from co2logd.settings import Settings, SettingsError
 from tests.helpers import REPO, free_port, wait_for_port
 

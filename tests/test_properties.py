@@ -21,7 +21,8 @@ from twisted.trial import unittest
 from co2logd import payloads
 from co2logd.auth import GUARANTEED, Authenticator, salted_checksum
 from co2logd.errors import IngestError
-from co2logd.settings import Settings, default_auth_checker
+from co2logd.settings import Settings
+from co2logd.settings.legacy_hooks import default_auth_checker
 from co2logd.transports.framing import parse_header_line, split_message
 from co2logd.transports.serial import SerialIngestProtocol
 from co2logd.transports.udp import UDPIngestProtocol

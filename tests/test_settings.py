@@ -117,3 +117,44 @@ class ConfigFileTests(unittest.TestCase):
         """co2logd's own keys may also be written with the CO2LOGD_ prefix."""
         path = self.write("CO2LOGD_MAX_BODY_SIZE = 1000\n")
         self.assertEqual(Settings.from_config_file(path, environ={}).MAX_BODY_SIZE, 1000)
+
+
+class RoomsAndKindsTests(unittest.TestCase):
+    """Keys are grouped by the part of co2logd that reads them; kinds check and normalise."""
+
+    def test_a_name_in_two_rooms_is_refused(self):
+        """A setting defined in two rooms stops the import instead of one silently winning."""
+        from co2logd.settings.keys import Key, Room, _all_keys
+        from co2logd.settings import kinds
+
+        twice = Key(1, kinds.positive_int, "x")
+        e = self.assertRaises(RuntimeError, _all_keys, [Room("a", "A", {"X": twice}), Room("b", "B", {"X": twice})])
+        self.assertIn("X is defined twice", str(e))
+
+    def test_every_key_is_in_one_room_in_the_readme_table(self):
+        """The generated table has a heading per room and every key once."""
+        from co2logd.settings import markdown_table
+        from co2logd.settings.keys import ROOMS
+
+        table = markdown_table()
+        for room in ROOMS:
+            self.assertIn("#### " + room.title + "\n", table)
+        for name in KEYS:
+            self.assertEqual(table.count("| `CO2LOGSERVER_{}` |".format(name)), 1)
+
+    def test_kinds(self):
+        """The shared checks: numbers refuse bool, one_of keeps its spelling, optional adds None."""
+        from co2logd.settings import kinds
+
+        self.assertRaises(TypeError, kinds.positive_number, 0)
+        self.assertRaises(TypeError, kinds.positive_number, True)
+        self.assertEqual(kinds.positive_number(0.5), 0.5)
+        self.assertEqual(kinds.one_of("OFF", "FULL")("full"), "FULL")
+        self.assertEqual(kinds.one_of("off", "required")("REQUIRED"), "required")
+        self.assertRaises(TypeError, kinds.whole_number(1, 10, "1 to 10"), 11)
+        self.assertIsNone(kinds.optional_identifier(None))
+        e = self.assertRaises(TypeError, kinds.optional_identifier, "1x")
+        self.assertIn("or None", str(e))
+        self.assertEqual(
+            make_settings(SEQUENCE_MEMORY_SECONDS=1.5, DB_SYNCHRONOUS="normal").DB_SYNCHRONOUS, "NORMAL"
+        )

@@ -129,13 +129,10 @@ def build_service(
     """
     set_verbose(verbose)
     root = Co2logdService()
-    root.database = os.path.abspath(settings.DB)
+    root.database = describe_database(settings.DB)
     root.config_file = config_file
     if store is None:
-        try:
-            store = Store.open(settings.DB, settings, clock=reactor)
-        except StoreError as e:
-            raise StartupError("co2logd: {}".format(e))
+        store = open_store(settings, reactor)
     store.setServiceParent(root)
 
     outbox_entries = None
@@ -162,6 +159,31 @@ def build_service(
             endpoint = endpoints.serverFromString(reactor, description)
             EndpointListener(endpoint, site, description).setServiceParent(root)
     return root
+
+
+def describe_database(db: str) -> str:
+    """The database as logs and pages show it: a SQLite file's absolute path, a PostgreSQL URL without its password."""
+    from co2logd.dburl import is_postgres, redact
+
+    return redact(db) if is_postgres(db) else os.path.abspath(db)
+
+
+def open_store(settings, reactor):
+    """The store ``settings.DB`` names, its schema prepared; a :class:`StartupError` with one line if it cannot be."""
+    from co2logd.dburl import DatabaseUrlError, parse_db
+
+    try:
+        target = parse_db(settings.DB)
+    except DatabaseUrlError as e:
+        raise StartupError("co2logd: {}".format(e))
+    if not isinstance(target, str):
+        raise StartupError(
+            "co2logd: DB {}: the PostgreSQL store is not part of this version yet".format(target)
+        )
+    try:
+        return Store.open(settings.DB, settings, clock=reactor)
+    except StoreError as e:
+        raise StartupError("co2logd: {}".format(e))
 
 
 # -- hooks for the transports and the uploader (their own issues fill them) ---

@@ -25,14 +25,14 @@ CONFIG_ENV = "CO2LOGSERVER_CONFIG"
 class Options(usage.Options):
     """``twistd co2logd`` options; every one is optional."""
 
-    synopsis = "[--http ENDPOINT]... [--udp PORT]... [--serial DEVICE[:BAUD]]... [--db PATH] [--config FILE] [--version]"
+    synopsis = "[--http ENDPOINT]... [--udp PORT]... [--serial DEVICE[:BAUD]]... [--db PATH|URL] [--config FILE] [--version]"
     longdesc = (
         "Receive sensor data over HTTP, UDP and serial ports, store it in SQLite and "
         "forward it to the OpenSenseMap. Defaults: HTTP on tcp:8080, ./co2.sqlite."
     )
     optFlags = [["verbose", "v", "Log every stored upload, every HTTP request and serial comment lines (debug level)."]]
     optParameters = [
-        ["db", None, None, "SQLite database file (overrides the config's DB)."],
+        ["db", None, None, "SQLite database file or postgresql://user:password@host:port/dbname (overrides the config's DB)."],
         ["config", "c", None, "co2logserver-style Python config file (default: $" + CONFIG_ENV + ")."],
         ["name", None, None, "Server name (overrides the config's NAME)."],
     ]
@@ -88,6 +88,12 @@ class Options(usage.Options):
             raise SystemExit(1)
 
     def postOptions(self) -> None:
+        if self["db"]:
+            from co2logd.dburl import is_postgres
+            from co2logd.proctitle import hide_passwords
+
+            if is_postgres(self["db"]):
+                hide_passwords()  # ps must not show the URL's password
         http = self["http"] or ["tcp:8080"]
         if "none" in http:
             if len(http) > 1:
@@ -167,6 +173,7 @@ def makeService(options: Mapping[str, Any], reactor=None):
     one line, so the terminal shows it and the exit status is 1.  A database
     file that start-up created is removed again when a later step fails.
     """
+    from co2logd.dburl import is_postgres
     from co2logd.service import StartupError, build_service
     from co2logd.startup import check_database_path, check_serial_devices
 
@@ -178,12 +185,14 @@ def makeService(options: Mapping[str, Any], reactor=None):
     except SettingsError as e:
         raise SystemExit("co2logd: {}".format(e))
     required = list(options["serial"]) if settings.SERIAL_REQUIRED else list(options["serial_required"])
+    sqlite = not is_postgres(settings.DB)
     try:
-        check_database_path(settings.DB)
+        if sqlite:
+            check_database_path(settings.DB)
         check_serial_devices(required)
     except StartupError as e:
         raise SystemExit(str(e))
-    created = [f for f in database_files(settings.DB) if not os.path.exists(f)]
+    created = [f for f in database_files(settings.DB) if not os.path.exists(f)] if sqlite else []
     service = None
     try:
         service = build_service(

@@ -53,7 +53,7 @@ SERVER: Dict[str, Key] = {
 }
 
 STORE: Dict[str, Key] = {
-    "DB": Key("co2.sqlite", kinds.text, "SQLite database file"),
+    "DB": Key("co2.sqlite", kinds.database, "SQLite database file, or postgresql://user:password@host:port/dbname (docs/postgresql.md)"),
     "DATA_TABLE_NAME": Key("data", kinds.identifier, "table holding the data"),
     "UPLOAD_TIME_COL": Key("time_upload_utc", kinds.identifier, "column of the upload time (UTC)"),
     "MATCHED_CHECKSUMS_COL": Key("matched_checksums", kinds.identifier, "column of matched algorithms"),

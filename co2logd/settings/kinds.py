@@ -51,6 +51,20 @@ def text(value: Any) -> str:
 optional_text = optional(text)
 
 
+def database(value: Any) -> str:
+    """A SQLite file path or a postgresql:// URL; an error message never repeats a password."""
+    from co2logd.dburl import DatabaseUrlError, parse_db
+    from co2logd.settings import SettingsError
+
+    if not isinstance(value, str):
+        raise TypeError("a SQLite file path or a postgresql:// URL")
+    try:
+        parse_db(value)
+    except DatabaseUrlError as e:
+        raise SettingsError(str(e))
+    return value
+
+
 def token(value: Any) -> Optional[str]:
     """None, or a secret of at least 16 printable ASCII characters."""
     if value is not None and not (isinstance(value, str) and len(value) >= 16 and value.isascii() and value.isprintable()):

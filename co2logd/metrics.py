@@ -94,6 +94,7 @@ class _Collector:
         datagrams = CounterMetricFamily("co2logd_udp_datagrams", "UDP datagrams received, by listener", labels=["listener"])
         messages = CounterMetricFamily("co2logd_transport_messages", "Messages (datagrams, lines) received, by listener", labels=["listener"])
         transport_rejects = CounterMetricFamily("co2logd_transport_rejects", "Messages refused by a listener, by reason", labels=["listener", "reason"])
+        mqtt_families: list = []
         for service in list(self.metrics.services):
             stats = getattr(service, "stats", None)
             if not callable(stats):
@@ -113,6 +114,8 @@ class _Collector:
             messages.add_metric([name], total)
             for reason, n in sorted(reasons.items()):
                 transport_rejects.add_metric([name, reason], n)
+            if isinstance(values.get("mqtt"), dict):
+                mqtt_families.extend(_mqtt_families(values["mqtt"]))
             if "connected" in values:
                 device = getattr(service, "device", name)
                 serial_connected.add_metric([device], 1 if values["connected"] else 0)
@@ -120,6 +123,7 @@ class _Collector:
             elif hasattr(service, "listening"):
                 datagrams.add_metric([name], total)
         yield from (serial_connected, serial_reconnects, datagrams, messages, transport_rejects)
+        yield from mqtt_families
 
     def _uploader(self):
         for service in list(self.metrics.services):
@@ -146,6 +150,39 @@ class _Collector:
                 if event != "largest_group":
                     family.add_metric([event], n)
             yield family
+
+
+def _mqtt_families(stats: Dict[str, Any]):
+    """The MQTT transport: connection, messages by outcome, refusals, redeliveries, reconnects, unacknowledged."""
+    broker = [stats["broker"]]
+    connected = GaugeMetricFamily("co2logd_mqtt_connected", "1 while connected to the MQTT broker", labels=["broker"])
+    connected.add_metric(broker, 1 if stats["is_connected"] else 0)
+    yield connected
+    outcomes = CounterMetricFamily(
+        "co2logd_mqtt_messages", "MQTT messages settled, by outcome (stored, duplicate, refused, not-data)",
+        labels=["broker", "outcome"],
+    )
+    for outcome, n in sorted(stats["outcomes"].items()):
+        outcomes.add_metric(broker + [outcome], n)
+    yield outcomes
+    refused = CounterMetricFamily("co2logd_mqtt_refused", "MQTT messages refused for good (and acknowledged), by reason", labels=["broker", "reason"])
+    for reason, n in sorted(stats["refused"].items()):
+        refused.add_metric(broker + [reason], n)
+    yield refused
+    for key, help_text in (
+        ("redeliveries", "MQTT messages the broker sent again (DUP flag)"),
+        ("rejoined", "Messages sent again after a reconnect while their first copy was stored: stored once"),
+        ("reconnects", "Connections to the MQTT broker after the first"),
+        ("connect_failures", "Failed attempts to connect to the MQTT broker"),
+        ("acks", "PUBACKs sent (after the commit, or for messages refused for good)"),
+        ("store_retries", "Times a message was tried again because the database was busy (its PUBACK held back)"),
+    ):
+        family = CounterMetricFamily("co2logd_mqtt_" + key, help_text, labels=["broker"])
+        family.add_metric(broker, stats[key])
+        yield family
+    unacked = GaugeMetricFamily("co2logd_mqtt_unacknowledged", "MQTT messages received and not yet acknowledged", labels=["broker"])
+    unacked.add_metric(broker, stats["unacknowledged"])
+    yield unacked
 
 
 class Metrics:

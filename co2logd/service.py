@@ -152,6 +152,8 @@ def build_service(
     required = set(serial_required)
     for spec in serial:
         _serial_service(spec, ingest, reactor, settings, spec in required or settings.SERIAL_REQUIRED).setServiceParent(root)
+    if settings.MQTT_BROKER:
+        _mqtt_service(ingest, reactor, settings).setServiceParent(root)
 
     if http:
         site = make_site(settings, ingest, store, reactor, services=root, access_log=verbose)
@@ -215,3 +217,13 @@ def _serial_service(spec, ingest, reactor, settings, required=False):
     from co2logd.transports.serial import serial_service
 
     return serial_service(spec, ingest, reactor, settings, required=required)
+
+
+def _mqtt_service(ingest, reactor, settings):
+    try:
+        import paho.mqtt.client  # noqa: F401
+    except ImportError:
+        raise StartupError("co2logd: MQTT needs paho-mqtt: pip install 'co2logd[mqtt]'")
+    from co2logd.transports.mqtt import mqtt_service
+
+    return mqtt_service(ingest, settings, reactor)

@@ -25,7 +25,10 @@ CONFIG_ENV = "CO2LOGSERVER_CONFIG"
 class Options(usage.Options):
     """``twistd co2logd`` options; every one is optional."""
 
-    synopsis = "[--http ENDPOINT]... [--udp PORT]... [--serial DEVICE[:BAUD]]... [--db PATH|URL] [--config FILE] [--version]"
+    synopsis = (
+        "[--http ENDPOINT]... [--udp PORT]... [--serial DEVICE[:BAUD]]... "
+        "[--mqtt URL [--mqtt-topic FILTER]...] [--db PATH|URL] [--config FILE] [--version]"
+    )
     longdesc = (
         "Receive sensor data over HTTP, UDP and serial ports, store it in SQLite and "
         "forward it to the OpenSenseMap. Defaults: HTTP on tcp:8080, ./co2.sqlite."
@@ -35,6 +38,7 @@ class Options(usage.Options):
         ["db", None, None, "SQLite database file or postgresql://user:password@host:port/dbname (overrides the config's DB)."],
         ["config", "c", None, "co2logserver-style Python config file (default: $" + CONFIG_ENV + ")."],
         ["name", None, None, "Server name (overrides the config's NAME)."],
+        ["mqtt", None, None, "MQTT broker to subscribe to: mqtt://[user:password@]host[:port] or mqtts://... (overrides MQTT_BROKER)."],
     ]
 
     def __init__(self):
@@ -43,6 +47,7 @@ class Options(usage.Options):
         self["udp"] = []
         self["serial"] = []
         self["serial_required"] = []
+        self["mqtt_topics"] = []
 
     def opt_http(self, description: str) -> None:
         """Twisted server endpoint string to serve HTTP on, e.g. tcp:8080 (repeatable; 'none' disables HTTP)."""
@@ -60,6 +65,10 @@ class Options(usage.Options):
         """Like --serial, but the device must exist at start-up, else co2logd does not start (repeatable)."""
         self.opt_serial(spec)
         self["serial_required"].append(spec)
+
+    def opt_mqtt_topic(self, topic_filter: str) -> None:
+        """MQTT topic filter to subscribe to, e.g. tele/+/SENSOR (repeatable; replaces MQTT_TOPICS)."""
+        self["mqtt_topics"].append(topic_filter)
 
     def opt_version(self) -> None:
         """Print co2logd's version (and Twisted's and Python's) and exit."""
@@ -106,6 +115,15 @@ class Options(usage.Options):
             _check_spec("co2logd.transports.udp", "parse_udp_spec", spec, "--udp")
         for spec in self["serial"]:
             _check_spec("co2logd.transports.serial", "parse_serial_spec", spec, "--serial")
+        if self["mqtt"] is not None:
+            from co2logd.transports.mqtt_payloads import parse_broker_url
+
+            try:
+                parse_broker_url(self["mqtt"])
+            except ValueError as e:  # the URL may hold a password: not repeated here
+                raise usage.UsageError("--mqtt: {}".format(e))
+        for topic_filter in self["mqtt_topics"]:
+            _check_spec("co2logd.transports.mqtt_payloads", "check_topic_filter", topic_filter, "--mqtt-topic")
 
 
 def version_line() -> str:
@@ -151,6 +169,10 @@ def load_settings(options: Mapping[str, Any], environ: Optional[Mapping[str, str
         overrides["DB"] = options["db"]
     if options.get("name"):
         overrides["NAME"] = options["name"]
+    if options.get("mqtt"):
+        overrides["MQTT_BROKER"] = options["mqtt"]
+    if options.get("mqtt_topics"):
+        overrides["MQTT_TOPICS"] = list(options["mqtt_topics"])
     config = options.get("config") or environ.get(CONFIG_ENV)
     if config:
         return Settings.from_config_file(config, overrides, environ=environ)

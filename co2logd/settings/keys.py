@@ -107,6 +107,19 @@ TRANSPORTS: Dict[str, Key] = {
     "TRANSPORT_LOG_INTERVAL": Key(60, kinds.positive_number, "at most one reject log line per source and reason in this many seconds (UDP, serial)"),
 }
 
+MQTT: Dict[str, Key] = {
+    "MQTT_BROKER": Key(None, kinds.mqtt_broker, "MQTT broker to subscribe to, mqtt://[user:password@]host[:port] or mqtts://… for TLS (None: no MQTT); --mqtt overrides it"),
+    "MQTT_TOPICS": Key(["tele/+/SENSOR", "+/sensor/+/state", "co2logd/#"], kinds.topic_filters, "MQTT topic filters subscribed to (Tasmota, ESPHome, co2logd's own formats); --mqtt-topic replaces them"),
+    "MQTT_CLIENT_ID": Key(None, kinds.client_id, "MQTT client id (default: co2logd- and a hash of the host name and database path, the same at every restart, so the broker keeps the session)"),
+    "MQTT_QOS": Key(1, kinds.mqtt_qos, "QoS of the subscriptions: 1 acknowledges each message after its rows are committed; 0 takes what comes"),
+    "MQTT_KEEPALIVE": Key(60, kinds.whole_number(5, 65535, "a whole number of seconds from 5 to 65535"), "MQTT keep-alive in seconds"),
+    "MQTT_CA_FILE": Key(None, kinds.optional_text, "CA certificates (PEM file) for mqtts:// (default: the system's)"),
+    "MQTT_PROTOCOL": Key("5", kinds.one_of("5", "3.1.1"), "MQTT version: '5' (user properties carry headers) or '3.1.1'"),
+    "MQTT_MAX_INFLIGHT": Key(1000, kinds.whole_number(1, 65535, "a whole number from 1 to 65535"), "unacknowledged messages the broker may send at once (MQTT 5 Receive Maximum); they wait for the database"),
+    "MQTT_RECONNECT_MAX_SECONDS": Key(60, kinds.positive_number, "longest wait between attempts to reach the MQTT broker"),
+    "MQTT_TASMOTA_TIMEZONE": Key(None, kinds.timezone, "IANA zone of Tasmota devices' Time, local time without offset (default: this machine's zone)"),
+}
+
 WEB: Dict[str, Key] = {
     "UPLOAD_HELP": Key(True, kinds.flag, "serve /uploadhelp"),
     "DOWNLOAD_REQUIRES_AUTH": Key(False, kinds.flag, "the data (dashboard, /download, /plot, /health details, /metrics) needs a salted checksum of the path, DASHBOARD_TOKEN or its session"),
@@ -210,6 +223,7 @@ ROOMS: List[Room] = [
     Room("ingest", "Uploads: parsing, columns and limits (every transport)", INGEST),
     Room("auth", "Uploads: salted checksums, replay protection, idempotency", AUTH),
     Room("transports", "UDP and serial", TRANSPORTS),
+    Room("mqtt", "MQTT (--mqtt, --mqtt-topic)", MQTT),
     Room("web", "HTTP: routes, access and limits", WEB),
     Room("dashboard", "Dashboard and plots", DASHBOARD),
     Room("status", "/health and the sources heard from", STATUS),

@@ -207,3 +207,57 @@ def unit_map(value: Any) -> Dict[str, str]:
     if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
         raise TypeError("a dict of column name to unit text, like {'co2': 'ppm'}")
     return {k.lower(): v for k, v in value.items()}
+
+
+# MQTT (co2logd.transports.mqtt)
+
+
+def mqtt_broker(value: Any) -> Optional[str]:
+    """None or mqtt://[user:password@]host[:port] / mqtts://…; an error message never repeats the password."""
+    from co2logd.settings import SettingsError
+    from co2logd.transports.mqtt_payloads import parse_broker_url
+
+    if value is None:
+        return None
+    try:
+        parse_broker_url(value)
+    except ValueError as e:
+        raise SettingsError("Setting CO2LOGSERVER_MQTT_BROKER: {}".format(e))
+    return value
+
+
+def topic_filters(value: Any) -> List[str]:
+    """A list of MQTT topic filters (``+`` one level, ``#`` the rest)."""
+    from co2logd.transports.mqtt_payloads import check_topic_filter
+
+    value = str_list(value)
+    try:
+        return [check_topic_filter(v) for v in value]
+    except ValueError as e:
+        raise TypeError("a list of MQTT topic filters ({})".format(e))
+
+
+def mqtt_qos(value: Any) -> int:
+    """0 or 1.  QoS 2 is not offered: paho keeps a QoS 2 message's state in memory only, so a crash could lose it."""
+    if not _is_whole(value) or value not in (0, 1):
+        raise TypeError("0 or 1 (1: acknowledged after the commit)")
+    return value
+
+
+def client_id(value: Any) -> Optional[str]:
+    """None or a non-empty string."""
+    if value is not None and not (isinstance(value, str) and value):
+        raise TypeError("None or a non-empty string")
+    return value
+
+
+def timezone(value: Any) -> Optional[str]:
+    """None or an IANA time zone name this machine knows."""
+    from co2logd.transports.mqtt_payloads import check_timezone
+
+    if value is not None and not isinstance(value, str):
+        raise TypeError("None or an IANA time zone name such as 'Europe/Berlin'")
+    try:
+        return check_timezone(value)
+    except ValueError as e:
+        raise TypeError(str(e))

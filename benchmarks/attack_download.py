@@ -43,7 +43,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 
-from run import Server, free_port, rss_mb  # noqa: E402
+from run import Server, rss_mb  # noqa: E402
 
 
 def fill(db: str, rows: int, columns: int, repo: str) -> None:
@@ -193,11 +193,10 @@ def main() -> None:
         config_path = os.path.join(work, name + ".cfg")
         with open(config_path, "w") as f:
             f.write("".join("CO2LOGSERVER_{} = {!r}\n".format(k, v) for k, v in config.items()))
-        port = free_port()
         server = Server(
             "co2logd",
-            [sys.executable, "-m", "co2logd", "--http", "tcp:{}:interface=127.0.0.1".format(port), "--db", db, "--config", config_path],
-            work, port, {"PYTHONPATH": repo}, os.path.join(work, name + ".log"),
+            [sys.executable, "-m", "co2logd", "--http", "tcp:0:interface=127.0.0.1", "--db", db, "--config", config_path],
+            work, {"PYTHONPATH": repo}, os.path.join(work, name + ".log"),
         )
         try:
             r = attack(server, path, args.clients, args.hold)

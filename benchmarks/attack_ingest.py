@@ -44,7 +44,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 
-from run import Server, free_port  # noqa: E402
+from run import Server  # noqa: E402
 SALTS = ["salt-one", "salt-two", "salt-three"]
 MIB = 1024 * 1024
 
@@ -86,13 +86,12 @@ def status_kb(pid: int, key: str) -> int:
 
 def start_server(repo: str, work: str) -> Server:
     """``python -m co2logd`` from a checkout, on a fresh database, with the salts of the attacks."""
-    port = free_port()
     config = os.path.join(work, "config.py")
     with open(config, "w") as f:
         f.write("CO2LOGSERVER_CHECKSUM_SALTS = {!r}\n".format(SALTS))
-    db = os.path.join(work, "attack-{}.sqlite".format(port))
-    argv = [sys.executable, "-m", "co2logd", "--http", "tcp:{}:interface=127.0.0.1".format(port), "--db", db, "-c", config]
-    return Server("co2logd", argv, work, port, {"PYTHONPATH": repo}, os.path.join(work, "server.log"))
+    db = tempfile.mktemp(prefix="attack-", suffix=".sqlite", dir=work)
+    argv = [sys.executable, "-m", "co2logd", "--http", "tcp:0:interface=127.0.0.1", "--db", db, "-c", config]
+    return Server("co2logd", argv, work, {"PYTHONPATH": repo}, os.path.join(work, "server.log"))
 
 
 def request(port: int, method: str, path: str, body: Optional[bytes] = None, headers=None, timeout: float = 600) -> Tuple[int, bytes]:

@@ -23,14 +23,15 @@ import argparse
 import datetime
 import http.client
 import os
-import socket
 import sqlite3
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from typing import List, Optional
+from typing import List, Optional, Tuple
+
+from run import wait_until_listening
 
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -56,12 +57,6 @@ def fill(path: str, rows: int, end: float) -> None:
     )
     connection.commit()
     connection.close()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def memory_kib(pid: int, field: str) -> int:
@@ -114,17 +109,12 @@ class Prober(threading.Thread):
         return max(self.latencies)
 
 
-def wait_for(port: int, process, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SystemExit("the daemon exited with {}".format(process.returncode))
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.1)
-    raise SystemExit("the daemon did not listen within {} s".format(timeout))
+def start_daemon(argv: List[str], directory: str, env) -> Tuple[subprocess.Popen, int]:
+    """Start the daemon (HTTP on port 0, output in ``directory``/daemon.log); (process, port) once its log names the port."""
+    log_path = os.path.join(directory, "daemon.log")
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen(argv, cwd=directory, env=env, stdout=log, stderr=subprocess.STDOUT)
+    return process, wait_until_listening(process, log_path)["HTTP"]
 
 
 def main(argv: Optional[List[str]] = None) -> None:
@@ -137,15 +127,12 @@ def main(argv: Optional[List[str]] = None) -> None:
     directory = tempfile.mkdtemp(prefix="co2logd-attack-")
     path = os.path.join(directory, "attack.sqlite")
     fill(path, options.rows, time.time())
-    port = free_port()
     env = dict(os.environ, PYTHONPATH=os.path.abspath(options.source))
     env.pop("CO2LOGSERVER_CONFIG", None)
-    daemon = subprocess.Popen(
-        [sys.executable, "-m", "co2logd", "--db", path, "--http", "tcp:{}:interface=127.0.0.1".format(port)],
-        cwd=directory, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    daemon, port = start_daemon(
+        [sys.executable, "-m", "co2logd", "--db", path, "--http", "tcp:0:interface=127.0.0.1"], directory, env
     )
     try:
-        wait_for(port, daemon)
         status, size, seconds = fetch(port, "/plot?cols=co2&since=24h")  # warm up: first plot, rollup fill
         assert status == 200, status
         time.sleep(3)

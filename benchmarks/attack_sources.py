@@ -18,13 +18,12 @@ import argparse
 import http.client
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
 from typing import List, Optional
 
-from attack_plot import HERE, Prober, fetch, free_port, memory_kib, wait_for
+from attack_plot import HERE, Prober, fetch, memory_kib, start_daemon
 
 
 def post(port: int, body: bytes):
@@ -52,16 +51,14 @@ def main(argv: Optional[List[str]] = None) -> None:
         f.write("CO2LOGSERVER_HEALTH_SILENT_SOURCES = True\n")
         f.write("CO2LOGSERVER_WRITE_QUEUE_MAX_ROWS = {}\n".format(2 * options.boxes))
         f.write("CO2LOGSERVER_MAX_ROWS_PER_UPLOAD = {}\n".format(max(options.boxes, 100_000)))
-    port = free_port()
     env = dict(os.environ, PYTHONPATH=os.path.abspath(options.source))
     env.pop("CO2LOGSERVER_CONFIG", None)
-    daemon = subprocess.Popen(
+    daemon, port = start_daemon(
         [sys.executable, "-m", "co2logd", "--config", config, "--db", os.path.join(directory, "sources.sqlite"),
-         "--http", "tcp:{}:interface=127.0.0.1".format(port)],
-        cwd=directory, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+         "--http", "tcp:0:interface=127.0.0.1"],
+        directory, env,
     )
     try:
-        wait_for(port, daemon)
         fetch(port, "/")  # warm up
         rss_before = memory_kib(daemon.pid, "VmRSS")
         n = options.boxes

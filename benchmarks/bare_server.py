@@ -1,6 +1,6 @@
 """
 The HTTP ceiling: a bare twisted.web resource that reads the POST body and
-answers co2logd's receipt, nothing else.  ``python benchmarks/bare_server.py PORT``
+answers co2logd's receipt, nothing else.  ``python benchmarks/bare_server.py [PORT]``
 """
 
 import sys
@@ -22,5 +22,7 @@ class Bare(Resource):
 
 
 if __name__ == "__main__":
-    reactor.listenTCP(int(sys.argv[1]), Site(Bare()), interface="127.0.0.1")
+    # a port of its own (or the one given), said the way co2logd says it, for run.py to read back
+    port = reactor.listenTCP(int(sys.argv[1]) if len(sys.argv) > 1 else 0, Site(Bare()), interface="127.0.0.1")
+    print("Listening for HTTP on 127.0.0.1:{}".format(port.getHost().port), flush=True)
     reactor.run()

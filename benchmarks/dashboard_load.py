@@ -46,7 +46,7 @@ REPO = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 
 import loadgen  # noqa: E402
-from run import Server, free_port  # noqa: E402
+from run import Server  # noqa: E402
 
 STRACE = shutil.which("strace")
 SINGLE_ROW = b'{"co2": [700], "temperature": [21.5], "box": ["bench"]}'
@@ -145,13 +145,12 @@ class Traced(Server):
 
 
 def start_daemon(work: str, db: str, strace_log: Optional[str] = None) -> Server:
-    port = free_port()
-    argv = [sys.executable, "-m", "co2logd", "--http", "tcp:{}:interface=127.0.0.1".format(port), "--db", db]
+    argv = [sys.executable, "-m", "co2logd", "--http", "tcp:0:interface=127.0.0.1", "--db", db]
     if strace_log:
         argv = [STRACE, "-f", "-qq", "--seccomp-bpf", "-ttt", "-e", "trace=fsync,fdatasync", "-e", "signal=none",
                 "-o", strace_log] + argv
-        return Traced("co2logd", argv, work, port, {"PYTHONPATH": REPO}, os.path.join(work, "co2logd.log"))
-    return Server("co2logd", argv, work, port, {"PYTHONPATH": REPO}, os.path.join(work, "co2logd.log"))
+        return Traced("co2logd", argv, work, {"PYTHONPATH": REPO}, os.path.join(work, "co2logd.log"))
+    return Server("co2logd", argv, work, {"PYTHONPATH": REPO}, os.path.join(work, "co2logd.log"))
 
 
 def fill(server: Server, rows: int) -> None:

@@ -66,7 +66,7 @@ REPO = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 
 import loadgen  # noqa: E402
-from run import Server, free_port  # noqa: E402
+from run import Server  # noqa: E402
 
 DAY = 86400
 TIME_COL = "time"
@@ -110,9 +110,8 @@ def timed_get(port: int, path: str) -> Tuple[float, bytes]:
 
 
 def start_daemon(work: str, db: str) -> Server:
-    port = free_port()
-    argv = [sys.executable, "-m", "co2logd", "--http", "tcp:{}:interface=127.0.0.1".format(port), "--db", db]
-    return Server("co2logd", argv, work, port, {"PYTHONPATH": REPO}, os.path.join(work, "co2logd.log"))
+    argv = [sys.executable, "-m", "co2logd", "--http", "tcp:0:interface=127.0.0.1", "--db", db]
+    return Server("co2logd", argv, work, {"PYTHONPATH": REPO}, os.path.join(work, "co2logd.log"))
 
 
 def upload_day(server: Server, day_start: int, sources: int) -> None:

@@ -27,9 +27,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -78,12 +78,34 @@ SCENARIOS = {
 # -- processes ---------------------------------------------------------------
 
 
-def free_port(kind=socket.SOCK_STREAM) -> int:
-    s = socket.socket(socket.AF_INET, kind)
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
+# What a server prints once it listens, with the port it bound: every server
+# here is started on port 0 and its port read back from its log, so no other
+# process can take the port between a pick and the bind.
+# co2logd: "Listening for HTTP on 127.0.0.1:43125", "Listening for UDP uploads on 127.0.0.1:35546, ...";
+# gunicorn: "Listening at: http://127.0.0.1:43125 (1234)"; bare_server.py as co2logd.
+LISTENING = re.compile(r"Listening (?:for (?P<kind>[A-Za-z]+)\b[^\n]*? on |at: http://)(?P<host>[^\s,/]+?):(?P<port>\d+)")
+
+
+def listening_ports(log: str) -> Dict[str, int]:
+    """The ports a server's log says it listens on, by kind ("HTTP", "UDP")."""
+    return {(m.group("kind") or "HTTP").upper(): int(m.group("port")) for m in LISTENING.finditer(log)}
+
+
+def wait_until_listening(
+    process: subprocess.Popen, log_path: str, kinds=("HTTP",), offset: int = 0, timeout: float = 60.0
+) -> Dict[str, int]:
+    """Poll the log (from byte ``offset``) until it names a port for each of ``kinds``; SystemExit if the server dies first."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with open(log_path, "rb") as f:
+            f.seek(offset)
+            ports = listening_ports(f.read().decode(errors="replace"))
+        if all(kind in ports for kind in kinds):
+            return ports
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            raise SystemExit("server did not start; see {}".format(log_path))
+        time.sleep(0.05)
 
 
 def rss_mb(pid: int) -> float:
@@ -106,29 +128,24 @@ def rss_mb(pid: int) -> float:
 
 
 class Server:
-    """A server process started for one measurement and stopped after it."""
+    """
+    A server process started for one measurement and stopped after it.  Its
+    ``argv`` binds port 0; ``ports`` (and ``port``, the HTTP one) are read
+    back from its log once it names a port for each of ``listens``.
+    """
 
-    def __init__(self, name: str, argv: List[str], cwd: str, port: Optional[int], env: Dict[str, str], log_path: str):
+    def __init__(
+        self, name: str, argv: List[str], cwd: str, env: Dict[str, str], log_path: str, listens=("HTTP",)
+    ):
         self.name = name
-        self.port = port
         environment = dict(os.environ)
         environment.pop("CO2LOGSERVER_CONFIG", None)
         environment.update(env)
         self.log = open(log_path, "ab")
+        offset = self.log.tell()
         self.process = subprocess.Popen(argv, cwd=cwd, env=environment, stdout=self.log, stderr=subprocess.STDOUT)
-        if port is not None:
-            self.wait_for_port(port)
-
-    def wait_for_port(self, port: int, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                return
-            except OSError:
-                if self.process.poll() is not None or time.monotonic() > deadline:
-                    raise SystemExit("{} did not start; see {}".format(self.name, self.log.name))
-                time.sleep(0.05)
+        self.ports = wait_until_listening(self.process, log_path, listens, offset) if listens else {}
+        self.port = self.ports.get("HTTP")
 
     def rss(self) -> float:
         return rss_mb(self.process.pid)
@@ -208,31 +225,30 @@ class Bench:
         return venv
 
     def start_co2logserver(self, db: str) -> Server:
-        port = free_port()
         gunicorn = os.path.join(self.args.venv, "bin", "gunicorn")
         config = db + ".config.py"  # co2logserver reads its settings from a file named by $CO2LOGSERVER_CONFIG
         with open(config, "w") as f:
             f.write("CO2LOGSERVER_DB = {!r}\n".format(db))
         # README's production command: `gunicorn co2logserver` (one sync worker)
         return Server(
-            "co2logserver", [gunicorn, "-b", "127.0.0.1:{}".format(port), "co2logserver"],
-            self.work, port, {"CO2LOGSERVER_CONFIG": config}, os.path.join(self.work, "co2logserver.log"),
+            "co2logserver", [gunicorn, "-b", "127.0.0.1:0", "co2logserver"],
+            self.work, {"CO2LOGSERVER_CONFIG": config}, os.path.join(self.work, "co2logserver.log"),
         )
 
-    def start_co2logd(self, db: str, udp_port: Optional[int] = None) -> Server:
-        port = free_port()
-        argv = [sys.executable, "-m", "co2logd", "--http", "tcp:{}:interface=127.0.0.1".format(port), "--db", db]
-        if udp_port is not None:
-            argv += ["--udp", "udp:{}:interface=127.0.0.1".format(udp_port)]
+    def start_co2logd(self, db: str, udp: bool = False) -> Server:
+        """co2logd on ``db``, HTTP (and UDP) on ports of its own: ``server.port``, ``server.ports["UDP"]``."""
+        argv = [sys.executable, "-m", "co2logd", "--http", "tcp:0:interface=127.0.0.1", "--db", db]
+        if udp:
+            argv += ["--udp", "udp:0:interface=127.0.0.1"]
         return Server(
-            "co2logd", argv, self.work, port, {"PYTHONPATH": REPO}, os.path.join(self.work, "co2logd.log")
+            "co2logd", argv, self.work, {"PYTHONPATH": REPO}, os.path.join(self.work, "co2logd.log"),
+            listens=("HTTP", "UDP") if udp else ("HTTP",),
         )
 
     def start_bare(self) -> Server:
-        port = free_port()
         return Server(
-            "twisted.web", [sys.executable, os.path.join(HERE, "bare_server.py"), str(port)],
-            self.work, port, {"PYTHONPATH": REPO}, os.path.join(self.work, "bare.log"),
+            "twisted.web", [sys.executable, os.path.join(HERE, "bare_server.py")],
+            self.work, {"PYTHONPATH": REPO}, os.path.join(self.work, "bare.log"),
         )
 
     # one measurement
@@ -319,12 +335,11 @@ class Bench:
     # (e)
     def udp(self) -> None:
         db = self.db("co2logd-udp")
-        udp_port = free_port(socket.SOCK_DGRAM)
-        server = self.start_co2logd(db, udp_port)
+        server = self.start_co2logd(db, udp=True)
         datagrams = [json_body(1)]
         self.results["udp"] = {"rates": []}
         try:
-            self._udp_rates(db, udp_port, datagrams)
+            self._udp_rates(db, server.ports["UDP"], datagrams)
             self.results["udp"]["rss_mb"] = server.rss()
         finally:
             server.stop()

@@ -25,36 +25,34 @@ import subprocess
 import sys
 import tempfile
 import time
+from typing import Tuple
+
+from run import wait_until_listening
 
 
-def free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_daemon(directory: str, port: int, synchronous: str) -> subprocess.Popen:
+def start_daemon(directory: str, synchronous: str) -> Tuple[subprocess.Popen, int]:
+    """co2logd with UDP only, on a port of its own; (process, port) once its log names the port."""
     config = os.path.join(directory, "bench_config.py")
     with open(config, "w") as f:
         f.write("CO2LOGSERVER_DB_SYNCHRONOUS = {!r}\n".format(synchronous))
     db = os.path.join(directory, "bench.sqlite")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "co2logd", "--http", "none", "--udp", "udp:{}:interface=127.0.0.1".format(port),
-         "--db", db, "--config", config],
-        cwd=directory,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    return process
+    log_path = os.path.join(directory, "co2logd.log")
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "co2logd", "--http", "none", "--udp", "udp:0:interface=127.0.0.1",
+             "--db", db, "--config", config],
+            cwd=directory, stdout=log, stderr=subprocess.STDOUT,
+        )
+    return process, wait_until_listening(process, log_path, ("UDP",))["UDP"]
 
 
-def wait_until_listening(port: int, db: str, process: subprocess.Popen, timeout: float = 20) -> None:
+def wait_until_storing(port: int, db: str, process: subprocess.Popen, timeout: float = 20) -> None:
     """Send probes until one is stored (the daemon is up and the table exists)."""
     deadline = time.monotonic() + timeout
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         while time.monotonic() < deadline:
             if process.poll() is not None:
-                raise SystemExit("co2logd exited: " + process.stderr.read().decode(errors="replace"))
+                raise SystemExit("co2logd exited; see its log")
             s.sendto(b'{"run": -1, "seq": 0, "co2": 0}', ("127.0.0.1", port))
             time.sleep(0.2)
             if stored_rows(db, -1) > 0:
@@ -128,11 +126,10 @@ def main(argv=None) -> None:
     rates = [int(r) for r in args.rates.split(",")]
 
     directory = tempfile.mkdtemp(prefix="co2logd-bench-")
-    port = free_udp_port()
     db = os.path.join(directory, "bench.sqlite")
-    process = start_daemon(directory, port, args.synchronous)
+    process, port = start_daemon(directory, args.synchronous)
     try:
-        wait_until_listening(port, db, process)
+        wait_until_storing(port, db, process)
         print("co2logd UDP on 127.0.0.1:{}, DB_SYNCHRONOUS={}, {}s per rate".format(port, args.synchronous, args.seconds))
         print("(kernel: dropped by a full receive buffer; refused: e.g. busy, UDP_MAX_PENDING)")
         print(

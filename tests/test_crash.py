@@ -4,7 +4,6 @@ import http.client
 import os
 import signal
 import sqlite3
-import subprocess
 import sys
 import threading
 import time
@@ -12,27 +11,20 @@ import time
 from twisted.internet import threads
 from twisted.trial import unittest
 
-from tests.helpers import REPO, free_port, wait_for_port
+from tests import helpers
+from tests.helpers import REPO
 
 CLIENTS = 6
 LOAD_SECONDS = 1.5
 
 
-def start_daemon(db, port, log_path):
-    """``python -m co2logd`` on ``db``, as a user starts it; returns once it accepts connections."""
+def start_daemon(db, log_path):
+    """``python -m co2logd`` on ``db``, as a user starts it, on a port of its own; returns (process, port) once it listens."""
     env = dict(os.environ, PYTHONPATH=REPO)
     env.pop("CO2LOGSERVER_CONFIG", None)
-    log = open(log_path, "ab")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "co2logd", "--http", "tcp:{}:interface=127.0.0.1".format(port), "--db", db],
-        cwd=os.path.dirname(db),
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    log.close()
-    wait_for_port(port, process, lambda: open(log_path).read())
-    return process
+    argv = [sys.executable, "-m", "co2logd", "--http", "tcp:0:interface=127.0.0.1", "--db", db]
+    process, ports = helpers.start_daemon(argv, os.path.dirname(db), env, log_path)
+    return process, ports["HTTP"]
 
 
 def upload_until_refused(port, client, acknowledged, stop):
@@ -87,12 +79,10 @@ def crash_rounds(workdir, rounds=2):
     log_path = os.path.join(workdir, "daemon.log")
     acknowledged = []
     for round_number in range(rounds):
-        port = free_port()
-        process = start_daemon(db, port, log_path)
+        process, port = start_daemon(db, log_path)
         acknowledged += load_and_kill(port, process, round_number * CLIENTS)
     # the last restart recovers the file as the daemon itself opens it
-    port = free_port()
-    process = start_daemon(db, port, log_path)
+    process, _ = start_daemon(db, log_path)
     process.send_signal(signal.SIGTERM)
     process.wait(30)
     connection = sqlite3.connect(db)

@@ -10,7 +10,7 @@ from twisted.trial import unittest
 from co2logd.service import build_service
 from co2logd.testing import FakeOpenSenseMap, listen_fake_opensensemap
 from co2logd.transports.udp import UDPService
-from tests.helpers import free_port, make_settings, rows_in
+from tests.helpers import http_port_of, make_settings, rows_in
 
 EMAIL, PASSWORD = "lab@example.org", "secret"
 
@@ -37,13 +37,11 @@ class WholeDaemonTests(unittest.TestCase):
             OSEM_REQUESTS_PER_MINUTE=60000.0, OSEM_REQUEST_BURST=100, DEFAULT_LAT=lambda box: 48.5,
             DEFAULT_LON=lambda box: 9.05,
         )
-        http_port = free_port()
-        daemon = build_service(
-            settings, reactor, http=["tcp:{}:interface=127.0.0.1".format(http_port)], udp=["udp:0:interface=127.0.0.1"]
-        )
+        daemon = build_service(settings, reactor, http=["tcp:0:interface=127.0.0.1"], udp=["udp:0:interface=127.0.0.1"])
         daemon.privilegedStartService()
         daemon.startService()
         self.addCleanup(daemon.stopService)
+        http_port = http_port_of(daemon)
         udp_port = udp_service_of(daemon).port
 
         response = yield treq.post(

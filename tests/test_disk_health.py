@@ -22,6 +22,7 @@ import subprocess
 import sys
 import threading
 import time
+from typing import Tuple
 
 import treq
 from twisted.internet import defer, reactor, task, threads
@@ -29,7 +30,8 @@ from twisted.trial import unittest
 
 from co2logd.dbwatch import file_id, is_disk_error
 from co2logd.service import build_service
-from tests.helpers import REPO, free_port, make_settings, rows_in, wait_for_port
+from tests import helpers
+from tests.helpers import REPO, make_settings, rows_in
 
 HEARTBEAT = 0.1
 
@@ -56,13 +58,12 @@ class DaemonMixin:
         os.makedirs(directory)
         self.db = os.path.join(directory, "co2.sqlite")
         self.settings = make_settings(DB=self.db, HEALTH_HEARTBEAT_SECONDS=HEARTBEAT, **settings)
-        port = free_port()
-        self.daemon = build_service(self.settings, reactor, http=["tcp:{}:interface=127.0.0.1".format(port)])
+        self.daemon = build_service(self.settings, reactor, http=["tcp:0:interface=127.0.0.1"])
         self.daemon.privilegedStartService()
         self.daemon.startService()
         self.addCleanup(self.daemon.stopService)
         self.store = self.daemon.getServiceNamed("store")
-        self.url = "http://127.0.0.1:{}".format(port)
+        self.url = "http://127.0.0.1:{}".format(helpers.http_port_of(self.daemon))
 
     @defer.inlineCallbacks
     def upload(self, n: int):
@@ -217,20 +218,16 @@ class LostFileTests(DaemonMixin, unittest.TestCase):
         self.assertEqual([r["n"] for r in rows_in(self.db)], [0, 1, 2, 3, 4])
 
 
-def start_daemon(db: str, port: int, log_path: str) -> subprocess.Popen:
-    """``python -m co2logd`` on ``db`` with a heartbeat every 0.1 s."""
+def start_daemon(db: str, log_path: str) -> Tuple[subprocess.Popen, int]:
+    """``python -m co2logd`` on ``db`` with a heartbeat every 0.1 s, on a port of its own; (process, port) once it listens."""
     config = db + ".cfg"
     with open(config, "w") as f:
         f.write("CO2LOGSERVER_HEALTH_HEARTBEAT_SECONDS = {}\n".format(HEARTBEAT))
     env = dict(os.environ, PYTHONPATH=REPO)
     env.pop("CO2LOGSERVER_CONFIG", None)
-    with open(log_path, "ab") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "co2logd", "--http", "tcp:{}:interface=127.0.0.1".format(port), "--db", db, "--config", config],
-            cwd=os.path.dirname(db), env=env, stdout=log, stderr=subprocess.STDOUT,
-        )
-    wait_for_port(port, process, lambda: open(log_path).read())
-    return process
+    argv = [sys.executable, "-m", "co2logd", "--http", "tcp:0:interface=127.0.0.1", "--db", db, "--config", config]
+    process, ports = helpers.start_daemon(argv, os.path.dirname(db), env, log_path)
+    return process, ports["HTTP"]
 
 
 def upload_loop(port: int, client: int, acknowledged: list, refused: list, stop: threading.Event) -> None:
@@ -254,8 +251,7 @@ def delete_under_load(workdir: str):
     """Uploads from three clients while the database files are deleted; then a restart. Returns what it saw."""
     db = os.path.join(workdir, "co2.sqlite")
     log_path = os.path.join(workdir, "daemon.log")
-    port = free_port()
-    process = start_daemon(db, port, log_path)
+    process, port = start_daemon(db, log_path)
     acknowledged: list = []
     refused: list = []
     stop = threading.Event()
@@ -280,8 +276,7 @@ def delete_under_load(workdir: str):
         stop.set()
         process.send_signal(signal.SIGTERM)
         process.wait(30)
-    port = free_port()
-    process = start_daemon(db, port, log_path)
+    process, _ = start_daemon(db, log_path)
     process.send_signal(signal.SIGTERM)
     process.wait(30)
     connection = sqlite3.connect(db)

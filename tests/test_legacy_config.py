@@ -2,21 +2,17 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
-import signal
 import sqlite3
-import subprocess
 import sys
-import urllib.request
 
 from twisted.internet import defer, threads
 from twisted.trial import unittest
 
 from co2logd.settings import legacy_utils
 from co2logd.settings import Settings, SettingsError
-from tests.helpers import REPO, free_port, wait_for_port
+from tests.helpers import REPO, upload_to_daemon
 
 CONFIG_DEFAULT = os.path.join(REPO, "tests", "configs", "co2logserver_config_default.py")
 
@@ -117,23 +113,6 @@ class LegacyHelperTests(unittest.TestCase):
         self.assertEqual(legacy_utils.csv2table(["a,b", "1,x", "2.5,y"]), {"a": [1, 2.5], "b": ["x", "y"]})
 
 
-def upload_and_stop(argv, cwd, port, body: bytes):
-    """Start the daemon, POST one JSON body, stop it with SIGTERM; (reply, exit code, output)."""
-    environment = dict(os.environ, PYTHONPATH=REPO)
-    environment.pop("CO2LOGSERVER_CONFIG", None)
-    process = subprocess.Popen(argv, cwd=cwd, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    try:
-        wait_for_port(port, process, lambda: process.stdout.read().decode())
-        request = urllib.request.Request(
-            "http://127.0.0.1:{}/upload".format(port), data=body, headers={"Content-Type": "application/json"}
-        )
-        reply = json.loads(urllib.request.urlopen(request, timeout=10).read())
-    finally:
-        process.send_signal(signal.SIGTERM)
-        output = process.communicate(timeout=30)[0].decode()
-    return reply, process.returncode, output
-
-
 class LegacyConfigDaemonTests(unittest.TestCase):
     """python -m co2logd --config config_default.py, as a co2logserver user would start it."""
 
@@ -143,10 +122,11 @@ class LegacyConfigDaemonTests(unittest.TestCase):
         cwd = os.path.abspath(self.mktemp())
         os.makedirs(cwd)
         shutil.copy(CONFIG_DEFAULT, os.path.join(cwd, "config.py"))
-        port = free_port()
-        argv = [sys.executable, "-m", "co2logd", "--config", "config.py", "--http", "tcp:{}:interface=127.0.0.1".format(port)]
+        argv = [sys.executable, "-m", "co2logd", "--config", "config.py", "--http", "tcp:0:interface=127.0.0.1"]
+        environment = dict(os.environ, PYTHONPATH=REPO)
+        environment.pop("CO2LOGSERVER_CONFIG", None)
         reply, code, output = yield threads.deferToThread(
-            upload_and_stop, argv, cwd, port, b'{"time":[1700000000,43],"co2":[600,610]}'
+            upload_to_daemon, argv, cwd, environment, b'{"time":[1700000000,43],"co2":[600,610]}', cwd + ".output"
         )
         self.assertEqual(reply, {"saved-in-db": 2}, output)
         self.assertNotIn("Traceback", output)

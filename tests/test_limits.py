@@ -1,7 +1,8 @@
 """
-The HTTP limits of issue 7 on a real socket: concurrent connections,
-request deadlines against slow-loris clients, idle keep-alive connections,
-and the counting of every refusal.  Every client here is bounded in time.
+The HTTP limits of issue 7: concurrent connections, request deadlines
+against slow-loris clients, idle keep-alive connections (in memory, on a
+``MemoryReactorClock``), and the counting of every refusal (on a real
+socket).
 """
 
 from __future__ import annotations
@@ -10,10 +11,15 @@ import json
 import socket
 import time
 
-from twisted.internet import defer, threads
+from twisted.internet import defer, reactor, task, threads
+from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionDone
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.python.failure import Failure
 from twisted.trial import unittest
 
-from tests.helpers import README_JSON, SiteMixin, make_settings
+from co2logd.web.site import make_site
+from tests.helpers import README_JSON, SiteMixin, StoreMixin, make_settings
 
 UPLOAD = (
     b"POST /upload HTTP/1.1\r\nHost: co2logd\r\nContent-Type: application/json\r\n"
@@ -51,19 +57,19 @@ def status_of(response: bytes) -> int:
 
 
 def body_of(response: bytes):
-    """The JSON body of a raw (not chunked) response."""
-    return json.loads(response.partition(b"\r\n\r\n")[2])
-
-
-def is_closed(sock: socket.socket, wait: float) -> bool:
-    """True if the server closes the connection within ``wait`` seconds."""
-    sock.settimeout(wait)
-    try:
-        return sock.recv(1) == b""
-    except socket.timeout:
-        return False
-    except ConnectionResetError:
-        return True
+    """The JSON body of a raw response, chunked or not."""
+    head, _, body = response.partition(b"\r\n\r\n")
+    if b"transfer-encoding: chunked" not in head.lower():
+        return json.loads(body)
+    out = b""
+    while body:
+        size_line, _, rest = body.partition(b"\r\n")
+        size = int(size_line.split(b";")[0], 16)
+        if size == 0:
+            break
+        out += rest[:size]
+        body = rest[size + 2:]
+    return json.loads(out)
 
 
 class LimitsSiteMixin(SiteMixin):
@@ -83,117 +89,154 @@ class LimitsSiteMixin(SiteMixin):
         return self.ingest.counters["rejects"][("http", reason)]
 
 
-class SlowLorisTests(LimitsSiteMixin, unittest.TestCase):
+class MemorySiteMixin(StoreMixin):
+    """
+    The site with small HTTP limits, its deadlines on a ``MemoryReactorClock``
+    and its clients in memory (``StringTransport``); the store is real.
+    """
+
+    def start(self, **values):
+        self.reactor = MemoryReactorClock()
+        self.make_ingest(make_settings(**values), clock=self.reactor)
+        self.site = make_site(self.settings, self.ingest, self.store, self.reactor)
+        self.clients = 0
+
+    def connect(self):
+        """A new client connection: (protocol, transport); the transport records what the server sent."""
+        self.clients += 1
+        peer = IPv4Address("TCP", "127.0.0.1", 40000 + self.clients)
+        protocol = self.site.buildProtocol(peer)
+        transport = StringTransport(peerAddress=peer, hostAddress=IPv4Address("TCP", "127.0.0.1", 8080))
+        protocol.makeConnection(transport)
+        self.addCleanup(self.close, protocol, transport)
+        return protocol, transport
+
+    @staticmethod
+    def close(protocol, transport):
+        """The client goes away (if the server did not close the connection already)."""
+        if not transport.connected:
+            return
+        transport.connected = False
+        protocol.connectionLost(Failure(ConnectionDone()))
+
+    def trickle(self, protocol, data: bytes, seconds: float, every: float = 0.125) -> bytes:
+        """
+        Send ``data`` a byte every ``every`` seconds of the clock for
+        ``seconds`` (the first byte at once); return what was not sent.
+        Steps of 1/8 s add up exactly.
+        """
+        steps = int(seconds / every)
+        for byte in data[:steps]:
+            protocol.dataReceived(bytes([byte]))
+            self.reactor.advance(every)
+        return data[steps:]
+
+    @defer.inlineCallbacks
+    def answered(self, transport, timeout: float = 10.0):
+        """Fires with the response once the server wrote a whole one (the store answers on its own thread)."""
+        deadline = time.monotonic() + timeout
+        while not read_whole(transport.value()):
+            if time.monotonic() > deadline:
+                self.fail("no whole response within {} s: {!r}".format(timeout, transport.value()))
+            yield task.deferLater(reactor, 0.005, lambda: None)
+        return transport.value()
+
+    def rejects(self, reason):
+        return self.ingest.counters["rejects"][("http", reason)]
+
+
+def read_whole(data: bytes) -> bool:
+    """True when ``data`` holds a whole response (by Content-Length or the last chunk)."""
+    head, sep, body = data.partition(b"\r\n\r\n")
+    if not sep:
+        return False
+    if b"transfer-encoding: chunked" in head.lower():
+        return body.endswith(b"0\r\n\r\n")
+    for line in head.split(b"\r\n"):
+        if line.lower().startswith(b"content-length:"):
+            return len(body) >= int(line.split(b":")[1])
+    return False
+
+
+class SlowLorisTests(MemorySiteMixin, unittest.TestCase):
     """A client that trickles its request is cut off at HTTP_REQUEST_TIMEOUT, whatever it does."""
 
     @defer.inlineCallbacks
     def test_trickled_headers_get_408_and_the_server_keeps_serving(self):
-        """One header byte every 0.1 s resets no clock: 408 after about a second, others served meanwhile."""
+        """One header byte every 1/8 s resets no clock: 408 at one second, not before; others served meanwhile."""
         self.start(HTTP_REQUEST_TIMEOUT=1, HTTP_IDLE_TIMEOUT=30)
-        sock = self.connect()
-
-        def trickle():
-            started = time.monotonic()
-            for byte in UPLOAD[:-len(README_JSON) - 4]:  # headers only, never their end
-                try:
-                    sock.sendall(bytes([byte]))
-                except OSError:
-                    break  # the server closed on us: what we wait for
-                sock.settimeout(0.1)
-                try:
-                    if sock.recv(65536, socket.MSG_PEEK):
-                        break
-                except socket.timeout:
-                    pass
-                if time.monotonic() - started > 8:
-                    break
-            response = read_response(sock, time.monotonic() + 5)
-            return response, time.monotonic() - started
-
-        trickling = threads.deferToThread(trickle)
+        slow, slow_transport = self.connect()
+        rest = self.trickle(slow, UPLOAD[:-len(README_JSON) - 4], 0.5)  # headers, never their end
         # the server answers others while the slow client trickles
-        status, body = yield self.post(README_JSON, "application/json")
-        self.assertEqual((status, body), (200, {"saved-in-db": 2}))
-        response, seconds = yield trickling
+        other, other_transport = self.connect()
+        other.dataReceived(UPLOAD)
+        response = yield self.answered(other_transport)
+        self.assertEqual((status_of(response), body_of(response)), (200, {"saved-in-db": 2}))
+        rest = self.trickle(slow, rest, 0.375)
+        slow.dataReceived(rest[:1])
+        self.reactor.advance(0.0625)
+        self.assertEqual((slow_transport.value(), slow_transport.disconnecting), (b"", False))
+        self.reactor.advance(0.0625)
+        response = slow_transport.value()
         self.assertEqual(status_of(response), 408, response)
         self.assertIn("HTTP_REQUEST_TIMEOUT", body_of(response)["error"])
-        self.assertTrue(0.9 < seconds < 4, seconds)
-        closed = yield threads.deferToThread(is_closed, sock, 5)
-        self.assertTrue(closed)
+        self.assertTrue(slow_transport.disconnecting)
         self.assertEqual(self.rejects("request-timeout"), 1)
 
-    @defer.inlineCallbacks
     def test_trickled_body_gets_408(self):
-        """Headers in time, then the body a byte at a time: 408 too."""
+        """Headers in time, then the body a byte every 1/8 s: 408 at the deadline, nothing stored."""
         self.start(HTTP_REQUEST_TIMEOUT=1)
-        sock = self.connect()
-
-        def trickle_body():
-            head, _, body = UPLOAD.partition(b"\r\n\r\n")
-            sock.sendall(head + b"\r\n\r\n")
-            started = time.monotonic()
-            for byte in body[:-1]:
-                try:
-                    sock.sendall(bytes([byte]))
-                except OSError:
-                    break
-                time.sleep(0.1)
-                if time.monotonic() - started > 3:
-                    break
-            return read_response(sock, time.monotonic() + 5)
-
-        response = yield threads.deferToThread(trickle_body)
-        self.assertEqual(status_of(response), 408, response)
+        protocol, transport = self.connect()
+        head, _, body = UPLOAD.partition(b"\r\n\r\n")
+        protocol.dataReceived(head + b"\r\n\r\n")
+        self.trickle(protocol, body[:-1], 0.875)
+        self.assertEqual(transport.value(), b"")
+        self.reactor.advance(0.125)
+        self.assertEqual(status_of(transport.value()), 408, transport.value())
+        self.assertTrue(transport.disconnecting)
         self.assertEqual(self.rejects("request-timeout"), 1)
         self.assertEqual(self.ingest.counters["uploads"]["http"], 0)
 
-    @defer.inlineCallbacks
     def test_silent_connection_is_closed(self):
-        """A client that connects and says nothing holds no place for longer than the deadline."""
+        """A client that connects and says nothing holds its place until the deadline, not beyond."""
         self.start(HTTP_REQUEST_TIMEOUT=0.5, HTTP_IDLE_TIMEOUT=30)
-        sock = self.connect()
-        started = time.monotonic()
-        response = yield threads.deferToThread(read_response, sock, started + 5)
-        self.assertEqual(status_of(response), 408, response)
-        self.assertLess(time.monotonic() - started, 3)
+        _, transport = self.connect()
+        self.reactor.advance(0.49)
+        self.assertEqual((transport.value(), transport.disconnecting), (b"", False))
+        self.reactor.advance(0.01)
+        self.assertEqual(status_of(transport.value()), 408, transport.value())
+        self.assertTrue(transport.disconnecting)
 
     @defer.inlineCallbacks
     def test_keep_alive_pause_is_not_a_slow_request(self):
         """Between requests the idle timeout applies: a pause longer than the request deadline is fine."""
         self.start(HTTP_REQUEST_TIMEOUT=0.5, HTTP_IDLE_TIMEOUT=30)
-        sock = self.connect()
-
-        def two_requests():
-            sock.sendall(UPLOAD)
-            first = read_response(sock, time.monotonic() + 5)
-            time.sleep(1.0)
-            sock.sendall(UPLOAD)
-            second = read_response(sock, time.monotonic() + 5)
-            return first, second
-
-        first, second = yield threads.deferToThread(two_requests)
+        protocol, transport = self.connect()
+        protocol.dataReceived(UPLOAD)
+        first = yield self.answered(transport)
+        transport.clear()
+        self.reactor.advance(1.0)
+        self.assertFalse(transport.disconnecting)
+        protocol.dataReceived(UPLOAD)
+        second = yield self.answered(transport)
         self.assertEqual((status_of(first), status_of(second)), (200, 200))
         self.assertEqual(self.rejects("request-timeout"), 0)
 
     @defer.inlineCallbacks
     def test_idle_keep_alive_connection_is_closed(self):
-        """After a request, a connection idle for HTTP_IDLE_TIMEOUT is closed."""
+        """After a request, a connection idle for HTTP_IDLE_TIMEOUT is closed, not before."""
         self.start(HTTP_REQUEST_TIMEOUT=30, HTTP_IDLE_TIMEOUT=0.5)
-        sock = self.connect()
-
-        def request_then_idle():
-            sock.sendall(UPLOAD)
-            response = read_response(sock, time.monotonic() + 5)
-            started = time.monotonic()
-            return response, is_closed(sock, 5), time.monotonic() - started
-
-        response, closed, seconds = yield threads.deferToThread(request_then_idle)
+        protocol, transport = self.connect()
+        protocol.dataReceived(UPLOAD)
+        response = yield self.answered(transport)
         self.assertEqual(status_of(response), 200)
-        self.assertTrue(closed)
-        self.assertLess(seconds, 3)
+        self.reactor.advance(0.49)
+        self.assertFalse(transport.disconnecting)
+        self.reactor.advance(0.01)
+        self.assertTrue(transport.disconnecting)
 
 
-class ConnectionLimitTests(LimitsSiteMixin, unittest.TestCase):
+class ConnectionLimitTests(MemorySiteMixin, unittest.TestCase):
     """HTTP_MAX_CONNECTIONS: one more is answered 503 and closed; a freed place is taken again."""
 
     @defer.inlineCallbacks
@@ -201,34 +244,20 @@ class ConnectionLimitTests(LimitsSiteMixin, unittest.TestCase):
         """With a bound of 2, the third connection gets a JSON 503 with Retry-After, counted."""
         self.start(HTTP_MAX_CONNECTIONS=2, HTTP_REQUEST_TIMEOUT=30)
         holders = [self.connect(), self.connect()]
-        yield self.wait_for(lambda: self.site.open_connections == 2)
-        third = self.connect()
-        response = yield threads.deferToThread(read_response, third, time.monotonic() + 5)
+        self.assertEqual(self.site.open_connections, 2)
+        _, third = self.connect()
+        response = third.value()
         self.assertEqual(status_of(response), 503, response)
         self.assertIn(b"retry-after: 1", response.lower())
         self.assertIn("HTTP_MAX_CONNECTIONS", body_of(response)["error"])
+        self.assertTrue(third.disconnecting)
         self.assertEqual(self.rejects("too-many-connections"), 1)
-        holders[0].close()
-        yield self.wait_for(lambda: self.site.open_connections == 1)
-        fourth = self.connect()
-
-        def upload():
-            fourth.sendall(UPLOAD)
-            return read_response(fourth, time.monotonic() + 5)
-
-        response = yield threads.deferToThread(upload)
+        self.close(*holders[0])
+        self.assertEqual(self.site.open_connections, 1)
+        fourth, transport = self.connect()
+        fourth.dataReceived(UPLOAD)
+        response = yield self.answered(transport)
         self.assertEqual(status_of(response), 200, response)
-
-    @defer.inlineCallbacks
-    def wait_for(self, condition, timeout=5.0):
-        """Poll the reactor-side ``condition`` (bounded)."""
-        from twisted.internet import reactor, task
-
-        deadline = time.monotonic() + timeout
-        while not condition():
-            if time.monotonic() > deadline:
-                self.fail("condition not met within {} s".format(timeout))
-            yield task.deferLater(reactor, 0.02, lambda: None)
 
 
 class BodySizeCountTests(LimitsSiteMixin, unittest.TestCase):

@@ -14,31 +14,29 @@ import sys
 import threading
 import time
 import urllib.request
+from typing import Tuple
 
 from twisted.internet import threads
 from twisted.trial import unittest
 
-from tests.helpers import REPO, free_port, wait_for_port
+from tests import helpers
+from tests.helpers import REPO
 from tests.mosquitto import MISSING, Mosquitto
 
 INFLIGHT = 200
 
 
-def start_daemon(db: str, http_port: int, broker_url: str, log_path: str) -> subprocess.Popen:
-    """``python -m co2logd --mqtt …`` as a user starts it (default client id: from the database path)."""
+def start_daemon(db: str, broker_url: str, log_path: str) -> Tuple[subprocess.Popen, int]:
+    """``python -m co2logd --mqtt …`` as a user starts it (default client id: from the database path); (process, HTTP port)."""
     env = dict(os.environ, PYTHONPATH=REPO)
     env.pop("CO2LOGSERVER_CONFIG", None)
     config = os.path.join(os.path.dirname(db), "co2logd.conf")
     with open(config, "w") as f:
         f.write("CO2LOGSERVER_MQTT_MAX_INFLIGHT = {}\nCO2LOGSERVER_MQTT_RECONNECT_MAX_SECONDS = 1\n".format(INFLIGHT))
-    with open(log_path, "ab") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "co2logd", "--http", "tcp:{}:interface=127.0.0.1".format(http_port), "--db", db,
-             "--config", config, "--mqtt", broker_url, "--mqtt-topic", "co2logd/#"],
-            cwd=os.path.dirname(db), env=env, stdout=log, stderr=subprocess.STDOUT,
-        )
-    wait_for_port(http_port, process, lambda: open(log_path).read())
-    return process
+    argv = [sys.executable, "-m", "co2logd", "--http", "tcp:0:interface=127.0.0.1", "--db", db,
+            "--config", config, "--mqtt", broker_url, "--mqtt-topic", "co2logd/#"]
+    process, ports = helpers.start_daemon(argv, os.path.dirname(db), env, log_path)
+    return process, ports["HTTP"]
 
 
 def get(port: int, path: str):
@@ -136,8 +134,7 @@ def crash_scenario(workdir: str):
     log_path = os.path.join(workdir, "daemon.log")
     process = None
     try:
-        http_port = free_port()
-        process = start_daemon(db, http_port, broker.url, log_path)
+        process, http_port = start_daemon(db, broker.url, log_path)
         wait_subscribed(http_port, process)
         publisher = Publisher(broker.port)
         publisher.start()
@@ -146,8 +143,7 @@ def crash_scenario(workdir: str):
             process.send_signal(signal.SIGKILL)  # in the middle of the stream
             process.wait(10)
             time.sleep(0.5)  # messages published now wait in the broker
-            http_port = free_port()
-            process = start_daemon(db, http_port, broker.url, log_path)
+            process, http_port = start_daemon(db, broker.url, log_path)
             wait_subscribed(http_port, process)
         time.sleep(0.5)
         publisher.stop.set()

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
 import sys
 import urllib.error
 import urllib.request
@@ -16,7 +14,7 @@ from twisted.logger import LogLevel
 from twisted.trial import unittest
 
 from co2logd.osem.checks import OsemMisconfigured, osem_problem
-from tests.helpers import REPO, free_port, make_settings, rows_in, wait_for_port
+from tests.helpers import REPO, make_settings, read_from, rows_in, start_daemon, stop_daemon
 
 CREDENTIALS = {"OSEM_EMAIL": "lab@example.org", "OSEM_PASSWORD": "secret"}
 
@@ -61,14 +59,14 @@ class OsemProblemTests(unittest.TestCase):
 BLOCK_SENSEMAPI = "import runpy, sys; sys.modules['sensemapi'] = None; runpy.run_module('co2logd', run_name='__main__')"
 
 
-def run_and_probe(argv, cwd: str, port: int) -> Tuple[Dict[str, Any], Tuple[int, Dict[str, Any]], str]:
+def run_and_probe(argv, cwd: str) -> Tuple[Dict[str, Any], Tuple[int, Dict[str, Any]], str]:
     """Start the daemon, upload one row, read /health, stop it; (upload reply, (status, health), output)."""
     environment = {k: v for k, v in os.environ.items() if not k.startswith(("SENSEMAP_", "CO2LOGSERVER_"))}
     environment["PYTHONPATH"] = REPO
-    process = subprocess.Popen(argv, cwd=cwd, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    log_path = cwd + ".output"
+    process, ports = start_daemon(argv, cwd, environment, log_path)
     try:
-        wait_for_port(port, process, lambda: process.stdout.read().decode())
-        base = "http://127.0.0.1:{}".format(port)
+        base = "http://127.0.0.1:{}".format(ports["HTTP"])
         request = urllib.request.Request(
             base + "/upload", data=b'{"scd30_co2_ppm": [640], "box": ["lab"]}', headers={"Content-Type": "application/json"}
         )
@@ -79,9 +77,8 @@ def run_and_probe(argv, cwd: str, port: int) -> Tuple[Dict[str, Any], Tuple[int,
         except urllib.error.HTTPError as e:
             health = (e.code, json.loads(e.read()))
     finally:
-        process.send_signal(signal.SIGTERM)
-        output = process.communicate(timeout=30)[0].decode()
-    return reply, health, output
+        stop_daemon(process)
+    return reply, health, read_from(log_path)
 
 
 class MisconfiguredDaemonTests(unittest.TestCase):
@@ -93,9 +90,8 @@ class MisconfiguredDaemonTests(unittest.TestCase):
         os.makedirs(cwd)
         with open(os.path.join(cwd, "config.py"), "w") as f:
             f.write(config)
-        port = free_port()
-        argv = [sys.executable] + python_args + ["--config", "config.py", "--http", "tcp:{}:interface=127.0.0.1".format(port)]
-        result = yield threads.deferToThread(run_and_probe, argv, cwd, port)
+        argv = [sys.executable] + python_args + ["--config", "config.py", "--http", "tcp:0:interface=127.0.0.1"]
+        result = yield threads.deferToThread(run_and_probe, argv, cwd)
         return result + (cwd,)
 
     @defer.inlineCallbacks

@@ -18,10 +18,12 @@ import urllib.error
 import urllib.request
 from typing import List, Optional
 
-from twisted.internet import defer, task, threads
+from twisted.internet import defer, reactor, task, threads
+from twisted.python import usage
 from twisted.trial import unittest
 
-from tests.helpers import README_JSON, REPO, free_port, wait_for_port
+from co2logd.tap import Options, makeService
+from tests.helpers import README_JSON, REPO, listening_in, read_from, start_daemon, stop_daemon
 
 TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
 PYTHON_M = [sys.executable, "-m", "co2logd"]
@@ -69,7 +71,11 @@ def blocked_port():
 
 
 class StartupFailureTests(unittest.TestCase):
-    """Every way of starting co2logd fails cleanly: status 1, one line, nothing left behind."""
+    """
+    Every start-up failure is one line from ``makeService`` (which every entry
+    point calls before it forks or writes a pidfile), and creates nothing.
+    What each entry point makes of that line is in :class:`EntryPointFailureTests`.
+    """
 
     def workdir(self) -> str:
         cwd = os.path.abspath(self.mktemp())
@@ -78,27 +84,20 @@ class StartupFailureTests(unittest.TestCase):
 
     @defer.inlineCallbacks
     def check_failure(self, args: List[str], expected: str, prepare=None):
-        """Run each entry point with ``args`` in a fresh directory; each must fail with the line ``expected``."""
-        for name, (argv, pidfile) in sorted(entry_points("").items()):
-            cwd = self.workdir()
-            argv, pidfile = entry_points(cwd)[name]
-            if prepare is not None:
-                prepare(cwd)
-            before = set(os.listdir(cwd))
-            started = time.monotonic()
-            result = yield threads.deferToThread(
-                subprocess.run, argv + args, cwd=cwd, env=environment(), capture_output=True, timeout=TIMEOUT
-            )
-            took = time.monotonic() - started
-            stderr = result.stderr.decode()
-            self.assertEqual(result.returncode, 1, "{}: {}".format(name, stderr))
-            self.assertEqual(stderr, expected.replace("CWD", cwd) + "\n", name)
-            self.assertEqual(result.stdout, b"", name)
-            self.assertLess(took, TIMEOUT / 2, name)
-            self.assertEqual(set(os.listdir(cwd)) - before, set(), "{}: files left behind".format(name))
-            if pidfile is not None:
-                self.assertFalse(os.path.exists(pidfile), name)
-            self.assertEqual(processes_in(cwd), [], "{}: processes left behind".format(name))
+        """makeService with ``args`` (CWD: a fresh directory, the database in it) fails with the line ``expected``."""
+        cwd = self.workdir()
+        if prepare is not None:
+            prepare(cwd)
+        args = [a.replace("CWD", cwd) for a in args]
+        if "--db" not in args:
+            args += ["--db", os.path.join(cwd, "co2.sqlite")]
+        before = set(os.listdir(cwd))
+        options = Options()
+        options.parseOptions(args)
+        e = self.assertRaises(SystemExit, makeService, options)
+        self.assertEqual(str(e), expected.replace("CWD", cwd))
+        self.assertEqual(set(os.listdir(cwd)) - before, set(), "files left behind")
+        yield task.deferLater(reactor, 0, lambda: None)  # ports bound before the failure close on the next turn
 
     def test_port_in_use(self):
         """An HTTP port in use: the line names address and reason; no co2.sqlite is created."""
@@ -128,14 +127,14 @@ class StartupFailureTests(unittest.TestCase):
         )
 
     def test_required_serial_device_not_a_tty(self):
-        """--serial-required naming a plain file: one line before any fork (it could not be opened as a port)."""
+        """--serial-required naming a plain file: one line (it could not be opened as a port)."""
 
         def plain_file(cwd):
             open(os.path.join(cwd, "notatty"), "w").close()
 
         return self.check_failure(
-            ["--http", "tcp:0:interface=127.0.0.1", "--serial-required", "notatty"],
-            "co2logd: required serial device notatty is not a serial device (not a character device)",
+            ["--http", "tcp:0:interface=127.0.0.1", "--serial-required", "CWD/notatty"],
+            "co2logd: required serial device CWD/notatty is not a serial device (not a character device)",
             prepare=plain_file,
         )
 
@@ -147,7 +146,7 @@ class StartupFailureTests(unittest.TestCase):
                 f.write("CO2LOGD_SERIAL_REQUIRED = True\n")
 
         return self.check_failure(
-            ["--config", "config.py", "--http", "tcp:0:interface=127.0.0.1", "--serial", "/dev/ttyUSB-co2logd-missing"],
+            ["--config", "CWD/config.py", "--http", "tcp:0:interface=127.0.0.1", "--serial", "/dev/ttyUSB-co2logd-missing"],
             "co2logd: required serial device /dev/ttyUSB-co2logd-missing is missing",
             prepare=config,
         )
@@ -155,7 +154,7 @@ class StartupFailureTests(unittest.TestCase):
     def test_database_directory_missing(self):
         """A database in a directory that does not exist: one line naming the directory."""
         return self.check_failure(
-            ["--http", "tcp:0:interface=127.0.0.1", "--db", "no/such/dir/co2.sqlite"],
+            ["--http", "tcp:0:interface=127.0.0.1", "--db", "CWD/no/such/dir/co2.sqlite"],
             "co2logd: database directory CWD/no/such/dir does not exist",
         )
 
@@ -169,7 +168,7 @@ class StartupFailureTests(unittest.TestCase):
             os.chmod(os.path.join(cwd, "ro"), 0o555)
 
         return self.check_failure(
-            ["--http", "tcp:0:interface=127.0.0.1", "--db", "ro/co2.sqlite"],
+            ["--http", "tcp:0:interface=127.0.0.1", "--db", "CWD/ro/co2.sqlite"],
             "co2logd: database directory CWD/ro is not writable (SQLite keeps its WAL file there)",
             prepare=read_only,
         )
@@ -177,9 +176,77 @@ class StartupFailureTests(unittest.TestCase):
     def test_database_is_a_directory(self):
         """--db naming a directory: one line saying so."""
         return self.check_failure(
-            ["--http", "tcp:0:interface=127.0.0.1", "--db", "sub"],
-            "co2logd: database sub is a directory",
+            ["--http", "tcp:0:interface=127.0.0.1", "--db", "CWD/sub"],
+            "co2logd: database CWD/sub is a directory",
             prepare=lambda cwd: os.makedirs(os.path.join(cwd, "sub")),
+        )
+
+    def test_bad_config(self):
+        """A config with a bad value: the one line of the settings check."""
+
+        def config(cwd):
+            with open(os.path.join(cwd, "config.py"), "w") as f:
+                f.write("CO2LOGSERVER_UPLOAD_REQUIRES_AUTH = 'yes'\n")
+
+        return self.check_failure(
+            ["--config", "CWD/config.py"],
+            "co2logd: Setting CO2LOGSERVER_UPLOAD_REQUIRES_AUTH must be True or False, not 'yes'",
+            prepare=config,
+        )
+
+    def test_bad_option(self):
+        """A bad endpoint is a usage error naming the option and an example."""
+        e = self.assertRaises(usage.UsageError, Options().parseOptions, ["--http", "8080"])
+        self.assertEqual(str(e), "--http 8080: give an endpoint string such as tcp:8080")
+
+
+class EntryPointFailureTests(unittest.TestCase):
+    """
+    Every way of starting co2logd fails cleanly: status 1, the one line on
+    stderr, nothing on stdout, no pidfile, no database and no process left
+    behind.  The three entry points run side by side.
+    """
+
+    def workdir(self) -> str:
+        cwd = os.path.abspath(self.mktemp())
+        os.makedirs(cwd)
+        return cwd
+
+    def run_failing(self, name: str, args: List[str], prepare=None) -> defer.Deferred:
+        """Run entry point ``name`` with ``args`` in a fresh directory (on a thread); fires with (cwd, before, result)."""
+        cwd = self.workdir()
+        argv, _ = entry_points(cwd)[name]
+        if prepare is not None:
+            prepare(cwd)
+        before = set(os.listdir(cwd))
+        d = threads.deferToThread(
+            subprocess.run, argv + args, cwd=cwd, env=environment(), capture_output=True, timeout=TIMEOUT
+        )
+        return d.addCallback(lambda result: (cwd, before, result))
+
+    @defer.inlineCallbacks
+    def check_failure(self, args: List[str], expected: str, prepare=None):
+        """Each entry point with ``args`` fails with the line ``expected`` (CWD: its directory) and leaves nothing."""
+        names = sorted(entry_points(""))
+        outcomes = yield defer.gatherResults([self.run_failing(name, args, prepare) for name in names])
+        for name, (cwd, before, result) in zip(names, outcomes):
+            _, pidfile = entry_points(cwd)[name]
+            stderr = result.stderr.decode()
+            self.assertEqual(result.returncode, 1, "{}: {}".format(name, stderr))
+            self.assertEqual(stderr, expected.replace("CWD", cwd) + "\n", name)
+            self.assertEqual(result.stdout, b"", name)
+            self.assertEqual(set(os.listdir(cwd)) - before, set(), "{}: files left behind".format(name))
+            if pidfile is not None:
+                self.assertFalse(os.path.exists(pidfile), name)
+            self.assertEqual(processes_in(cwd), [], "{}: processes left behind".format(name))
+
+    def test_port_in_use(self):
+        """A port in use, found after the database was opened: the line, and the new co2.sqlite removed again."""
+        blocker, port = blocked_port()
+        self.addCleanup(blocker.close)
+        return self.check_failure(
+            ["--http", "tcp:{}:interface=127.0.0.1".format(port)],
+            "co2logd: cannot listen on 127.0.0.1:{}: Address already in use".format(port),
         )
 
     def test_bad_config(self):
@@ -266,12 +333,13 @@ def wait_until(predicate, timeout: float = 30.0) -> bool:
 class DaemonModeTests(unittest.TestCase):
     """twistd co2logd without -n: the parent returns 0 once the daemon serves; SIGTERM removes the pidfile."""
 
-    def daemon_run(self, cwd: str, port: int, udp: int) -> dict:
+    def daemon_run(self, cwd: str) -> dict:
+        """Start the daemon on ports of its own, upload once to the HTTP port its log names, SIGTERM it."""
         pidfile = os.path.join(cwd, "co2logd.pid")
         logfile = os.path.join(cwd, "co2logd.log")
         argv = TWISTD + [
             "--pidfile", pidfile, "--logfile", logfile, "co2logd",
-            "--http", "tcp:{}:interface=127.0.0.1".format(port), "--udp", "udp:{}:interface=127.0.0.1".format(udp),
+            "--http", "tcp:0:interface=127.0.0.1", "--udp", "udp:0:interface=127.0.0.1",
         ]
         parent = subprocess.run(argv, cwd=cwd, env=environment(), capture_output=True, timeout=TIMEOUT)
         out = {"parent": parent}
@@ -280,7 +348,9 @@ class DaemonModeTests(unittest.TestCase):
         with open(pidfile) as f:
             pid = int(f.read())
         try:
-            out["upload"] = upload(port)
+            # the parent returned once the daemon served: its log already names the ports it bound
+            out["ports"] = listening_in(read_from(logfile))
+            out["upload"] = upload(out["ports"]["HTTP"])
         finally:
             os.kill(pid, signal.SIGTERM)
             out["stopped"] = wait_until(lambda: not os.path.exists("/proc/{}".format(pid)))
@@ -296,8 +366,7 @@ class DaemonModeTests(unittest.TestCase):
 
         cwd = os.path.abspath(self.mktemp())
         os.makedirs(cwd)
-        port, udp = free_port(), free_port()
-        out = yield threads.deferToThread(self.daemon_run, cwd, port, udp)
+        out = yield threads.deferToThread(self.daemon_run, cwd)
         self.assertEqual(out["parent"].returncode, 0, out["parent"].stderr)
         self.assertEqual(out["upload"], {"saved-in-db": 2})
         self.assertTrue(out["stopped"])
@@ -307,22 +376,24 @@ class DaemonModeTests(unittest.TestCase):
             "co2logd {} starting: database {}, config file none (defaults)".format(
                 __version__, os.path.join(cwd, "co2.sqlite")), log
         )
-        self.assertIn("Listening for HTTP on 127.0.0.1:{}".format(port), log)
-        self.assertIn("Listening for UDP uploads on 127.0.0.1:{}, receive buffer ".format(udp), log)
+        self.assertRegex(log, r"Listening for HTTP on 127\.0\.0\.1:[1-9][0-9]*\n")
+        self.assertRegex(log, r"Listening for UDP uploads on 127\.0\.0\.1:[1-9][0-9]*, receive buffer ")
         self.assertNotIn("Traceback", log)
 
 
 class SerialMissingAtStartTests(unittest.TestCase):
     """python -m co2logd with a serial device that is not plugged in: HTTP serves, /health names it, it is read once it appears."""
 
-    def session(self, cwd: str, port: int) -> dict:
+    def session(self, cwd: str) -> dict:
+        """Start with the device missing, probe, plug a pty in at its path, write two lines, SIGTERM."""
         link = os.path.join(cwd, "usb-sensor-if00")
-        argv = PYTHON_M + ["--http", "tcp:{}:interface=127.0.0.1".format(port), "--serial", link]
-        process = subprocess.Popen(argv, cwd=cwd, env=environment(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        argv = PYTHON_M + ["--http", "tcp:0:interface=127.0.0.1", "--serial", link]
+        log_path = cwd + ".output"
+        process, ports = start_daemon(argv, cwd, environment(), log_path)
+        port = ports["HTTP"]
         out: dict = {}
         master = slave = None
         try:
-            wait_for_port(port, process, lambda: "")
             out["health_before"] = health(port)
             out["upload"] = upload(port)
             master, slave = os.openpty()
@@ -333,8 +404,8 @@ class SerialMissingAtStartTests(unittest.TestCase):
             out["stored"] = wait_until(lambda: b"4242" in urllib.request.urlopen(
                 "http://127.0.0.1:{}/download?format=csv".format(port), timeout=10).read())
         finally:
-            process.send_signal(signal.SIGTERM)
-            out["output"] = process.communicate(timeout=TIMEOUT)[0].decode()
+            stop_daemon(process, TIMEOUT)
+            out["output"] = read_from(log_path)
             for fd in (master, slave):
                 if fd is not None:
                     os.close(fd)
@@ -346,7 +417,7 @@ class SerialMissingAtStartTests(unittest.TestCase):
         """Missing at start: 503 naming the device while HTTP stores uploads; 200 and its rows once plugged in."""
         cwd = os.path.abspath(self.mktemp())
         os.makedirs(cwd)
-        out = yield threads.deferToThread(self.session, cwd, free_port())
+        out = yield threads.deferToThread(self.session, cwd)
         status, report = out["health_before"]
         self.assertEqual(status, 503, out["output"])
         self.assertEqual(

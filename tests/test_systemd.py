@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shlex
 import shutil
@@ -10,13 +9,12 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import urllib.request
 from typing import Dict, List, Tuple
 
 from twisted.internet import defer, threads
 from twisted.trial import unittest
 
-from tests.helpers import REPO, free_port, wait_for_port
+from tests.helpers import REPO, upload_to_daemon
 
 UNIT = os.path.join(REPO, "contrib", "systemd", "co2logd.service")
 SYSTEMD_ANALYZE = shutil.which("systemd-analyze")
@@ -112,21 +110,6 @@ class SystemdAnalyzeTests(unittest.TestCase):
         self.assertEqual((result.returncode, output), (0, ""))
 
 
-def run_exec_start(argv: List[str], cwd: str, port: int, environment: Dict[str, str]):
-    """Run the unit's command line, upload one row, stop it with SIGTERM as systemd does."""
-    process = subprocess.Popen(argv, cwd=cwd, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    try:
-        wait_for_port(port, process, lambda: process.stdout.read().decode())
-        request = urllib.request.Request(
-            "http://127.0.0.1:{}/upload".format(port), data=b'{"co2": 640}', headers={"Content-Type": "application/json"}
-        )
-        reply = json.loads(urllib.request.urlopen(request, timeout=10).read())
-    finally:
-        process.send_signal(signal.SIGTERM)
-        output = process.communicate(timeout=60)[0].decode()
-    return reply, process.returncode, output
-
-
 class ExecStartTests(unittest.TestCase):
     """python -m co2logd accepts exactly the options the unit gives it."""
 
@@ -139,10 +122,9 @@ class ExecStartTests(unittest.TestCase):
         os.makedirs(etc)
         with open(os.path.join(etc, "config.py"), "w") as f:
             f.write("CO2LOGSERVER_NAME = 'pi'\n")
-        port = free_port()
         argv = [sys.executable] + [
             a.replace("/var/lib/co2logd", state).replace("/etc/co2logd", etc)
-            .replace("tcp:8080", "tcp:{}:interface=127.0.0.1".format(port))
+            .replace("tcp:8080", "tcp:0:interface=127.0.0.1")
             for a in exec_start()[1:]
         ]
         environment = {k: v for k, v in os.environ.items() if not k.startswith(("CO2LOGSERVER_", "SENSEMAP_"))}
@@ -150,8 +132,9 @@ class ExecStartTests(unittest.TestCase):
         for value in service().get("Environment", []):
             key, _, value = value.partition("=")
             environment[key] = value.replace("/var/cache", os.path.join(root, "var/cache"))
+        cwd = service()["WorkingDirectory"][0].replace("/var/lib/co2logd", state)
         reply, code, output = yield threads.deferToThread(
-            run_exec_start, argv, service()["WorkingDirectory"][0].replace("/var/lib/co2logd", state), port, environment
+            upload_to_daemon, argv, cwd, environment, b'{"co2": 640}', os.path.join(root, "output")
         )
         self.assertEqual(reply, {"saved-in-db": 1}, output)
         self.assertIn(code, (0, -signal.SIGTERM), output)

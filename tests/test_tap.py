@@ -1,21 +1,39 @@
 """The command line: Options, makeService, and the daemon started as a user starts it."""
 
-import json
 import os
 import signal
 import socket
 import sqlite3
 import subprocess
 import sys
-import urllib.request
 
 from twisted.internet import defer, reactor, task, threads
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.python import usage
 from twisted.trial import unittest
 
 from co2logd.service import Co2logdService, StartupError, build_service
 from co2logd.tap import Options, makeService
-from tests.helpers import REPO, README_JSON, free_port, make_settings, wait_for_port
+from tests.helpers import REPO, README_JSON, make_settings, upload_to_daemon
+
+def udp_ports_bound_during(call, *args):
+    """
+    Run ``call(*args)``; return (what it raised, the UDP ports bound meanwhile),
+    the ports read back from Twisted's "... starting on PORT" log events.
+    """
+    events: list = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        raised = None
+        try:
+            call(*args)
+        except BaseException as e:
+            raised = e
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    messages = [formatEvent(event) for event in events]
+    return raised, [int(m.rsplit(" ", 1)[1]) for m in messages if m.startswith("UDPIngestProtocol starting on ")]
+
 
 def parse(*argv):
     options = Options()
@@ -84,18 +102,18 @@ class MakeServiceTests(unittest.TestCase):
         self.addCleanup(blocker.close)
         port = blocker.getsockname()[1]
         db = self.mktemp()
-        udp = free_port()
-        e = self.assertRaises(
-            SystemExit, makeService,
-            parse("--udp", "udp:{}:interface=127.0.0.1".format(udp), "--http", "tcp:{}:interface=127.0.0.1".format(port), "--db", db),
+        e, [udp_port] = udp_ports_bound_during(
+            makeService,
+            parse("--udp", "udp:0:interface=127.0.0.1", "--http", "tcp:{}:interface=127.0.0.1".format(port), "--db", db),
         )
+        self.assertIsInstance(e, SystemExit)
         self.assertEqual(str(e), "co2logd: cannot listen on 127.0.0.1:{}: Address already in use".format(port))
         self.assertEqual([p for p in os.listdir(os.path.dirname(os.path.abspath(db)))], [])
         # the UDP port bound before the failure was given back (closed on the next reactor turn)
-        yield task.deferLater(reactor, 0.01, lambda: None)
+        yield task.deferLater(reactor, 0, lambda: None)
         probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.addCleanup(probe.close)
-        probe.bind(("127.0.0.1", udp))
+        probe.bind(("127.0.0.1", udp_port))
 
     def test_service_order(self):
         """Store first, listeners last: on shutdown listeners stop before the database closes."""
@@ -121,26 +139,6 @@ class MakeServiceTests(unittest.TestCase):
         self.assertEqual(str(e), "co2logd: No such file or directory (/dev/ttyACM9)")
 
 
-def run_daemon(argv, cwd, port, env=None):
-    """
-    Start a daemon process, upload the README example, read it back, stop it
-    with SIGTERM.  Blocking: runs in a thread.  Returns (upload reply, exit code, output).
-    """
-    environment = dict(os.environ, PYTHONPATH=REPO, **(env or {}))
-    environment.pop("CO2LOGSERVER_CONFIG", None)
-    process = subprocess.Popen(argv, cwd=cwd, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    try:
-        wait_for_port(port, process, lambda: process.stdout.read().decode())
-        request = urllib.request.Request(
-            "http://127.0.0.1:{}/upload".format(port), data=README_JSON, headers={"Content-Type": "application/json"}
-        )
-        reply = json.loads(urllib.request.urlopen(request, timeout=10).read())
-    finally:
-        process.send_signal(signal.SIGTERM)
-        output = process.communicate(timeout=30)[0].decode()
-    return reply, process.returncode, output
-
-
 class DaemonProcessTests(unittest.TestCase):
     """The daemon as users start it: python -m co2logd, twistd, twist, the .tac file."""
 
@@ -148,10 +146,11 @@ class DaemonProcessTests(unittest.TestCase):
     def check_daemon(self, argv, env=None):
         cwd = self.mktemp()
         os.makedirs(cwd)
-        port = free_port()
-        argv = [a.replace("PORT", str(port)) for a in argv]
-        env = {k: v.replace("PORT", str(port)) for k, v in (env or {}).items()}
-        reply, code, output = yield threads.deferToThread(run_daemon, argv, cwd, port, env)
+        environment = dict(os.environ, PYTHONPATH=REPO, **(env or {}))
+        environment.pop("CO2LOGSERVER_CONFIG", None)
+        reply, code, output = yield threads.deferToThread(
+            upload_to_daemon, argv, cwd, environment, README_JSON, cwd + ".output"
+        )
         self.assertEqual(reply, {"saved-in-db": 2}, output)
         # twistd ends itself with the signal it got, as a well-behaved daemon does
         self.assertIn(code, (0, -signal.SIGTERM), output)
@@ -162,25 +161,25 @@ class DaemonProcessTests(unittest.TestCase):
 
     def test_python_m_co2logd(self):
         """python -m co2logd serves HTTP and writes ./co2.sqlite."""
-        return self.check_daemon([sys.executable, "-m", "co2logd", "--http", "tcp:PORT:interface=127.0.0.1"])
+        return self.check_daemon([sys.executable, "-m", "co2logd", "--http", "tcp:0:interface=127.0.0.1"])
 
     def test_twistd_plugin(self):
         """twistd -n co2logd finds the plugin."""
         return self.check_daemon(
             [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile=",
-             "co2logd", "--http", "tcp:PORT:interface=127.0.0.1"]
+             "co2logd", "--http", "tcp:0:interface=127.0.0.1"]
         )
 
     def test_twist_plugin(self):
         """twist co2logd works the same."""
-        return self.check_daemon([sys.executable, "-m", "twisted", "co2logd", "--http", "tcp:PORT:interface=127.0.0.1"])
+        return self.check_daemon([sys.executable, "-m", "twisted", "co2logd", "--http", "tcp:0:interface=127.0.0.1"])
 
     def test_tac_file(self):
         """twistd -ny co2logd.tac runs the example composition."""
         return self.check_daemon(
             [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile=", "-y",
              os.path.join(REPO, "co2logd.tac")],
-            env={"CO2LOGD_HTTP": "tcp:PORT:interface=127.0.0.1"},
+            env={"CO2LOGD_HTTP": "tcp:0:interface=127.0.0.1"},
         )
 
     @defer.inlineCallbacks

@@ -108,17 +108,24 @@ class OsemUploader(Service):
         ``deliver(plan, rows)`` and ``forget()``; default: an
         :class:`~co2logd.osem.client.OsemClient` from the settings
     :param rng: ``random.Random`` for jitter
+    :param run_blocking: ``run_blocking(f, *args)`` → Deferred of ``f(*args)``;
+        default: on the uploader's own thread.  Tests with an in-memory
+        client pass ``defer.maybeDeferred`` and run on a ``task.Clock``.
     """
 
     name = "osem-uploader"
 
-    def __init__(self, settings, store, reactor, clock=None, client=None, rng: Optional[random_module.Random] = None):
+    def __init__(
+        self, settings, store, reactor, clock=None, client=None, rng: Optional[random_module.Random] = None,
+        run_blocking: Optional[Callable[..., defer.Deferred]] = None,
+    ):
         self.settings = settings
         self.store = store
         self.reactor = reactor
         self.clock = clock if clock is not None else reactor
         self._client = client
         self.rng = rng or random_module.Random()
+        self._run_blocking = run_blocking
         self.bucket = TokenBucket(self.clock, settings.OSEM_REQUESTS_PER_MINUTE / 60.0, settings.OSEM_REQUEST_BURST)
         self.pool: Optional[ThreadPool] = None
         self.failures = 0
@@ -148,9 +155,10 @@ class OsemUploader(Service):
     def startService(self) -> None:
         super().startService()
         self._abandoned = False
-        self.pool = ThreadPool(minthreads=1, maxthreads=1, name="co2logd-osem")
-        self.pool.threadFactory = _daemon_thread
-        self.pool.start()
+        if self._run_blocking is None:
+            self.pool = ThreadPool(minthreads=1, maxthreads=1, name="co2logd-osem")
+            self.pool.threadFactory = _daemon_thread
+            self.pool.start()
         self._stats_loop = task.LoopingCall(self.log_stats)
         self._stats_loop.clock = self.clock
         self._stats_loop.start(self.settings.OSEM_STATS_SECONDS, now=False).addErrback(
@@ -237,6 +245,8 @@ class OsemUploader(Service):
         return None
 
     def _in_thread(self, f: Callable, *args) -> defer.Deferred:
+        if self._run_blocking is not None:
+            return self._run_blocking(f, *args)
         return deferToThreadPool(self.reactor, self.pool, f, *args)
 
     def _get_client(self):

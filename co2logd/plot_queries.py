@@ -17,8 +17,8 @@ halves never share a connection:
   an answer is exact even while maintenance lags.
 
 Times are measurement times in UNIX seconds (``co2logd_mtime.t``); the
-rollups hold min, max and count of every column's numeric values per minute
-and hour of that time and per source.
+rollups hold min, max and count of every column's numeric values per period
+of that time (:data:`co2logd.rollup.SPANS`: minute to day) and per source.
 """
 
 from __future__ import annotations
@@ -82,10 +82,14 @@ def source_label(transport: Any, box: Any) -> str:
 class PlotQueries:
     """The read side of :class:`co2logd.store.Store`, and the rollup maintenance."""
 
+    # Maintenance shares the writer's connection with uploads, which wait
+    # behind whatever transaction holds it: chunks are small (a 20,000-row
+    # chunk took 0.3-0.6 s to index and 0.4 s to roll up on the benchmark's
+    # overloaded 2-core machine; 2,000 rows take a tenth of that).
     #: data rows indexed per maintenance transaction (rows not indexed by the writer)
-    index_chunk_rows = 20_000
+    index_chunk_rows = 2_000
     #: rows folded into the rollups per maintenance transaction
-    rollup_chunk_rows = 20_000
+    rollup_chunk_rows = 2_000
     #: uploads of at most this many rows are folded into the rollups in the writer's own transaction
     fold_in_writer_rows = 2_000
     #: a plot reads the rows beyond the rollups' watermark exactly; past this many it reads the range's rows instead
@@ -240,7 +244,8 @@ class PlotQueries:
         """
         In the writer's transaction: index the rows just written (rowid above
         ``before``) when every earlier row is indexed (else maintenance
-        catches up in chunks and indexes these too).
+        catches up in chunks and indexes these too), and fold them into the
+        rollups when they are at most :attr:`fold_in_writer_rows`.
         """
         if filled != before:
             return
@@ -258,7 +263,7 @@ class PlotQueries:
             cursor.execute(sql, (before, top))
         cursor.execute("UPDATE {} SET filled_to = ? WHERE k = 1".format(MTIME_STATE_TABLE), (top,))
         if top - before > self.fold_in_writer_rows:
-            return  # a big upload: maintenance folds it in chunks, not this transaction
+            return  # a big upload: maintenance folds it in short chunks, not this transaction
         # the usual small upload: fold it into the rollups that are current, under the same fsync
         names = self._rollup_names()
         current = [
@@ -272,16 +277,17 @@ class PlotQueries:
             )
 
     def _rollup_names(self) -> str:
-        """The settings a rollup depends on; a column rolled up under other names is rebuilt."""
-        return mtime.names(self.settings)
+        """The settings (and spans) a rollup depends on; a column rolled up under others is rebuilt."""
+        return "{} spans {}".format(mtime.names(self.settings), ",".join(str(s) for s in rollup.SPANS))
 
     def _roll_up(self, connection, columns: Sequence[str], low: int, high: int) -> None:
         """
-        Fold the rows with ``low < row <= high`` into the minute and hour
-        rollups of ``columns``: one GROUP BY (source, minute of measurement
-        time) over that range of the side table, merged into what is there
-        (min, max and count merge, so rows arriving late, or a backfill of
-        last month, land in their own minutes).
+        Fold the rows with ``low < row <= high`` into the rollups of
+        ``columns`` (every span of :data:`co2logd.rollup.SPANS`): one GROUP BY
+        (source, minute of measurement time) over that range of the side
+        table, the longer spans summed from its minutes, merged into what is
+        there (min, max and count merge, so rows arriving late, or a backfill
+        of last month, land in their own periods).
         """
         key = ("rollup", self._rowid(), tuple(columns))
         sql = self._index_sql.get(key)
@@ -297,28 +303,26 @@ class PlotQueries:
             )
         rows = connection.execute(sql, (low, high)).fetchall()
         minutes = []
-        hours: Dict[Tuple[str, int, Any], Tuple[Any, Any, int]] = {}
+        longer: Dict[Tuple[str, int, int, Any], Tuple[Any, Any, int]] = {}
         for source, start, *values in rows:
             if source is None:
                 continue
-            hour = start - start % rollup.HOUR
             for k, column in enumerate(columns):
                 lo, hi, n = values[3 * k: 3 * k + 3]
                 if not n:
                     continue
                 minutes.append((column, rollup.MINUTE, start, source, lo, hi, n))
-                key = (column, hour, source)
-                old = hours.get(key)
-                hours[key] = (lo, hi, n) if old is None else (min(lo, old[0]), max(hi, old[1]), n + old[2])
+                for span in rollup.SPANS[1:]:
+                    key = (column, span, start - start % span, source)
+                    old = longer.get(key)
+                    longer[key] = (lo, hi, n) if old is None else (min(lo, old[0]), max(hi, old[1]), n + old[2])
         upsert = (
             "INSERT INTO {} (col, span, start, source, lo, hi, n) VALUES (?, ?, ?, ?, ?, ?, ?) "
             "ON CONFLICT (col, span, start, source) DO UPDATE SET "
             "lo = min(lo, excluded.lo), hi = max(hi, excluded.hi), n = n + excluded.n".format(ROLLUP_TABLE)
         )
         connection.executemany(upsert, minutes)
-        connection.executemany(
-            upsert, [(c, rollup.HOUR, hour, source, lo, hi, n) for (c, hour, source), (lo, hi, n) in hours.items()]
-        )
+        connection.executemany(upsert, [k + v for k, v in longer.items()])
 
     # -- plots (read-only connections) ---------------------------------------
 
@@ -420,16 +424,23 @@ class PlotQueries:
         return mark
 
     def _rollup_answer(self, connection, job: "_PlotJob", mark: int) -> Dict[Tuple[int, SourceId], list]:
-        """Every bucket from the rollups, the rows of the ragged ends and the rows beyond ``mark``."""
+        """
+        Every bucket from the rollups, the rows of the ragged ends and the
+        rows beyond ``mark``.  With the whole range's periods known
+        (:attr:`_PlotJob.whole`) and equal steps, SQLite groups the periods
+        into buckets: one statement per span, a few rows per bucket and
+        source, however long the range.
+        """
         columns, bounds = job.columns, job.bounds
         since, until = bounds[0], bounds[-1]
         source_sql, source_ids = self._source_clause(job.sources, "source")
-        # the busiest sources: rollup counts of the range (minutes or hours) plus the tail
-        span = rollup.HOUR if until - since >= 6 * 3600 else rollup.MINUTE
+        cols_sql = ", ".join("?" * len(columns))
+        # the busiest sources: rollup counts of the range (coarse periods, enough to rank) plus the tail
+        span = rollup.counting_span(since, until)
         counts: Dict[SourceId, int] = {}
         for source, n in connection.execute(
             "SELECT source, sum(n) FROM {} WHERE col IN ({}) AND span = ? AND start >= ? AND start < ?{} GROUP BY source".format(
-                ROLLUP_TABLE, ", ".join("?" * len(columns)), source_sql
+                ROLLUP_TABLE, cols_sql, source_sql
             ),
             list(columns) + [span, since // span * span, until] + source_ids,
         ):
@@ -449,40 +460,52 @@ class PlotQueries:
         if not chosen:
             return {}
         keep_sql, keep_ids = self._source_clause(chosen, "source")
-        summary = (
-            "SELECT col, source, min(lo), max(hi) FROM {} WHERE col IN ({}) AND span = ? AND start >= ? AND start < ?{} "
-            "GROUP BY col, source".format(ROLLUP_TABLE, ", ".join("?" * len(columns)), keep_sql)
-        )
         position = {c: k for k, c in enumerate(columns)}
         found: Dict[Tuple[int, SourceId], list] = {}
         nothing = [(None, None)] * len(columns)
         exact = self._bucket_sql(columns, chosen)
         _, exact_ids = self._source_clause(chosen, "m.src")
+        last = len(bounds) - 2
 
         def add(i: int, source: SourceId, k: int, lo, hi) -> None:
             pairs = found.setdefault((i, source), list(nothing))
             pairs[k] = rollup.merge(pairs[k], lo, hi)
 
+        def bucket(t: float) -> int:
+            return min(max(bisect.bisect_right(bounds, t) - 1, 0), last)
+
         whole = job.whole
         if whole is not None:
-            # inner edges on whole periods: one query per span for the whole range, each period into its bucket
-            last = len(bounds) - 2
-            for span_, first, end in whole.periods:
-                for column, source, start, lo, hi in connection.execute(
-                    "SELECT col, source, start, lo, hi FROM {} WHERE col IN ({}) AND span = ? AND start >= ? AND start < ?{}".format(
-                        ROLLUP_TABLE, ", ".join("?" * len(columns)), keep_sql),
-                    list(columns) + [span_, first, end] + keep_ids,
+            # inner edges on whole periods: each span read once for the whole range, each period inside one bucket
+            steps = rollup.equal_steps(bounds)
+            if steps is None:
+                index_sql, index_args = "start", []  # grouped by period; bucketed below
+            else:
+                # the bucket of a period start, in SQL: 0 before the first inner bound, then one per step
+                first, step = steps
+                index_sql, index_args = "CASE WHEN start < ? THEN 0 ELSE min(?, 1 + (start - ?) / ?) END", [
+                    first, last, first, step]
+            for span_, low, end in whole.periods:
+                for column, source, i, lo, hi in connection.execute(
+                    "SELECT col, source, {i} AS i, min(lo), max(hi) FROM {t} WHERE col IN ({c}) AND span = ? "
+                    "AND start >= ? AND start < ?{f} GROUP BY col, source, i".format(
+                        i=index_sql, t=ROLLUP_TABLE, c=cols_sql, f=keep_sql),
+                    index_args + list(columns) + [span_, low, end] + keep_ids,
                 ):
-                    add(min(bisect.bisect_right(bounds, start) - 1, last), source, position[column], lo, hi)
+                    add(i if steps is not None else bucket(i), source, position[column], lo, hi)
             for a, b in whole.exact:
-                i = min(bisect.bisect_right(bounds, a) - 1, last)
+                i = bucket(a)
                 for source, _n, *values in connection.execute(exact, [a, b] + exact_ids):
                     for k in range(len(columns)):
                         add(i, source, k, values[2 * k], values[2 * k + 1])
         else:
+            summary = (
+                "SELECT col, source, min(lo), max(hi) FROM {} WHERE col IN ({}) AND span = ? AND start >= ? AND start < ?{} "
+                "GROUP BY col, source".format(ROLLUP_TABLE, cols_sql, keep_sql)
+            )
             for i, piece in enumerate(job.pieces):
-                for span_, first, end in piece.periods:
-                    for column, source, lo, hi in connection.execute(summary, list(columns) + [span_, first, end] + keep_ids):
+                for span_, low, end in piece.periods:
+                    for column, source, lo, hi in connection.execute(summary, list(columns) + [span_, low, end] + keep_ids):
                         add(i, source, position[column], lo, hi)
                 for a, b in piece.exact:
                     for source, _n, *values in connection.execute(exact, [a, b] + exact_ids):
@@ -491,8 +514,7 @@ class PlotQueries:
         for when, source, *values in tail:
             if source not in chosen:
                 continue
-            i = min(bisect.bisect_right(bounds, when) - 1, len(bounds) - 2)
-            pairs = found.setdefault((i, source), list(nothing))
+            pairs = found.setdefault((bucket(when), source), list(nothing))
             for k, value in enumerate(values):
                 pairs[k] = rollup.merge(pairs[k], value, value)
         return found

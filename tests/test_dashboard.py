@@ -161,6 +161,32 @@ class RollupArithmeticTests(unittest.TestCase):
         piece = rollup.cut(3600 * us, 7200 * us)  # exactly one hour
         self.assertEqual((piece.exact, piece.periods), ([], [(3600, 3600, 7200)]))
 
+    def test_cut_uses_every_span(self):
+        """A long bucket: days in the middle, then 6 hours, hours, 10 minutes and minutes toward each end."""
+        us = 1_000_000
+        day = 86400
+        lo, hi = day - 6 * 3600 - 3600 - 600 - 60 - 1, 3 * day + 6 * 3600 + 3600 + 600 + 60 + 1
+        piece = rollup.cut(lo * us, hi * us)
+        self.assertEqual(piece.periods, [
+            (day, day, 3 * day),
+            (21600, day - 21600, day), (21600, 3 * day, 3 * day + 21600),
+            (3600, day - 21600 - 3600, day - 21600), (3600, 3 * day + 21600, 3 * day + 21600 + 3600),
+            (600, day - 21600 - 3600 - 600, day - 21600 - 3600), (600, 3 * day + 25200, 3 * day + 25800),
+            (60, day - 21600 - 3600 - 600 - 60, day - 21600 - 3600 - 600), (60, 3 * day + 25800, 3 * day + 25860),
+        ])
+        self.assertEqual(piece.exact, [(lo * us, (lo + 1) * us), ((hi - 1) * us, hi * us)])
+        covered = sum(end - first for _, first, end in piece.periods) + sum(b - a for a, b in piece.exact) // us
+        self.assertEqual(covered, hi - lo)
+
+    def test_whole_range_uses_spans_dividing_the_step(self):
+        """Inner bounds 20 minutes apart: 10-minute periods in the middle, never hours (an hour would span two buckets)."""
+        bounds = [1000.5] + [float(1200 * k) for k in range(1, 10)] + [12345.0]
+        piece = rollup.whole_range_piece(bounds)
+        self.assertEqual({span for span, _, _ in piece.periods}, {600, 60})
+        self.assertEqual(rollup.equal_steps(bounds), (1200, 1200))
+        self.assertIsNone(rollup.equal_steps([0.0, 60.0, 180.0, 200.0, 300.0]))
+        self.assertIsNone(rollup.whole_range_piece([0.0, 30.5, 100.0]))  # inner bound not whole seconds
+
     def test_plan(self):
         """Short buckets (no whole minute) and unreadable bounds need no rollups; bounds stay as given."""
         self.assertIsNone(rollup.plan([time_text(T0 + k * 30) for k in range(10)]))

@@ -51,7 +51,12 @@ HeaderPairs = Tuple[Tuple[str, str], ...]
 
 
 def _header_pairs(headers: Headers) -> HeaderPairs:
-    return tuple(header_items(headers))
+    """Headers as a tuple of text pairs; pairs that already are text are taken as they are."""
+    pairs = tuple(headers.items() if isinstance(headers, Mapping) else headers)
+    for name, value in pairs:
+        if type(name) is not str or type(value) is not str:
+            return tuple(header_items(pairs))
+    return pairs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,7 +129,7 @@ class Receipt:
         return body
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass
 class PreparedUpload:
     """
     An upload parsed and turned into rows, ready for ``store.write``.
@@ -263,13 +268,20 @@ class IngestService(Service):
         if prepared is None:
             self.counters["uploads"][kind] += 1
             return defer.succeed(Receipt(0, 0 if self.outbox_entries else None))
-        if freshness.idempotent is not None:
-            # the key first: a repeat racing the first copy is a repeat, not a replay
-            freshness.guards.insert(0, freshness.idempotent.guard(prepared.receipt(len(prepared.rows)).as_dict()))
-        return self._store(upload, prepared, freshness)
+        idempotent = freshness.idempotent
+        if idempotent is None:
+            return self._write(upload, prepared, freshness.guards)
+        # the key first: a repeat racing the first copy is a repeat, not a replay
+        freshness.guards.insert(0, idempotent.guard(prepared.receipt(len(prepared.rows)).as_dict()))
+        return self._repeat_or_write(upload, prepared, idempotent, freshness)
 
-    def _store(self, upload: Upload, prepared: PreparedUpload, freshness: Freshness) -> "defer.Deferred[Receipt]":
-        """The freshness step, then the write; a copy that takes the key first answers for this one."""
+    def _repeat_or_write(
+        self, upload: Upload, prepared: PreparedUpload, idempotent: IdempotentUpload, freshness: Freshness
+    ) -> "defer.Deferred[Receipt]":
+        """
+        The freshness step of an upload with an Idempotency-Key, then the
+        write; a copy that takes the key first answers for this one.
+        """
 
         def write_unless_repeated(earlier: Optional[Receipt]) -> Any:
             if earlier is not None:
@@ -280,19 +292,17 @@ class IngestService(Service):
         def lost_race(failure: Failure) -> Any:
             if not isinstance(failure.value, DuplicateUpload):
                 return failure
-            return self._store(upload, prepared, freshness)  # the same key was committed meanwhile: ask again
+            return self._repeat_or_write(upload, prepared, idempotent, freshness)  # the same key was committed meanwhile: ask again
 
-        return self._earlier_receipt(upload, freshness, len(prepared.rows)).addCallback(write_unless_repeated)
+        d = self._earlier_receipt(upload, idempotent, freshness.refusal, len(prepared.rows))
+        return d.addCallback(write_unless_repeated)
 
-    def _earlier_receipt(self, upload: Upload, freshness: Freshness, rows: int) -> "defer.Deferred[Optional[Receipt]]":
+    def _earlier_receipt(self, upload: Upload, idempotent: IdempotentUpload, refusal: Optional[IngestError], rows: int) -> "defer.Deferred[Optional[Receipt]]":
         """
         Fires with the receipt of a stored upload this one repeats, or None
-        to go on and write it; fails with the upload's replay refusal, or a
-        409 when its key came with another body.
+        to go on and write it; fails with the upload's replay ``refusal``, or
+        a 409 when its key came with another body.
         """
-        idempotent = freshness.idempotent
-        if idempotent is None:
-            return defer.succeed(None)
         kind = upload.kind
 
         def answer(record: Optional[Tuple[str, str]]) -> Any:
@@ -301,8 +311,8 @@ class IngestService(Service):
             except IngestError as e:  # the key with another body: 409
                 return self._refuse(kind, e)
             if original is None:  # not a repeat (or expired since the copy that got in first)
-                if freshness.refusal is not None:
-                    return self._refuse(kind, freshness.refusal)
+                if refusal is not None:
+                    return self._refuse(kind, refusal)
                 return None
             self.counters["repeats"][kind] += 1
             return Receipt(original["saved-in-db"], original.get("osem-queued"), replayed=True)

@@ -36,6 +36,7 @@ from co2logd.dbwatch import HEARTBEAT_TABLE, DatabaseLost, DatabaseWatch, is_dis
 from co2logd.names import quote_identifier
 from co2logd import mtime
 from co2logd.rowid import rowid_alias
+from co2logd.staging import StagedWrites
 from co2logd.plot_queries import (
     MTIME_STATE_TABLE,
     MTIME_TABLE,
@@ -274,7 +275,7 @@ def _table_columns(connection: sqlite3.Connection, table: str) -> Dict[str, str]
     return {name.lower(): declared for name, declared in rows}
 
 
-class Store(PlotQueries, DatabaseWatch, Service):
+class Store(StagedWrites, PlotQueries, DatabaseWatch, Service):
     """
     Writes and reads the data table through one adbapi connection.
 
@@ -307,6 +308,8 @@ class Store(PlotQueries, DatabaseWatch, Service):
         self.queue_limit: int = settings.WRITE_QUEUE_MAX_ROWS
         self._queue: List[_Upload] = []
         self._queued_rows = 0
+        self._staging_rows = 0  # rows of big uploads being staged (co2logd.staging), not yet queued
+        self._staging = 0  # big uploads being staged
         self._writing = False
         self._drained: List[Deferred] = []
         self._insert_statements: Dict[Tuple[str, ...], str] = {}
@@ -370,7 +373,7 @@ class Store(PlotQueries, DatabaseWatch, Service):
         if self._maintenance is not None and self._maintenance.running:
             self._maintenance.stop()
         waits = [self._maintaining] if self._maintaining is not None else []  # stops after its chunk
-        if self._writing:
+        if self._writing or self._staging:
             drained: Deferred = Deferred()
             self._drained.append(drained)
             waits.append(drained)
@@ -400,7 +403,7 @@ class Store(PlotQueries, DatabaseWatch, Service):
     @property
     def busy(self) -> bool:
         """True while the writer is behind: new uploads should be refused (503) until it catches up."""
-        return self._queued_rows >= self.queue_limit
+        return self._queued_rows + self._staging_rows >= self.queue_limit
 
     def write(
         self,
@@ -422,15 +425,30 @@ class Store(PlotQueries, DatabaseWatch, Service):
         """
         if self.lost is not None:
             return fail(DatabaseLost(self.lost))
-        if self._queued_rows >= self.queue_limit:
+        if self.busy:
             self.write_stats["busy"] += 1
-            return fail(StoreBusy("{} rows are waiting for the database".format(self._queued_rows)))
+            return fail(StoreBusy("{} rows are waiting for the database".format(self._queued_rows + self._staging_rows)))
         upload = _Upload(columns, rows, new_columns, outbox, queued_at, guards)
+        if len(rows) > self.stage_above_rows:
+            self._stage_then_queue(upload)  # a big upload: staged in short steps first (co2logd.staging)
+        else:
+            self._enqueue(upload)
+        return upload.deferred
+
+    def _enqueue(self, upload: "_Upload") -> None:
+        """Queue an upload for the next group transaction; start one if none is being written."""
         self._queue.append(upload)
-        self._queued_rows += len(rows) or 1
+        self._queued_rows += len(upload.rows) or 1
         if not self._writing:
             self._flush()
-        return upload.deferred
+
+    def _maybe_drained(self) -> None:
+        """Fire the waits of stopService once nothing is written, queued or staged."""
+        if self._writing or self._queue or self._staging:
+            return
+        waiting, self._drained = self._drained, []
+        for d in waiting:
+            d.callback(None)
 
     def _flush(self) -> None:
         group, self._queue = self._queue, []
@@ -449,13 +467,16 @@ class Store(PlotQueries, DatabaseWatch, Service):
                 log.failure("A write transaction of {uploads} uploads failed", outcome, uploads=len(group))
             results = [outcome] * len(group)
         else:
-            results, added = outcome
+            results, added, unindexed = outcome
             if added:
                 self.columns = dict(self.columns, **added)
             stats = self.write_stats
             stats["transactions"] += 1
             stats["uploads"] += len(group)
             stats["largest_group"] = max(stats["largest_group"], len(group))
+        # a big upload is acknowledged once its rows are also indexed (short transactions, see
+        # co2logd.staging), so a plot loaded after the receipt shows them; small ones at once
+        indexing = self.indexed_through(unindexed) if not isinstance(outcome, Failure) and unindexed else None
         # callers that write again from their callbacks join the next group
         for upload, result in zip(group, results):
             if isinstance(result, Failure):
@@ -463,23 +484,26 @@ class Store(PlotQueries, DatabaseWatch, Service):
             else:
                 for guard in upload.guards:
                     guard.committed(self)
-                upload.deferred.callback(result)
+                if indexing is not None and len(upload.rows) > self.fold_in_writer_rows:
+                    indexing.addCallback(lambda _, d=upload.deferred, r=result: d.callback(r))
+                else:
+                    upload.deferred.callback(result)
         self._writing = False
         if self._queue:
             self._flush()
         else:
-            waiting, self._drained = self._drained, []
-            for d in waiting:
-                d.callback(None)
+            self._maybe_drained()
 
     def _write_group(self, connection, group: List["_Upload"], known: Mapping[str, str]):
         """
         In the pool's thread: one transaction, a savepoint per upload.
-        Returns (row count or Failure per upload, columns added and committed).
+        Returns (row count or Failure per upload, columns added and committed,
+        the last rowid when a big upload left its rows to be indexed after the commit, else None).
         """
         cursor = connection.cursor()
         results: List[Any] = []
         added: Dict[str, str] = {}
+        unindexed: Optional[int] = None
         rowid = self._rowid()
         try:
             cursor.execute("BEGIN IMMEDIATE")
@@ -502,7 +526,7 @@ class Store(PlotQueries, DatabaseWatch, Service):
                     results.append(len(upload.rows))
             cursor.execute("SAVEPOINT mtime")
             try:
-                self._index_new_rows(cursor, before, filled, dict(known, **added))
+                unindexed = self._index_new_rows(cursor, before, filled, dict(known, **added))
             except sqlite3.Error:
                 if not connection.in_transaction:
                     raise
@@ -518,7 +542,13 @@ class Store(PlotQueries, DatabaseWatch, Service):
             raise
         finally:
             cursor.close()
-        return results, added
+            for upload in group:
+                if upload.stage is not None:  # published or failed: its staged rows are done with
+                    try:
+                        connection.execute(upload.stage.drop_sql())
+                    except sqlite3.Error:
+                        pass  # a broken connection took its TEMP tables along
+        return results, added, unindexed
 
     def _write_one(self, cursor, upload: "_Upload", known: Mapping[str, str], added: Mapping[str, str]) -> Dict[str, str]:
         mine: Dict[str, str] = {}
@@ -529,7 +559,11 @@ class Store(PlotQueries, DatabaseWatch, Service):
                 continue  # another upload added it since this one was normalised
             cursor.execute("ALTER TABLE {} ADD COLUMN {} {}".format(self.table, quote_identifier(name), declared))
             mine[name] = declared
-        if upload.rows:
+        staged = self.staged_rows_sql(upload)
+        if staged is not None:  # a big upload's rows, staged in short steps: one INSERT … SELECT
+            cursor.execute("INSERT INTO {} ({}) {}".format(
+                self.table, ", ".join(quote_identifier(c) for c in upload.columns), staged))
+        elif upload.rows:
             cursor.executemany(self._insert_sql(upload.columns), upload.rows)
         if upload.outbox:
             queued_at = upload.queued_at
@@ -696,7 +730,7 @@ class Store(PlotQueries, DatabaseWatch, Service):
 class _Upload:
     """One caller's write waiting in the queue, and the Deferred it gets."""
 
-    __slots__ = ("columns", "rows", "new_columns", "outbox", "queued_at", "guards", "deferred")
+    __slots__ = ("columns", "rows", "new_columns", "outbox", "queued_at", "guards", "deferred", "stage")
 
     def __init__(self, columns, rows, new_columns, outbox, queued_at, guards=()):
         self.columns = columns
@@ -706,6 +740,7 @@ class _Upload:
         self.queued_at = queued_at
         self.guards = guards
         self.deferred: Deferred = Deferred()
+        self.stage = None  # a co2logd.staging.Stage once its rows are being staged
 
 
 def _fetch_all(connection, sql, params):

@@ -11,8 +11,8 @@ written to the transport column.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import datetime
-from itertools import repeat
 from typing import Any, Callable, Dict, List, Mapping, Optional
 
 from twisted.application.service import Service
@@ -21,13 +21,12 @@ from twisted.logger import Logger
 
 from co2logd import payloads
 from co2logd.auth import Authenticator, Headers, header_items
-from co2logd.idempotency import DuplicateUpload, Idempotency
-from co2logd.replay import ReplayPolicy, ReplayRefused, replay_error
+from co2logd.idempotency import Idempotency
+from co2logd.replay import ReplayPolicy, replay_error
 from co2logd.errors import IngestError, bad_request
-from co2logd.names import is_safe_identifier
-from co2logd.dbwatch import DatabaseLost, is_disk_error
-from co2logd.rowid import is_reserved
-from co2logd.store import StoreBusy, sql_type, sql_value
+from co2logd.store.names import is_reserved, is_safe_identifier
+from co2logd.store.watch import is_disk_error
+from co2logd.store import DatabaseLost, DuplicateUpload, ReplayRefused, StoreBusy, WriteRequest
 
 log = Logger()
 
@@ -134,7 +133,7 @@ class IngestService(Service):
         if write is None:
             self.counters["uploads"][kind] += 1
             return defer.succeed(Receipt(0, 0 if self.outbox_entries else None))
-        columns, rows, new_columns, outbox, queued, guards, idempotent = write
+        request, queued, claim, idempotent = write
 
         def stored(count: int) -> Receipt:
             self.counters["uploads"][kind] += 1
@@ -155,25 +154,20 @@ class IngestService(Service):
                 error.retry_after = self.settings.WRITE_RETRY_AFTER_SECONDS  # type: ignore[attr-defined]
                 return self._refuse(kind, error)
             if failure.check(ReplayRefused):
-                return self._refuse(kind, replay_error(failure.value.claim, "is not larger than the last one stored"))
+                return self._refuse(kind, replay_error(claim, "is not larger than the last one stored"))
             if failure.check(DuplicateUpload):  # a copy with the same key got in first
                 return self.store.idempotency_lookup(idempotent.key, idempotent.cutoff).addCallbacks(repeated, failed)
             self.counters["rejects"][(kind, "store")] += 1
             if is_disk_error(failure.value):  # /health reports it too; the traceback would say nothing more
-                log.error("Could not store {rows} rows from {transport}: {error}", rows=len(rows), transport=transport, error=str(failure.value))
+                log.error("Could not store {rows} rows from {transport}: {error}", rows=request.row_count, transport=transport, error=str(failure.value))
             else:
-                log.failure("Could not store {rows} rows from {transport}", failure, rows=len(rows), transport=transport)
+                log.failure("Could not store {rows} rows from {transport}", failure, rows=request.row_count, transport=transport)
             error = IngestError(503, "store", "The upload could not be stored; nothing was saved, try again")
             error.retry_after = self.settings.WRITE_RETRY_AFTER_SECONDS  # type: ignore[attr-defined]
             raise error
 
         def write_rows():
-            now = self.clock.seconds()
-            if guards:
-                d = self.store.write(columns, rows, new_columns, outbox, now, guards)
-            else:
-                d = self.store.write(columns, rows, new_columns, outbox, now)
-            return d.addCallbacks(stored, failed)
+            return self.store.write(dataclasses.replace(request, queued_at=self.clock.seconds())).addCallbacks(stored, failed)
 
         if idempotent is None:
             return write_rows()
@@ -190,8 +184,10 @@ class IngestService(Service):
             self.counters["repeats"][kind] += 1
             return Receipt(original["saved-in-db"], original.get("osem-queued"), replayed=True)
 
-        # the key first: a repeat racing the first copy is a repeat, not a replay
-        guards.insert(0, idempotent.guard(Receipt(len(rows), queued if self.outbox_entries else None).as_dict()))
+        # the store takes the key before the replay number: a repeat racing the first copy is a repeat, not a replay
+        request = dataclasses.replace(
+            request, idempotency=idempotent.claim(Receipt(request.row_count, queued if self.outbox_entries else None).as_dict())
+        )
         return self.store.idempotency_lookup(idempotent.key, idempotent.cutoff).addCallbacks(repeated, failed)
 
     def busy_error(self) -> IngestError:
@@ -249,8 +245,7 @@ class IngestService(Service):
             raise IngestError(
                 413, "too-large", "The payload is {} bytes; the limit is {} (MAX_BODY_SIZE)".format(len(body), settings.MAX_BODY_SIZE)
             )
-        claim = idempotent = None
-        guards: List[Any] = []
+        claim = idempotent = advance = None
         signed = body
         if self.reads_headers:  # replay protection, idempotency keys (issue 7)
             headers = list(header_items(headers))
@@ -272,14 +267,11 @@ class IngestService(Service):
             idempotent = self.idempotency.upload(headers, matches, content_type, body, now)
             if self.replay.enabled:
                 try:
-                    guard = self.replay.guard(claim, matches, now, self.store.replay_last)
+                    advance = self.replay.guard(claim, matches, now, self.store.replay_last)
                 except IngestError as e:
                     if idempotent is None or not e.reason.startswith("replay"):
                         raise
                     idempotent.refusal = e  # a retry with its key gets its receipt; anything else this
-                else:
-                    if guard is not None:
-                        guards.append(guard)
         # the parser refuses more than MAX_ROWS_PER_UPLOAD rows or MAX_COLUMNS columns as it counts them
         table = payloads.parse(body, content_type, self.limits)
         table = self.normalise(table, extra_columns)
@@ -289,30 +281,20 @@ class IngestService(Service):
             log.info("Upload from {transport} held no data columns; nothing stored", transport=transport)
             return None
         upload_time = datetime.datetime.fromtimestamp(self.clock.seconds(), datetime.timezone.utc)
-        automatic = (sql_value(upload_time), matched, failed, transport)
+        fixed = list(zip(self.automatic_columns, (upload_time, matched, failed, transport)))
         names = list(table)
-        columns = self.automatic_columns + names
         if not names:
-            rows = [automatic] * max(nrows, 1)
+            rows: List[Any] = [()] * max(nrows, 1)
         else:
-            # only time columns (TIME_CONVERTER) and extra columns can hold values
-            # sqlite3 cannot bind as they are: the rest go to the rows untouched
-            convert = self.time_columns if not extra_columns else self.time_columns + list(extra_columns)
-            data = [
-                [sql_value(v) for v in table[name]] if name in convert else table[name]
-                for name in names
-            ]
-            if nrows < 64:  # the common small upload: cheapest as tuple concatenation
-                rows = [automatic + row for row in zip(*data)]
-            else:
-                rows = list(zip(*[repeat(value, nrows) for value in automatic], *data))
+            rows = list(zip(*[table[name] for name in names]))
         outbox: List[str] = []
         queued = 0
         if self.outbox_entries is not None:
             data = [table[name] for name in names]
             row_dicts = [dict(zip(names, (col[i] for col in data))) for i in range(nrows)]
             outbox, queued = self.outbox_entries(row_dicts)
-        return columns, rows, new_columns, outbox, queued, guards, idempotent
+        request = WriteRequest(names, rows, new_columns, fixed, outbox, replay=advance)
+        return request, queued, claim, idempotent
 
     def _refuse_renamed_claim(self, claim, body: bytes, headers) -> None:
         """
@@ -404,14 +386,14 @@ class IngestService(Service):
         self._names[raw] = name
         return name
 
-    def _new_columns(self, table: payloads.Table) -> Dict[str, str]:
+    def _new_columns(self, table: payloads.Table) -> Dict[str, Optional[type]]:
         """
-        Columns to add (name → SQL type).  Columns ``ACCEPT_NEW_COLUMN``
+        Columns to add (name → the type of the first value).  Columns ``ACCEPT_NEW_COLUMN``
         refuses are dropped from ``table``, as co2logserver does.
         """
         settings = self.settings
         known = self.store.columns
-        new: Dict[str, str] = {}
+        new: Dict[str, Optional[type]] = {}
         for name in list(table):
             if name in known:
                 continue
@@ -425,7 +407,7 @@ class IngestService(Service):
                 del table[name]
                 continue
             first = next((v for v in table[name] if v is not None), None)
-            new[name] = sql_type(first)
+            new[name] = None if first is None else type(first)
         if len(new) > settings.MAX_NEW_COLUMNS_PER_UPLOAD:
             raise bad_request(
                 "The upload adds {} new columns; the limit is {} per upload (MAX_NEW_COLUMNS_PER_UPLOAD)".format(

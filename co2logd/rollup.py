@@ -5,7 +5,7 @@ The store keeps, per plotted column and per source (transport, box), the
 min, max and count of the numeric values of every period of measurement
 time of each span in :data:`SPANS` (minute, 10 minutes, hour, 6 hours, day;
 each span divides the next, all aligned on the epoch; see
-:meth:`co2logd.store.Store.plot_series`, :mod:`co2logd.mtime`).  A plot
+:meth:`co2logd.store.Store.plot_series`, :mod:`co2logd.store.mtime`).  A plot
 bucket ``[lo, hi)`` is answered from whole periods of the largest span that
 fits in its middle, smaller spans toward its ends, and the rows themselves
 only in the ragged ends shorter than a minute, so the answer is the exact

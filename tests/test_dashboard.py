@@ -21,7 +21,7 @@ from twisted.trial import unittest
 
 from co2logd import rollup
 from co2logd.plot import Panel, path_points, render_svg
-from co2logd.store import upload_time_index
+from co2logd.store import WriteRequest, upload_time_index
 from co2logd.timerange import TimeRange, TimeRangeError, parse_time, time_text
 from co2logd.transports.serial import SerialService
 from co2logd.transports.testing import FakeSerialDevices
@@ -105,7 +105,7 @@ class SourceActivityTests(StoreMixin, unittest.TestCase):
     def test_chunks_add_up(self):
         """Read 7 rows per interaction, the sources are what the rows say; asking again reads only new rows."""
         self.make_store()
-        self.store.activity_chunk_rows = 7
+        self.store.rollups.activity_chunk_rows = 7
         rng = random.Random(4)
         rows = [(stored_time(T0 + rng.uniform(0, 1000)), rng.choice(["http", "udp:10.0.0.1"]), 1, 1.0, rng.choice(["a", "b", None]))
                 for _ in range(100)]
@@ -372,11 +372,11 @@ class HealthTests(DaemonSiteMixin, unittest.TestCase):
     def test_outbox_stuck(self):
         """With forwarding on, an outbox entry older than HEALTH_OUTBOX_MAX_AGE makes /health 503."""
         self.start(OSEM_UPLOAD=True, HEALTH_OUTBOX_MAX_AGE=600)
-        yield self.store.write(["co2"], [], {}, outbox=['{"x": 1}'], queued_at=reactor.seconds() - 60)
+        yield self.store.write(WriteRequest(["co2"], [], {}, outbox=['{"x": 1}'], queued_at=reactor.seconds() - 60))
         status, report = yield self.health()
         self.assertEqual(status, 200)
         self.assertEqual(report["outbox"]["depth"], 1)
-        yield self.store.write(["co2"], [], {}, outbox=['{"x": 2}'], queued_at=reactor.seconds() - 3600)
+        yield self.store.write(WriteRequest(["co2"], [], {}, outbox=['{"x": 2}'], queued_at=reactor.seconds() - 3600))
         status, report = yield self.health()
         self.assertEqual(status, 503)
         self.assertEqual(report["outbox"]["depth"], 2)
@@ -451,7 +451,7 @@ class MetricsTests(DaemonSiteMixin, unittest.TestCase):
         self.assertEqual(status, 403)
         status, _ = yield self.post(b"{", "application/json", {"Content-MD5-Salted": salted(b"{", "s")})
         self.assertEqual(status, 400)
-        yield self.store.write(["co2"], [], {}, outbox=["{}"], queued_at=reactor.seconds() - 30)
+        yield self.store.write(WriteRequest(["co2"], [], {}, outbox=["{}"], queued_at=reactor.seconds() - 30))
         m = yield self.scrape()
         self.assertEqual(m[("co2logd_uploads_total", (("transport", "http"),))], 2)
         self.assertEqual(m[("co2logd_rows_total", (("transport", "http"),))], 6)

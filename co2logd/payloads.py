@@ -150,8 +150,8 @@ def text_value(cell: str) -> Any:
             return number
     if DECIMAL.match(cell):
         # integers beyond 64 bits too; text where not even a float holds them
-        number = float(cell)
-        return number if math.isfinite(number) else cell
+        real = float(cell)
+        return real if math.isfinite(real) else cell
     return cell
 
 

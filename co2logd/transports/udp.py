@@ -212,13 +212,13 @@ class UDPService(Service):
         self.reactor = reactor
         self.settings = settings
         self.protocol = UDPIngestProtocol(ingest, settings, reactor)
-        self.listening = None
+        self.listening: Optional[Any] = None  # the listening UDP port while bound
         self.setName("udp {}{}".format(port, ":" + interface if interface else ""))
 
     def bind(self) -> None:
         """Bind the port now (``makeService`` does, before twistd forks); a port in use raises ``CannotListenError``."""
         if self.listening is None:
-            self.listening = self.reactor.listenUDP(
+            self.listening = listening = self.reactor.listenUDP(
                 self.port_number,
                 self.protocol,
                 interface=self.interface,
@@ -226,7 +226,7 @@ class UDPService(Service):
                 maxPacketSize=self.settings.UDP_MAX_DATAGRAM + 1,
             )
             self.receive_buffer = effective_receive_buffer(
-                set_receive_buffer(self.listening.socket, self.settings.UDP_RECEIVE_BUFFER)
+                set_receive_buffer(listening.socket, self.settings.UDP_RECEIVE_BUFFER)
             )
 
     def privilegedStartService(self) -> None:
@@ -237,6 +237,7 @@ class UDPService(Service):
         self.bind()
         super().startService()
         requested = self.settings.UDP_RECEIVE_BUFFER
+        assert self.listening is not None  # bound just above
         address = host_port(self.listening.getHost())
         if self.receive_buffer < requested:
             log.warn(

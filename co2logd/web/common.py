@@ -29,9 +29,13 @@ def error_reply(request: Request, status: int, message: str, reason: Optional[st
     return json_reply(request, status, body)
 
 
-def header_pairs(request: Request) -> List[Tuple[bytes, bytes]]:
-    """Every request header as a (name, value) pair, repeated names kept."""
-    return [(name, value) for name, values in request.requestHeaders.getAllRawHeaders() for value in values]
+def header_pairs(request: Request) -> List[Tuple[str, str]]:
+    """Every request header as a (name, value) text pair (bytes read as latin-1), repeated names kept."""
+    return [
+        (name.decode("latin-1"), value.decode("latin-1"))
+        for name, values in request.requestHeaders.getAllRawHeaders()
+        for value in values
+    ]
 
 
 def query_args(request: Request) -> Dict[str, str]:

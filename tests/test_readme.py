@@ -34,6 +34,12 @@ class ReadmeTests(unittest.TestCase):
         ci_lines = [line.strip() for line in read(".ci/run").splitlines()]
         self.assertIn(command, ci_lines)
 
+    def test_ci_checks_types_first(self):
+        """.ci/run runs mypy over the package before the tests, as README says."""
+        self.assertIn("`mypy co2logd`", read("README.md"))
+        ci_lines = [line.strip() for line in read(".ci/run").splitlines()]
+        self.assertLess(ci_lines.index("mypy co2logd"), ci_lines.index("python -m twisted.trial tests"))
+
     def test_install_and_run_command(self):
         """The one-command install-and-run line is there, after the virtual environment step Debian 12 needs."""
         readme = read("README.md")

@@ -64,3 +64,20 @@ class ReadmeTests(unittest.TestCase):
         named = {w for w in words if w.endswith(".py")}
         existing = {name for _, _, files in os.walk(REPO) for name in files}
         self.assertEqual(sorted(named - existing), [], "README's Layout names files that are not there")
+
+
+class CommentsTests(unittest.TestCase):
+    """Comments in the code say why, not which tracker issue asked for it (the tracker is not in the repository)."""
+
+    def test_no_issue_references(self):
+        """No "(issue N)", "issue N, finding M" or the like anywhere in co2logd/."""
+        found = []
+        for directory, _, files in os.walk(os.path.join(REPO, "co2logd")):
+            for name in files:
+                if name.endswith(".py"):
+                    path = os.path.join(directory, name)
+                    with open(path, encoding="utf-8") as f:
+                        for number, line in enumerate(f, 1):
+                            if re.search(r"\bissues? \d+|\bfinding \d+", line, re.I):
+                                found.append("{}:{}".format(os.path.relpath(path, REPO), number))
+        self.assertEqual(found, [])

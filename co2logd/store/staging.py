@@ -1,5 +1,5 @@
 """
-Large uploads staged in short steps, then made visible in one commit (issue 10).
+Large uploads staged in short steps, then made visible in one commit.
 
 Uploads share one writer connection, and a waiting upload waits for the
 whole transaction in front of it: inserting a day of 1 Hz readings (28,800

@@ -10,10 +10,14 @@ from __future__ import annotations
 from typing import Any, Dict, Iterable, List, Optional
 
 from twisted.internet import defer
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
+from co2logd.settings import Settings
 from co2logd.status.interfaces import IHealthReporter
 from co2logd.status.sources import Source, SourceTracker
+from co2logd.store.interfaces import IStore
+
 
 log = Logger()
 
@@ -53,7 +57,7 @@ class HealthChecker:
     iterable of services), read at every check so later children count.
     """
 
-    def __init__(self, settings, store, clock, services: Iterable[Any] = (), sources: Optional[SourceTracker] = None):
+    def __init__(self, settings: Settings, store: IStore, clock: IReactorTime, services: Iterable[Any] = (), sources: Optional[SourceTracker] = None):
         self.settings = settings
         self.store = store
         self.clock = clock

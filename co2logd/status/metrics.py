@@ -20,14 +20,21 @@ tells its write observers how long every write took from call to answer.
 
 from __future__ import annotations
 
-from typing import Any, Dict, Iterable, Optional
+from typing import TYPE_CHECKING, Any, Dict, Iterable, Optional
 
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from twisted.internet import defer
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
+from co2logd.settings import Settings
 from co2logd.status.interfaces import IForwarderStats, IListenerStats, ISerialDeviceStats
+from co2logd.store.interfaces import IStore
+
+if TYPE_CHECKING:  # for annotations only: no import at run time
+    from co2logd.ingest import IngestService
+
 
 log = Logger()
 
@@ -170,7 +177,7 @@ def _mqtt_families(stats: Dict[str, Any]):
 class Metrics:
     """One registry with co2logd's metrics; ``exposition()`` fires with the text format."""
 
-    def __init__(self, settings, ingest, store, clock, services: Iterable[Any] = ()):
+    def __init__(self, settings: Settings, ingest: IngestService, store: IStore, clock: IReactorTime, services: Iterable[Any] = ()):
         self.settings = settings
         self.ingest = ingest
         self.store = store

@@ -29,8 +29,12 @@ from __future__ import annotations
 from typing import Any, Dict, List, Optional, Tuple
 
 from twisted.internet import defer
+from twisted.internet.interfaces import IReactorTime
 
 from co2logd.charts.timerange import parse_stored_time
+from co2logd.settings import Settings
+from co2logd.store.interfaces import IStore
+
 
 SourceKey = Tuple[Optional[str], Any]  # (transport, box)
 
@@ -104,7 +108,7 @@ def trim_found(found: Dict[SourceKey, List[Any]], settings, known: frozenset) ->
 class SourceTracker:
     """Keeps the per-source summary current with incremental queries, bounded (see the module)."""
 
-    def __init__(self, store, settings, clock=None):
+    def __init__(self, store: IStore, settings: Settings, clock: Optional[IReactorTime] = None):
         self.store = store
         self.settings = settings
         self.clock = clock

@@ -28,16 +28,22 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-from typing import List, Optional, Tuple
+from typing import TYPE_CHECKING, List, Optional, Tuple
 from urllib.parse import parse_qsl, urlencode
 
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.web.resource import IResource, Resource
 
 from co2logd.auth import hint
 from co2logd.errors import IngestError
+from co2logd.settings import Settings
 from co2logd.web.common import allowed_methods, error_reply, header_pairs
 from co2logd.web.download import full_path
+
+if TYPE_CHECKING:  # for annotations only: no import at run time
+    from co2logd.ingest import IngestService
+
 
 log = Logger()
 
@@ -88,7 +94,7 @@ class DataAccess:
     signed requests (its ``check_auth``, replay claims included).
     """
 
-    def __init__(self, settings, ingest, clock):
+    def __init__(self, settings: Settings, ingest: IngestService, clock: IReactorTime):
         self.required = bool(settings.DOWNLOAD_REQUIRES_AUTH)
         self.token: Optional[bytes] = settings.DASHBOARD_TOKEN.encode("utf-8") if settings.DASHBOARD_TOKEN else None
         self.sessions = Sessions(settings.DASHBOARD_TOKEN, settings.DASHBOARD_SESSION_SECONDS) if self.token else None

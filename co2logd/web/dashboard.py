@@ -20,17 +20,21 @@ from typing import Any, Dict, List
 from urllib.parse import urlencode
 
 from twisted.internet import defer
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
-from co2logd.status.sources import SourceTracker
-from co2logd.store.mtime import time_columns
 from co2logd.charts.svg import HTML_AREA, bucket_edges, colours_for, render_html_legend, render_html_panel
 from co2logd.charts.timerange import TimeRangeError, human_age
+from co2logd.settings import Settings
+from co2logd.status.sources import SourceTracker
+from co2logd.store.interfaces import IStore
+from co2logd.store.mtime import time_columns
 from co2logd.web.common import finish_quietly, query_args
 from co2logd.web.html import escape, page
 from co2logd.web.plot import PlotError, PlotSpec, main_columns, plot_panels, plot_query, resolve_range
+
 
 log = Logger()
 
@@ -70,7 +74,7 @@ class DashboardResource(Resource):
 
     isLeaf = True
 
-    def __init__(self, settings, store, clock, sources: SourceTracker, services=None):
+    def __init__(self, settings: Settings, store: IStore, clock: IReactorTime, sources: SourceTracker, services=None):
         super().__init__()
         self.settings = settings
         self.store = store
@@ -127,7 +131,7 @@ class DashboardResource(Resource):
     def _gather(self, spec: PlotSpec) -> defer.Deferred:
         tr = spec.time_range
         bounds = bucket_edges(tr.since, tr.until, HTML_AREA)
-        calls = [
+        calls: List[defer.Deferred] = [
             self.store.row_count(),
             self.store.latest_by_source(spec.columns, spec.filters, self.settings.PLOT_MAX_SERIES),
             self.sources.refresh(),

@@ -23,21 +23,28 @@ import io
 import json
 import re
 import time
-from typing import Any, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Dict, List, Optional
 from urllib.parse import unquote_to_bytes, urlencode
 
 from twisted.internet import defer, task
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
-from co2logd.payloads import text_value
-from co2logd.store import Query
 from co2logd.charts.timerange import TimeRangeError, parse_time, time_text
+from co2logd.payloads import text_value
+from co2logd.settings import Settings
+from co2logd.store import Query
+from co2logd.store.interfaces import IStore
 from co2logd.web.common import error_reply, finish_quietly, query_args, row_filters
-from co2logd.web.html import PAGE_END, escape, page_start
 from co2logd.web.formulas import neutralise_cell
+from co2logd.web.html import PAGE_END, escape, page_start
 from co2logd.web.producer import RowProducer
+
+if TYPE_CHECKING:  # for annotations only: no import at run time
+    from co2logd.ingest import IngestService
+
 
 log = Logger()
 
@@ -208,7 +215,7 @@ class DownloadResource(Resource):
 
     isLeaf = True
 
-    def __init__(self, settings, store, ingest, clock=None):
+    def __init__(self, settings: Settings, store: IStore, ingest: IngestService, clock: Optional[IReactorTime] = None):
         super().__init__()
         self.settings = settings
         self.store = store
@@ -229,9 +236,12 @@ class DownloadResource(Resource):
             after = add_range_and_paging(query, args, self.settings, columns, now, self.store.rowid)
         except (DownloadArgumentError, TimeRangeError) as e:
             return error_reply(request, 400, str(e))
+        d: defer.Deferred
         if after is None:
             d = defer.succeed(None)
         else:
+            # build_query always sets a limit: the page size
+            assert query.limit is not None
             probe = Query(columns=[self.store.rowid], bounds=query.bounds, order_by=(self.store.rowid, "asc"), limit=1)
             d = self.store.rowid_at(probe, query.limit)
         d.addCallback(self._select, query, request, fmt, args)

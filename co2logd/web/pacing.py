@@ -11,11 +11,13 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET
 
 from co2logd.web.common import allowed_methods, error_reply, finish_quietly
+
 
 log = Logger()
 
@@ -27,7 +29,7 @@ class ViewPacer:
     A ``rate`` of 0 admits every view at once.
     """
 
-    def __init__(self, clock, rate: float, max_wait: float):
+    def __init__(self, clock: IReactorTime, rate: float, max_wait: float):
         self.clock = clock
         self.interval = 1.0 / rate if rate > 0 else 0.0
         self.max_wait = max_wait

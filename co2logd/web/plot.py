@@ -21,14 +21,18 @@ import re
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from twisted.internet import defer
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
-from co2logd.osem.mapping import Mapper
 from co2logd.charts.svg import Panel, bands_for, bucket_edges, plot_area_width, render_svg
 from co2logd.charts.timerange import TimeRange, TimeRangeError, time_text
+from co2logd.osem.mapping import Mapper
+from co2logd.settings import Settings
+from co2logd.store.interfaces import IStore
 from co2logd.web.common import error_reply, finish_quietly, query_args, row_filters
+
 
 log = Logger()
 
@@ -223,7 +227,7 @@ class PlotResource(Resource):
 
     isLeaf = True
 
-    def __init__(self, settings, store, clock):
+    def __init__(self, settings: Settings, store: IStore, clock: IReactorTime):
         super().__init__()
         self.settings = settings
         self.store = store

@@ -17,9 +17,12 @@ from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
+from co2logd.settings import Settings
 from co2logd.status.health import HealthChecker
+from co2logd.store.interfaces import IStore
 from co2logd.web.common import finish_quietly
 from co2logd.web.html import escape, page
+
 
 log = Logger()
 
@@ -29,7 +32,7 @@ class PublicIndexResource(Resource):
 
     isLeaf = True
 
-    def __init__(self, settings, store):
+    def __init__(self, settings: Settings, store: IStore):
         super().__init__()
         self.settings = settings
         self.store = store

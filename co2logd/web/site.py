@@ -3,27 +3,34 @@
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.web import server
 from twisted.web.resource import Resource
-
 from twisted.web.static import File
 
-from co2logd.status.sources import SourceTracker
+from co2logd.settings import Settings
 from co2logd.status.health import HealthChecker
 from co2logd.status.metrics import Metrics
+from co2logd.status.sources import SourceTracker
+from co2logd.store.interfaces import IStore
 from co2logd.web.access import DataAccess, GuardedResource
 from co2logd.web.common import allowed_methods, error_reply
 from co2logd.web.dashboard import DashboardResource, static_directory
-from co2logd.web.pacing import PacedResource, ViewPacer
 from co2logd.web.download import DownloadResource
 from co2logd.web.limits import BoundedRequest, GuardedSite
-from co2logd.web.uploadhelp import UploadHelpResource
+from co2logd.web.pacing import PacedResource, ViewPacer
 from co2logd.web.plot import PlotResource
 from co2logd.web.public import PublicHealthResource, PublicIndexResource
 from co2logd.web.status import HealthResource, MetricsResource
 from co2logd.web.upload import UploadResource
+from co2logd.web.uploadhelp import UploadHelpResource
+
+if TYPE_CHECKING:  # for annotations only: no import at run time
+    from co2logd.ingest import IngestService
+
 
 log = Logger()
 
@@ -75,7 +82,7 @@ class StaticFiles(File):
         return self.childNotFound
 
 
-def make_root(settings, ingest, store, clock, extra_children=None, services=()) -> Resource:
+def make_root(settings: Settings, ingest: IngestService, store: IStore, clock: IReactorTime, extra_children=None, services=()) -> Resource:
     """
     The co2logserver routes, the dashboard, /plot, /health, /metrics and
     /static (plus whatever later features add).  ``services`` is the daemon's
@@ -109,7 +116,7 @@ def make_root(settings, ingest, store, clock, extra_children=None, services=()) 
     return root
 
 
-def make_site(settings, ingest, store, clock, extra_children=None, services=(), access_log=False) -> server.Site:
+def make_site(settings: Settings, ingest: IngestService, store: IStore, clock: IReactorTime, extra_children=None, services=(), access_log=False) -> server.Site:
     """
     A Site over :func:`make_root` with the limits of :mod:`co2logd.web.limits`
     (``MAX_BODY_SIZE``, ``HTTP_MAX_CONNECTIONS``, request deadlines);

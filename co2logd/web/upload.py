@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
@@ -11,6 +13,10 @@ from co2logd.ingest import MISSING_CONTENT_TYPE, Upload
 from co2logd.logs import gate
 from co2logd.net import host_port
 from co2logd.web.common import error_reply, finish_quietly, header_pairs, json_reply
+
+if TYPE_CHECKING:  # for annotations only: no import at run time
+    from co2logd.ingest import IngestService
+
 
 log = Logger(observer=gate)
 
@@ -24,7 +30,7 @@ class UploadResource(Resource):
 
     isLeaf = True
 
-    def __init__(self, ingest):
+    def __init__(self, ingest: IngestService):
         super().__init__()
         self.ingest = ingest
 

@@ -12,7 +12,9 @@ from typing import Optional, Tuple
 from twisted.logger import Logger
 from twisted.web.resource import Resource
 
+from co2logd.settings import Settings
 from co2logd.web.html import escape, page
+
 
 log = Logger()
 
@@ -47,7 +49,7 @@ class UploadHelpResource(Resource):
 
     isLeaf = True
 
-    def __init__(self, settings, rng=None):
+    def __init__(self, settings: Settings, rng=None):
         super().__init__()
         self.settings = settings
         self.rng = rng or random.Random()

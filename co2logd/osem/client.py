@@ -40,6 +40,7 @@ from sensemapi.sensor import senseBoxSensor
 from twisted.logger import Logger
 
 from co2logd.osem.mapping import Entry
+from co2logd.settings import Settings
 
 log = Logger()
 
@@ -193,7 +194,7 @@ def _same_grouptag(current: Any, wanted: str) -> bool:
 class BoxPlan:
     """What one batch needs of its box: metadata, position and sensors."""
 
-    def __init__(self, settings, entries: Sequence[Entry]):
+    def __init__(self, settings: Settings, entries: Sequence[Entry]):
         first = entries[0]
         self.name = first.name
         self.box = first.box
@@ -221,7 +222,7 @@ class OsemClient:
     kept; they are refetched only after :meth:`forget` (a box or sensor gone).
     """
 
-    def __init__(self, settings, account: Optional[Account] = None):
+    def __init__(self, settings: Settings, account: Optional[Account] = None):
         self.settings = settings
         self.account = account if account is not None else build_account(settings)
         self._boxes: Optional[Dict[str, senseBox]] = None

@@ -32,9 +32,11 @@ import json
 import math
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from co2logd.logs import gate
+from co2logd.settings import Settings
 
 log = Logger(observer=gate)
 
@@ -147,9 +149,10 @@ class Mapper:
 
     :param settings: the :class:`co2logd.settings.Settings`
     :param clock: provides ``seconds()``: "now" for rows without a measurement time
+        (None for a mapper only asked about sensors, as the plot's unit lookup is)
     """
 
-    def __init__(self, settings, clock):
+    def __init__(self, settings: Settings, clock: Optional[IReactorTime]):
         self.settings = settings
         self.clock = clock
         self.excluded = {
@@ -168,6 +171,7 @@ class Mapper:
 
     def __call__(self, rows: Sequence[Row]) -> Tuple[List[str], int]:
         """Entries (JSON strings) for the forwardable rows, and their measurement count."""
+        assert self.clock is not None, "a Mapper that maps rows needs a clock"
         now = self.clock.seconds()
         entries: List[str] = []
         count = 0

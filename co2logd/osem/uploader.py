@@ -33,6 +33,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import requests
 from twisted.application.service import Service
 from twisted.internet import defer, task
+from twisted.internet.interfaces import IReactorTime
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
@@ -67,7 +68,7 @@ class TokenBucket:
     API's 15 POSTs per minute per address.
     """
 
-    def __init__(self, clock, rate: float, capacity: float):
+    def __init__(self, clock: IReactorTime, rate: float, capacity: float):
         self.clock = clock
         self.rate = rate
         self.capacity = capacity

@@ -12,6 +12,7 @@ import collections
 from typing import Any, Dict, List, Tuple
 
 from twisted.internet import defer
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 OTHER_SOURCES = "other"
@@ -72,7 +73,7 @@ class Counters:
 class RejectLog:
     """At most one log line per (source, reason) every ``interval`` seconds."""
 
-    def __init__(self, log: Logger, clock, interval: float, max_keys: int = 4096):
+    def __init__(self, log: Logger, clock: IReactorTime, interval: float, max_keys: int = 4096):
         self.log = log
         self.clock = clock
         self.interval = interval

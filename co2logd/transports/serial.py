@@ -56,14 +56,16 @@ from urllib.parse import urlencode
 
 from twisted.application.service import Service
 from twisted.internet import defer
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.protocols.basic import LineReceiver
 from zope.interface import implementer
 
 from co2logd.errors import IngestError, bad_request
-from co2logd.ingest import Receipt, Upload
+from co2logd.ingest import IngestService, Receipt, Upload
 from co2logd.logs import gate
 from co2logd.payloads import text_value
+from co2logd.settings import Settings
 from co2logd.status.interfaces import IHealthReporter, ISerialDeviceStats
 from co2logd.transports.counters import Counters, InFlight, RejectLog
 from co2logd.transports.framing import MAX_HEADER_LINES, error_reply, header_value, parse_header_line
@@ -140,7 +142,7 @@ class SerialIngestProtocol(LineReceiver):
 
     delimiter = b"\n"
 
-    def __init__(self, ingest, settings, clock, device: str):
+    def __init__(self, ingest: IngestService, settings: Settings, clock: IReactorTime, device: str):
         self.ingest = ingest
         self.settings = settings
         self.clock = clock
@@ -377,7 +379,7 @@ class SerialService(Service):
 
     kind = "serial"
 
-    def __init__(self, device: str, baud: int, ingest, reactor, settings, port_factory=open_serial_port, required: bool = False):
+    def __init__(self, device: str, baud: int, ingest: IngestService, reactor: IReactorTime, settings: Settings, port_factory=open_serial_port, required: bool = False):
         self.device = device
         self.required = required
         self.last_error: Optional[str] = None  # why the device cannot be opened, while it cannot
@@ -392,8 +394,8 @@ class SerialService(Service):
         self.watchdog_reopens = 0
         self.reconnect_first_delay = RECONNECT_FIRST_DELAY
         self._delay = RECONNECT_FIRST_DELAY
-        self._retry = None
-        self._watchdog = None
+        self._retry: Optional[IDelayedCall] = None
+        self._watchdog: Optional[IDelayedCall] = None
         self._closed: Optional[defer.Deferred] = None
         self.setName("serial {}".format(device))
 

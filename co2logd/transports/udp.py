@@ -19,15 +19,17 @@ from typing import Any, Dict, Optional, Tuple
 
 from twisted.application.service import Service
 from twisted.internet import defer
+from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 from zope.interface import implementer
 
 from co2logd.errors import IngestError
-from co2logd.ingest import Receipt, Upload
+from co2logd.ingest import IngestService, Receipt, Upload
 from co2logd.ingest.sequence import IN_FLIGHT
 from co2logd.logs import gate
 from co2logd.net import host_port
+from co2logd.settings import Settings
 from co2logd.status.interfaces import IHealthReporter, IListenerStats
 from co2logd.transports.counters import Counters, InFlight, RejectLog
 from co2logd.transports.framing import error_reply, split_message
@@ -73,7 +75,7 @@ class UDPIngestProtocol(DatagramProtocol):
 
     noisy = False  # one "Listening for UDP uploads" line is enough
 
-    def __init__(self, ingest, settings, clock):
+    def __init__(self, ingest: IngestService, settings: Settings, clock: IReactorTime):
         self.ingest = ingest
         self.settings = settings
         self.clock = clock
@@ -206,7 +208,7 @@ class UDPService(Service):
 
     kind = "udp"
 
-    def __init__(self, port: int, interface: str, ingest, reactor, settings):
+    def __init__(self, port: int, interface: str, ingest: IngestService, reactor: Any, settings: Settings):  # reactor: IReactorUDP and IReactorTime
         self.port_number = port
         self.interface = interface
         self.reactor = reactor

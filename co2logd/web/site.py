@@ -92,7 +92,7 @@ def make_root(settings: Settings, ingest: IngestService, store: IStore, clock: I
     root = Resource()
     sources = SourceTracker(store, settings, clock)
     # DOWNLOAD_REQUIRES_AUTH covers every route that shows data (co2logd.web.access)
-    access = DataAccess(settings, ingest, clock)
+    access = DataAccess(settings, clock)
     checker = HealthChecker(settings, store, clock, services, sources)
     # dashboard pages and plots take their turn, so readers cannot crowd out uploads (co2logd.web.pacing)
     pacer = ViewPacer(clock, settings.VIEWS_PER_SECOND, settings.VIEWS_MAX_WAIT_SECONDS)

@@ -208,3 +208,22 @@ class SameDownloadsTests(unittest.TestCase):
                 response = yield treq.get(url + "/download?" + query, persistent=False)
                 bodies.append((response.code, (yield treq.content(response))))
             self.assertEqual(bodies[1], bodies[0], query)
+
+    @defer.inlineCallbacks
+    def test_value_that_does_not_fit_is_a_400(self) -> Any:
+        """Over HTTP, text into a number column is a 400 naming the value (no retry will help), and nothing is stored."""
+        from co2logd.store.postgres import PostgresStore
+
+        settings = make_settings()
+        server = pgserver.shared_server()
+        pg = PostgresStore.open(parse_db(server.url(server.create_database())), settings)
+        pg.startService()
+        self.addCleanup(pg.stopService)
+        url = yield self.site_for(pg, settings)
+        response = yield treq.post(url + "/upload", data=b'{"co2": ["n/a"]}', headers={"Content-Type": "application/json"},
+                                   persistent=False)
+        body = yield treq.json_content(response)
+        self.assertEqual(response.code, 400)
+        self.assertEqual(body["reason"], "value")
+        self.assertIn("'n/a' is not an integer", body["error"])
+        self.assertEqual((yield pg.count()), 6)  # only the rows site_for uploaded

@@ -32,7 +32,7 @@ import os
 import sqlite3
 import sys
 import time
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import IO, Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from co2logd.dburl import DatabaseUrlError, PostgresUrl, parse_db
 from co2logd.store.names import quote_identifier
@@ -64,7 +64,7 @@ class _Side:
     placeholder = "?"
     rowid = "rowid"
 
-    def __init__(self, target: Any, settings):
+    def __init__(self, target: Any, settings: Any):
         self.target = target
         self.settings = settings
         self.table = quote_identifier(settings.DATA_TABLE_NAME)
@@ -79,6 +79,28 @@ class _Side:
         return int(cursor.fetchone()[0])
 
     def has_table(self, table: str) -> bool:
+        raise NotImplementedError
+
+    def open(self, write: bool) -> Dict[str, str]:
+        """Connect (the destination prepared for co2logd); the data table's columns."""
+        raise NotImplementedError
+
+    def begin(self) -> None:
+        raise NotImplementedError
+
+    def commit(self) -> None:
+        raise NotImplementedError
+
+    def add_column(self, name: str, declared: str) -> None:
+        raise NotImplementedError
+
+    def insert(self, table: str, names: Sequence[str], rows: Sequence[Sequence[Any]], conflict_keys: Sequence[str] = ()) -> None:
+        raise NotImplementedError
+
+    def converter(self, declared: str) -> Callable[[Any], Any]:
+        raise NotImplementedError
+
+    def close(self) -> None:
         raise NotImplementedError
 
     def sql(self, text: str) -> str:
@@ -111,7 +133,7 @@ class _SQLite(_Side):
         return columns
 
     def name(self) -> str:
-        return os.path.abspath(self.target)
+        return os.path.abspath(str(self.target))
 
     def has_table(self, table: str) -> bool:
         return self.connection.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)).fetchone() is not None
@@ -125,14 +147,14 @@ class _SQLite(_Side):
     def add_column(self, name: str, declared: str) -> None:
         self.connection.execute("ALTER TABLE {} ADD COLUMN {} {}".format(self.table, quote_identifier(name), declared))
 
-    def insert(self, table: str, names: Sequence[str], rows: List[Sequence[Any]], conflict_keys: Sequence[str] = ()) -> None:
+    def insert(self, table: str, names: Sequence[str], rows: Sequence[Sequence[Any]], conflict_keys: Sequence[str] = ()) -> None:
         verb = "INSERT OR IGNORE" if conflict_keys else "INSERT"
         self.connection.executemany(
             "{} INTO {} ({}) VALUES ({})".format(verb, table, ", ".join(quote_identifier(n) for n in names), ", ".join("?" * len(names))),
             [[_to_sqlite(v) for v in row] for row in rows],
         )
 
-    def converter(self, declared: str):
+    def converter(self, declared: str) -> Callable[[Any], Any]:
         """A function turning a source value into what sqlite3 binds."""
         return _to_sqlite
 
@@ -185,7 +207,7 @@ class _Postgres(_Side):
     def add_column(self, name: str, declared: str) -> None:
         self.connection.execute("ALTER TABLE {} ADD COLUMN IF NOT EXISTS {} {}".format(self.table, quote_identifier(name), declared))
 
-    def insert(self, table: str, names: Sequence[str], rows: List[Sequence[Any]], conflict_keys: Sequence[str] = ()) -> None:
+    def insert(self, table: str, names: Sequence[str], rows: Sequence[Sequence[Any]], conflict_keys: Sequence[str] = ()) -> None:
         quoted = ", ".join(quote_identifier(n) for n in names)
         with self.connection.cursor() as cursor:
             if conflict_keys:
@@ -199,7 +221,7 @@ class _Postgres(_Side):
                     for row in rows:
                         copy.write_row(row)
 
-    def converter(self, declared: str):
+    def converter(self, declared: str) -> Callable[[Any], Any]:
         """A function turning a source value into one this column holds (ValueError where none fits)."""
         from co2logd.store.postgres_schema import encode
 
@@ -239,7 +261,7 @@ def _to_sqlite(value: Any) -> Any:
     return value
 
 
-def _side(value: str, settings) -> _Side:
+def _side(value: str, settings: Any) -> _Side:
     try:
         target = parse_db(value)
     except DatabaseUrlError as e:
@@ -253,7 +275,7 @@ def _side(value: str, settings) -> _Side:
 class Progress:
     """A one-line progress bar on a terminal; a line per tenth elsewhere (logs)."""
 
-    def __init__(self, total: int, stream=sys.stderr, enabled: bool = True):
+    def __init__(self, total: int, stream: IO[str] = sys.stderr, enabled: bool = True):
         self.total = max(total, 0)
         self.stream = stream
         self.enabled = enabled
@@ -288,8 +310,8 @@ class Progress:
 # -- the copy ---------------------------------------------------------------------
 
 
-def copy(source: str, dest: str, settings, batch_rows: int = 10_000, append: bool = False,
-         bad_values: str = "refuse", progress: bool = True, out=sys.stderr) -> Dict[str, Any]:
+def copy(source: str, dest: str, settings: Any, batch_rows: int = 10_000, append: bool = False,
+         bad_values: str = "refuse", progress: bool = True, out: IO[str] = sys.stderr) -> Dict[str, Any]:
     """Copy ``source`` into ``dest`` (see the module's docstring); return a summary; :class:`CopyError` on a problem."""
     src, dst = _side(source, settings), _side(dest, settings)
     if src.name() == dst.name():
@@ -303,7 +325,10 @@ def copy(source: str, dest: str, settings, batch_rows: int = 10_000, append: boo
         dst.close()
 
 
-def _copy(src: _Side, dst: _Side, src_columns, dst_columns, batch_rows, append, bad_values, progress, out):
+def _copy(
+    src: _Side, dst: _Side, src_columns: Dict[str, str], dst_columns: Dict[str, str], batch_rows: int,
+    append: bool, bad_values: str, progress: bool, out: IO[str],
+) -> Dict[str, Any]:
     key = src.name()
     dst.begin()
     dst.connection.execute(

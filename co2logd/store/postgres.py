@@ -105,24 +105,24 @@ class _DeadBeforeCommit(Exception):
         self.error = error
 
 
-def _psycopg():
+def _psycopg() -> Any:
     import psycopg
 
     return psycopg
 
 
-def _is_dead(raw) -> bool:
+def _is_dead(raw: Any) -> bool:
     return raw is None or raw.closed or raw.broken
 
 
 class _Connection(adbapi.Connection):
     """adbapi's pooled connection, but a dead one is dropped quietly instead of logging 'Rollback failed'."""
 
-    def rollback(self):
+    def rollback(self) -> None:
         if _is_dead(self._connection):
             self.drop()
             return
-        super().rollback()
+        adbapi.Connection.rollback(self)
 
     def drop(self) -> None:
         """Forget this thread's connection (closed); the next use connects afresh."""
@@ -136,7 +136,7 @@ class _Connection(adbapi.Connection):
                 pass
         self._connection = None
 
-    def reconnect(self):
+    def reconnect(self) -> None:
         self.drop()
         self._connection = self._pool.connect()
 
@@ -156,13 +156,13 @@ def connection_params(url: PostgresUrl) -> Dict[str, Any]:
     return params
 
 
-def _opened(connection) -> None:
+def _opened(connection: Any) -> None:
     """Every connection: UTC session time zone (times read back as SQLite holds them)."""
     connection.execute("SET TIME ZONE 'UTC'")
     connection.commit()
 
 
-def prepare(url: PostgresUrl, settings) -> Dict[str, str]:
+def prepare(url: PostgresUrl, settings: Any) -> Dict[str, str]:
     """Create or upgrade the schema (synchronous, before the reactor runs); the data table's columns."""
     psycopg = _psycopg()
     try:
@@ -186,12 +186,12 @@ class PostgresStore(Service):
     def __init__(
         self,
         url: PostgresUrl,
-        settings,
+        settings: Any,
         columns: Mapping[str, str],
-        clock=None,
+        clock: Any = None,
         pool_factory: Callable[..., adbapi.ConnectionPool] = _Pool,
         gateway: Optional[str] = None,
-    ):
+    ) -> None:
         if clock is None:
             from twisted.internet import reactor as clock
         self.url = url
@@ -207,7 +207,7 @@ class PostgresStore(Service):
         self.counters: Dict[str, int] = {"retried": 0, "connection_failures": 0}
         self._params = connection_params(url)
         self._pending_rows = 0
-        self._in_flight: List[Deferred] = []
+        self._in_flight: "List[Deferred[Any]]" = []
         self._observers: List[WriteObserver] = []
         self._replay_seen: Dict[str, float] = {}
         self._stopping = False
@@ -228,7 +228,7 @@ class PostgresStore(Service):
         )
 
     @classmethod
-    def open(cls, url: PostgresUrl, settings, clock=None) -> "PostgresStore":
+    def open(cls, url: PostgresUrl, settings: Any, clock: Any = None) -> "PostgresStore":
         """Prepare the schema synchronously, then return a store on it."""
         return cls(url, settings, prepare(url, settings), clock=clock)
 
@@ -236,16 +236,16 @@ class PostgresStore(Service):
 
     def startService(self) -> None:
         """Start the heartbeat (``SELECT 1`` every ``HEALTH_HEARTBEAT_SECONDS``)."""
-        super().startService()
+        Service.startService(self)
         interval = self.settings.HEALTH_HEARTBEAT_SECONDS
         if interval:
             self._heartbeat = task.LoopingCall(self.heartbeat)
             self._heartbeat.clock = self.clock
             self._heartbeat.start(interval, now=True).addErrback(lambda f: log.failure("The heartbeat stopped", f))
 
-    def stopService(self) -> Optional[Deferred]:
+    def stopService(self) -> "Optional[Deferred[Any]]":
         """Refuse new writes; close the pool once the writes in flight are answered."""
-        super().stopService()
+        Service.stopService(self)
         self._stopping = True
         if self._heartbeat is not None and self._heartbeat.running:
             self._heartbeat.stop()
@@ -265,7 +265,7 @@ class PostgresStore(Service):
 
     # -- running SQL with one retry -----------------------------------------
 
-    def _run(self, work: Callable[..., Any], *args: Any) -> Deferred:
+    def _run(self, work: Callable[..., Any], *args: Any) -> "Deferred[Any]":
         """
         Run ``work(connection, *args)`` (a psycopg connection, in a pool
         thread) in a transaction committed after it returns.  A connection
@@ -274,31 +274,32 @@ class PostgresStore(Service):
         """
         if self._closed:
             return fail(StoreError("The store is closed"))
-        d = self.pool.runWithConnection(self._in_transaction, work, False, *args)
+        d: "Deferred[Any]" = self.pool.runWithConnection(self._in_transaction, work, False, *args)
 
-        def again(failure: Failure):
+        def again(failure: Failure) -> Any:
             if failure.check(_DeadBeforeCommit) and not self._closed:
                 self.counters["retried"] += 1
                 return self.pool.runWithConnection(self._in_transaction, work, True, *args)
             return failure
 
-        return d.addErrback(again).addErrback(self._translate)
+        d.addErrback(again).addErrback(self._translate)
+        return d
 
-    def _translate(self, failure: Failure):
+    def _translate(self, failure: Failure) -> Any:
         if failure.check(_DeadBeforeCommit):
             self.counters["connection_failures"] += 1
-            raise StoreUnavailable("PostgreSQL is unreachable: {}".format(_one_line(failure.value.error)))
+            raise StoreUnavailable("PostgreSQL is unreachable: {}".format(_one_line(failure.value.error)))  # type: ignore[union-attr]
         psycopg = _psycopg()
         if failure.check(psycopg.OperationalError, psycopg.InterfaceError):
             self.counters["connection_failures"] += 1
-            raise StoreUnavailable("PostgreSQL is unreachable: {}".format(_one_line(failure.value)))
+            raise StoreUnavailable("PostgreSQL is unreachable: {}".format(_one_line(failure.value)))  # type: ignore[arg-type]
         return failure
 
-    def _in_transaction(self, conn: _Connection, work, fresh: bool, *args):
+    def _in_transaction(self, conn: _Connection, work: Callable[..., Any], fresh: bool, *args: Any) -> Any:
         psycopg = _psycopg()
         if fresh or _is_dead(conn._connection):
             conn.reconnect()  # OperationalError when the server is still gone: not retried again
-        raw = conn._connection
+        raw: Any = conn._connection
         committing = False
         try:
             result = work(raw, *args)
@@ -328,7 +329,7 @@ class PostgresStore(Service):
         """Call ``observer(seconds, rows or None)`` on the reactor after every write is answered."""
         self._observers.append(observer)
 
-    def write(self, request: WriteRequest) -> Deferred:
+    def write(self, request: WriteRequest) -> "Deferred[Any]":
         """Add the new columns, then store the upload in one transaction; fire with the row count after COMMIT."""
         started = self.clock.seconds()
         if self._stopping or self._closed:
@@ -341,7 +342,7 @@ class PostgresStore(Service):
         missing = {n: t for n, t in request.new_columns.items() if n not in self.columns}
         d = self._run(self._write_one, request, dict(self.columns), missing)
 
-        def done(result):
+        def done(result: Any) -> Any:
             self._pending_rows -= rows
             self._in_flight.remove(d)
             if isinstance(result, Failure):
@@ -363,7 +364,7 @@ class PostgresStore(Service):
         d.addBoth(done)
         return self._observed(started, d)
 
-    def _observed(self, started: float, d: Deferred) -> Deferred:
+    def _observed(self, started: float, d: "Deferred[Any]") -> "Deferred[Any]":
         if not self._observers:
             return d
 
@@ -380,7 +381,7 @@ class PostgresStore(Service):
         return d.addBoth(answered)
 
     def _write_one(
-        self, connection, request: WriteRequest, columns: Mapping[str, str], missing: Mapping[str, Optional[type]]
+        self, connection: Any, request: WriteRequest, columns: Mapping[str, str], missing: Mapping[str, Optional[type]]
     ) -> Tuple[int, Optional[Dict[str, str]]]:
         """
         One upload's transaction, in this order so two gateways never wait on
@@ -432,7 +433,7 @@ class PostgresStore(Service):
                 )
         return len(request.rows), added
 
-    def _insert_rows(self, cursor, request: WriteRequest, columns: Mapping[str, str]) -> None:
+    def _insert_rows(self, cursor: Any, request: WriteRequest, columns: Mapping[str, str]) -> None:
         """The upload's rows, encoded for their columns' types: a multi-row INSERT, or COPY for many rows."""
         if request.rows:
             if True:
@@ -468,10 +469,10 @@ class PostgresStore(Service):
             self._replay_seen.clear()
         self._replay_seen[key] = number
 
-    def idempotency_lookup(self, key: str, cutoff: float) -> Deferred:
+    def idempotency_lookup(self, key: str, cutoff: float) -> "Deferred[Any]":
         """Fire with ``(digest, receipt JSON)`` of ``key`` stored at or after ``cutoff``, or None."""
 
-        def run(connection):
+        def run(connection: Any) -> Any:
             row = connection.execute(
                 "SELECT digest, receipt FROM {} WHERE key = %s AND created_at >= %s".format(IDEMPOTENCY_TABLE),
                 (key, cutoff),
@@ -480,7 +481,7 @@ class PostgresStore(Service):
 
         return self._run(run)
 
-    def idempotency_expire(self, cutoff: float) -> Deferred:
+    def idempotency_expire(self, cutoff: float) -> "Deferred[Any]":
         """Forget keys stored before ``cutoff``; fire with how many went."""
         return self._run(
             lambda c: c.execute("DELETE FROM {} WHERE created_at < %s".format(IDEMPOTENCY_TABLE), (cutoff,)).rowcount
@@ -488,7 +489,7 @@ class PostgresStore(Service):
 
     # -- download -----------------------------------------------------------
 
-    def count(self) -> Deferred:
+    def count(self) -> "Deferred[Any]":
         """Fire with the number of rows in the data table."""
         return self._run(lambda c: c.execute("SELECT count(*) FROM {}".format(self.table)).fetchone()[0])
 
@@ -522,7 +523,7 @@ class PostgresStore(Service):
                 return value  # PostgreSQL reads the time text itself
             raise
 
-    def select(self, query: Query, chunk_rows: int = 500) -> Deferred:
+    def select(self, query: Query, chunk_rows: int = 500) -> "Deferred[Any]":
         """Fire with a :class:`PgRowStream` over the query's rows (its own connection and server-side cursor)."""
         if self._closed:
             return fail(StoreError("The store is closed"))
@@ -533,23 +534,23 @@ class PostgresStore(Service):
         stream = PgRowStream(self, chunk_rows)
         return self._in_thread(stream.open, sql, params).addCallback(lambda _: stream).addErrback(self._translate)
 
-    def _in_thread(self, f: Callable[..., Any], *args: Any) -> Deferred:
+    def _in_thread(self, f: Callable[..., Any], *args: Any) -> "Deferred[Any]":
         return deferToThreadPool(self.pool._reactor, self.pool.threadpool, f, *args)
 
-    def connect(self):
+    def connect(self) -> Any:
         """A new psycopg connection of its own (streams, the copy tool)."""
         connection = _psycopg().connect(**self._params)
         _opened(connection)
         return connection
 
-    def rowid_at(self, query: Query, offset: int) -> Deferred:
+    def rowid_at(self, query: Query, offset: int) -> "Deferred[Any]":
         """The rowid of the row ``offset`` places into ``query`` (columns ``[rowid]``), or None."""
         try:
             sql, params = self.select_sql(query)
         except ValueError as e:
             return fail(e)
 
-        def run(connection):
+        def run(connection: Any) -> Any:
             row = connection.execute(sql + " OFFSET %s", params + [offset]).fetchone()
             return row[0] if row else None
 
@@ -599,7 +600,7 @@ class PostgresStore(Service):
         box = "d." + quote_identifier(box_col) if box_col in self.columns else "NULL::text"
         return transport, box
 
-    def _filter_sql(self, filters) -> Tuple[str, List[Any]]:
+    def _filter_sql(self, filters: Sequence[Tuple[str, Any]]) -> Tuple[str, List[Any]]:
         """WHERE clauses for dashboard filters: the column's text equals the value's text."""
         from co2logd.store.rollups import value_forms as _value_forms
 
@@ -612,10 +613,10 @@ class PostgresStore(Service):
             params.append(forms)
         return "".join(" AND " + c for c in clauses), params
 
-    def row_count(self) -> Deferred:
+    def row_count(self) -> "Deferred[Any]":
         """Rows in the data table: counted once, then only the rows after the last rowid seen."""
 
-        def run(connection):
+        def run(connection: Any) -> Any:
             top = connection.execute("SELECT coalesce(max(rowid), 0) FROM {}".format(self.table)).fetchone()[0]
             seen, counted = self._row_count
             if top < seen:
@@ -632,11 +633,14 @@ class PostgresStore(Service):
     def want_rollups(self, columns: Iterable[str]) -> None:
         """No rollups on PostgreSQL (yet): plots read the rows."""
 
-    def catch_up(self) -> Deferred:
+    def catch_up(self) -> "Deferred[Any]":
         """Nothing runs in the background on PostgreSQL."""
         return succeed(None)
 
-    def plot_series(self, columns, bounds, filters=(), max_series: int = 6, rollups: bool = True) -> Deferred:
+    def plot_series(
+        self, columns: Sequence[str], bounds: Sequence[float], filters: Sequence[Tuple[str, Any]] = (),
+        max_series: int = 6, rollups: bool = True,
+    ) -> "Deferred[Any]":
         """Per source, the min and max of each column's numeric values per bucket of measurement time (from the rows)."""
         from co2logd.store.rollups import PlotData, source_label
 
@@ -660,10 +664,10 @@ class PostgresStore(Service):
             "FROM {table} AS d WHERE {t} >= %s AND {t} < %s{where} GROUP BY 1, 2, 3"
         ).format(tr=transport, bx=box, t=t_sql, values=", ".join(values) or "NULL", table=self.table, where=where)
 
-        def run(connection):
+        def run(connection: Any) -> Any:
             return connection.execute(sql, [bounds, bounds[0], bounds[-1]] + params).fetchall()
 
-        def build(rows):
+        def build(rows: List[Any]) -> Any:
             counts: Dict[str, int] = {}
             found: Dict[str, Dict[int, List[Tuple[Any, Any]]]] = {}
             for tr, bx, b, n, *v in rows:
@@ -695,12 +699,12 @@ class PostgresStore(Service):
 
         return self._run(run).addCallback(build)
 
-    def time_extent(self, filters=()) -> Deferred:
+    def time_extent(self, filters: Sequence[Tuple[str, Any]] = ()) -> "Deferred[Any]":
         """``(earliest, latest)`` measurement time of the rows the filters select, or None."""
         t_sql, _ = self._t_sql()
         where, params = self._filter_sql(filters)
 
-        def run(connection):
+        def run(connection: Any) -> Any:
             low, high = connection.execute(
                 "SELECT min({t}), max({t}) FROM {table} AS d WHERE true{w}".format(t=t_sql, table=self.table, w=where), params
             ).fetchone()
@@ -708,12 +712,12 @@ class PostgresStore(Service):
 
         return self._run(run)
 
-    def unusable_times(self, since: float, until: float, filters=()) -> Deferred:
+    def unusable_times(self, since: float, until: float, filters: Sequence[Tuple[str, Any]] = ()) -> "Deferred[Any]":
         """Rows in ``[since, until)`` placed by upload time because their own time was unusable, plus rows with no time."""
         t_sql, kind = self._t_sql()
         where, params = self._filter_sql(filters)
 
-        def run(connection):
+        def run(connection: Any) -> Any:
             return connection.execute(
                 "SELECT count(*) FROM {table} AS d WHERE {kind} >= {u} AND (({t} >= %s AND {t} < %s) OR {t} IS NULL){w}".format(
                     table=self.table, kind=kind, u=UNUSABLE, t=t_sql, w=where
@@ -723,7 +727,7 @@ class PostgresStore(Service):
 
         return self._run(run)
 
-    def latest_by_source(self, columns, filters=(), limit: int = 6) -> Deferred:
+    def latest_by_source(self, columns: Sequence[str], filters: Sequence[Tuple[str, Any]] = (), limit: int = 6) -> "Deferred[Any]":
         """``[(label, time, {column: newest numeric value})]`` of the ``limit`` most recently heard sources."""
         from co2logd.store.rollups import source_label
 
@@ -732,7 +736,7 @@ class PostgresStore(Service):
         where, params = self._filter_sql(filters)
         cols = ", ".join("d." + quote_identifier(c) for c in columns) or "NULL"
 
-        def run(connection):
+        def run(connection: Any) -> Any:
             newest = connection.execute(
                 "SELECT {tr}, {bx}, max({t}) AS m FROM {table} AS d WHERE {t} IS NOT NULL{w} "
                 "GROUP BY 1, 2 ORDER BY m DESC LIMIT 10000".format(tr=transport, bx=box, t=t_sql, table=self.table, w=where),
@@ -760,11 +764,11 @@ class PostgresStore(Service):
 
         return self._run(run)
 
-    def latest_values(self, columns: Sequence[str]) -> Deferred:
+    def latest_values(self, columns: Sequence[str]) -> "Deferred[Any]":
         """``{column: (value, upload time)}``: each numeric column's newest value by upload time."""
         upload = quote_identifier(self.settings.UPLOAD_TIME_COL)
 
-        def run(connection):
+        def run(connection: Any) -> Any:
             out = {}
             for column in columns:
                 if self.columns.get(column) not in ("bigint", "double precision"):
@@ -781,13 +785,16 @@ class PostgresStore(Service):
 
         return self._run(run)
 
-    def source_activity(self, box_column, after_rowid: int = 0, trim=None) -> Deferred:
+    def source_activity(
+        self, box_column: Optional[str], after_rowid: int = 0,
+        trim: Optional[Callable[[Dict[Tuple[Any, Any], List[Any]]], None]] = None,
+    ) -> "Deferred[Any]":
         """``([(transport, box, last upload time, rows, uploads)], last rowid read)`` for the rows after ``after_rowid``."""
         box = quote_identifier(box_column) if box_column and box_column in self.columns else "NULL::text"
         transport = quote_identifier(self.settings.TRANSPORT_COL)
         upload = quote_identifier(self.settings.UPLOAD_TIME_COL)
 
-        def run(connection):
+        def run(connection: Any) -> Any:
             top = connection.execute("SELECT coalesce(max(rowid), 0) FROM {}".format(self.table)).fetchone()[0]
             found: Dict[Tuple[Any, Any], List[Any]] = {}
             if top > after_rowid:
@@ -805,15 +812,15 @@ class PostgresStore(Service):
 
         return self._run(run)
 
-    def heartbeat(self) -> Deferred:
+    def heartbeat(self) -> "Deferred[Any]":
         """``SELECT 1`` now; the outcome is kept for /health.  Fires with None either way."""
         state = self.health
 
-        def done(_):
+        def done(_: Any) -> None:
             state.update(ok_at=self.clock.seconds(), error=None)
 
-        def failed(failure: Failure):
-            state.update(error=_one_line(failure.value), error_at=self.clock.seconds())
+        def failed(failure: Failure) -> None:
+            state.update(error=_one_line(failure.value), error_at=self.clock.seconds())  # type: ignore[arg-type]
 
         return self._run(lambda c: c.execute("SELECT 1").fetchone()).addCallbacks(done, failed)
 
@@ -841,7 +848,7 @@ class PostgresStore(Service):
 
     # -- the OpenSenseMap outbox --------------------------------------------
 
-    def outbox_fetch(self, limit: int) -> Deferred:
+    def outbox_fetch(self, limit: int) -> "Deferred[Any]":
         """
         Lease the oldest ``limit`` entries to this gateway, in a short
         transaction that commits at once, and fire with ``[(id, queued_at,
@@ -851,7 +858,7 @@ class PostgresStore(Service):
         advisory lock, so two gateways claiming at once see each other's leases.
         """
 
-        def run(connection):
+        def run(connection: Any) -> Any:
             connection.execute("SELECT pg_advisory_xact_lock(%s)", (OUTBOX_LOCK,))
             rows = connection.execute(
                 "UPDATE {o} SET claimed_by = %(gw)s, lease_until = now() + %(lease)s * interval '1 second' "
@@ -866,16 +873,16 @@ class PostgresStore(Service):
 
         return self._run(run)
 
-    def outbox_delete(self, ids: Iterable[int]) -> Deferred:
+    def outbox_delete(self, ids: Iterable[int]) -> "Deferred[Any]":
         """Remove delivered entries."""
         ids = [int(i) for i in ids]
         return self._run(lambda c: c.execute("DELETE FROM {} WHERE id = ANY(%s)".format(OUTBOX_TABLE), (ids,)).rowcount)
 
-    def outbox_dead_letter(self, failures: Iterable[Tuple[int, str]], failed_at: float) -> Deferred:
+    def outbox_dead_letter(self, failures: Iterable[Tuple[int, str]], failed_at: float) -> "Deferred[Any]":
         """Move ``[(id, reason)]`` refused for good to the dead letters."""
         failures = [(int(i), reason) for i, reason in failures]
 
-        def run(connection):
+        def run(connection: Any) -> Any:
             with connection.cursor() as cursor:
                 cursor.executemany(
                     "INSERT INTO {dead} (id, queued_at, failed_at, entry, reason) "
@@ -890,17 +897,17 @@ class PostgresStore(Service):
 
         return self._run(run)
 
-    def outbox_stats(self) -> Deferred:
+    def outbox_stats(self) -> "Deferred[Any]":
         """``{"depth", "oldest_queued_at", "dead_letters"}`` of the shared outbox."""
 
-        def run(connection):
+        def run(connection: Any) -> Any:
             depth, oldest = connection.execute("SELECT count(*), min(queued_at) FROM {}".format(OUTBOX_TABLE)).fetchone()
             dead = connection.execute("SELECT count(*) FROM {}".format(DEAD_LETTER_TABLE)).fetchone()[0]
             return {"depth": depth, "oldest_queued_at": oldest, "dead_letters": dead}
 
         return self._run(run)
 
-    def dead_letters(self, limit: int = 100) -> Deferred:
+    def dead_letters(self, limit: int = 100) -> "Deferred[Any]":
         """The newest dead letters as ``[(id, queued_at, failed_at, entry, reason)]``."""
         return self._run(
             lambda c: [
@@ -925,8 +932,8 @@ class PgRowStream:
         self.store = store
         self.chunk_rows = chunk_rows
         self.header: List[str] = []
-        self._connection = None
-        self._cursor = None
+        self._connection: Any = None
+        self._cursor: Any = None
 
     def open(self, sql: str, params: List[Any]) -> None:
         """In a thread: connect, declare the cursor, read the header."""
@@ -940,11 +947,11 @@ class PgRowStream:
             self._close()
             raise
 
-    def next_chunk(self) -> Deferred:
+    def next_chunk(self) -> "Deferred[Any]":
         """The next list of rows; an empty list at the end (the connection is then closed)."""
         return self.store._in_thread(self._fetch).addErrback(self.store._translate)
 
-    def _fetch(self):
+    def _fetch(self) -> List[Tuple[Any, ...]]:
         if self._cursor is None:
             return []
         rows = [tuple(decode(v) for v in row) for row in self._cursor.fetchmany(self.chunk_rows)]
@@ -952,7 +959,7 @@ class PgRowStream:
             self._close()
         return rows
 
-    def close(self) -> Deferred:
+    def close(self) -> "Deferred[Any]":
         """Stop early (the client went away)."""
         return self.store._in_thread(self._close)
 

@@ -78,12 +78,12 @@ def pg_type(python_type: Optional[type]) -> str:
     return PG_TYPES.get(python_type, "text")
 
 
-def upload_time_index(settings) -> str:
+def upload_time_index(settings: Any) -> str:
     """The name of the index on the upload-time column."""
     return "{}_{}_idx".format(settings.DATA_TABLE_NAME, settings.UPLOAD_TIME_COL)
 
 
-def table_columns(cursor, table: str) -> Dict[str, str]:
+def table_columns(cursor: Any, table: str) -> Dict[str, str]:
     """The data table's columns (name → type), ``rowid`` left out, in table order."""
     cursor.execute(
         "SELECT a.attname, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a "
@@ -93,7 +93,7 @@ def table_columns(cursor, table: str) -> Dict[str, str]:
     return {name: declared for name, declared in cursor.fetchall() if name != ROWID}
 
 
-def prepare_postgres(connection, settings) -> Dict[str, str]:
+def prepare_postgres(connection: Any, settings: Any) -> Dict[str, str]:
     """
     Create or upgrade the schema on an open psycopg connection (committed);
     return the data table's columns.  Raises ``StoreError`` for a schema newer

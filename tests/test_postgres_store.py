@@ -227,3 +227,32 @@ class SameDownloadsTests(unittest.TestCase):
         self.assertEqual(body["reason"], "value")
         self.assertIn("'n/a' is not an integer", body["error"])
         self.assertEqual((yield pg.count()), 6)  # only the rows site_for uploaded
+
+
+class LockTimeoutTests(unittest.TestCase):
+    """A new column that cannot get the table's lock in time."""
+
+    skip = SKIP
+
+    @defer.inlineCallbacks
+    def test_lock_wait_is_busy(self) -> Any:
+        """While another session holds the table, an upload adding a column fails as busy (503 busy) after the lock timeout."""
+        import psycopg
+
+        from co2logd.store import StoreBusy
+        from co2logd.store.postgres import PostgresStore
+
+        server = pgserver.shared_server()
+        db = server.create_database()
+        store = PostgresStore.open(parse_db(server.url(db)), make_settings())
+        store.startService()
+        self.addCleanup(store.stopService)
+        holder = psycopg.connect(server.conninfo(db))
+        self.addCleanup(holder.close)
+        holder.execute("LOCK TABLE data IN ACCESS SHARE MODE")  # what a streaming download holds
+        try:
+            blocked = store.write(WriteRequest(["new"], [(1,)], {"new": int}, FIXED))
+            yield self.assertFailure(blocked, StoreBusy)
+        finally:
+            holder.rollback()
+        self.assertEqual((yield store.write(WriteRequest(["new"], [(1,)], {"new": int}, FIXED))), 1)

@@ -290,6 +290,9 @@ class PostgresStore(Service):
             self.counters["connection_failures"] += 1
             raise StoreUnavailable("PostgreSQL is unreachable: {}".format(_one_line(failure.value.error)))  # type: ignore[union-attr]
         psycopg = _psycopg()
+        if failure.check(psycopg.errors.LockNotAvailable, psycopg.errors.DeadlockDetected):
+            # another gateway's new column, or a long download, held the table: busy, not broken
+            raise StoreBusy("PostgreSQL: {}".format(_one_line(failure.value)))  # type: ignore[arg-type]
         if failure.check(psycopg.OperationalError, psycopg.InterfaceError):
             self.counters["connection_failures"] += 1
             raise StoreUnavailable("PostgreSQL is unreachable: {}".format(_one_line(failure.value)))  # type: ignore[arg-type]

@@ -26,7 +26,15 @@ from co2logd.replay import ReplayPolicy, replay_error
 from co2logd.errors import IngestError, bad_request
 from co2logd.store.names import is_reserved, is_safe_identifier
 from co2logd.store.watch import is_disk_error
-from co2logd.store import DatabaseLost, DuplicateUpload, ReplayRefused, StoreBusy, WriteRequest
+from co2logd.store import (
+    DatabaseLost,
+    DuplicateUpload,
+    ReplayRefused,
+    StoreBusy,
+    StoreUnavailable,
+    ValueRefused,
+    WriteRequest,
+)
 
 log = Logger()
 
@@ -157,8 +165,10 @@ class IngestService(Service):
                 return self._refuse(kind, replay_error(claim, "is not larger than the last one stored"))
             if failure.check(DuplicateUpload):  # a copy with the same key got in first
                 return self.store.idempotency_lookup(idempotent.key, idempotent.cutoff).addCallbacks(repeated, failed)
+            if failure.check(ValueRefused):  # a value PostgreSQL's column cannot hold: the sender must change it
+                return self._refuse(kind, IngestError(400, "value", str(failure.value)))
             self.counters["rejects"][(kind, "store")] += 1
-            if is_disk_error(failure.value):  # /health reports it too; the traceback would say nothing more
+            if is_disk_error(failure.value) or failure.check(StoreUnavailable):  # /health says it too: one line  # /health reports it too; the traceback would say nothing more
                 log.error("Could not store {rows} rows from {transport}: {error}", rows=request.row_count, transport=transport, error=str(failure.value))
             else:
                 log.failure("Could not store {rows} rows from {transport}", failure, rows=request.row_count, transport=transport)

@@ -20,6 +20,7 @@ from typing import Dict, List
 from twisted.internet import defer, reactor, task
 from twisted.trial import unittest
 
+from co2logd.ingest import Upload
 from co2logd.store import mtime
 from co2logd.rollup import SPANS, STEPS
 from co2logd.plot import HTML_AREA, OKABE_ITO
@@ -449,7 +450,7 @@ class MaintenanceTests(StoreMixin, unittest.TestCase):
 
     def ingest_json(self, table):
         """An upload through the ingest service (as HTTP would hand it over)."""
-        return self.ingest.ingest(json.dumps(table).encode(), "application/json", [], "http")
+        return self.ingest.ingest(Upload(json.dumps(table).encode(), "application/json", [], "http"))
 
 
 class RollupAnswerTests(StoreMixin, unittest.TestCase):
@@ -478,12 +479,12 @@ class RollupAnswerTests(StoreMixin, unittest.TestCase):
                                 "box": ["box{}".format(box)] * len(times)})
         uploads.sort(key=lambda u: (u["time"][0] < self.T0 + 3 * DAY, rng.random()))
         for upload in uploads[:-1]:
-            yield self.ingest.ingest(json.dumps(upload).encode(), "application/json", [], "http")
+            yield self.ingest.ingest(Upload(json.dumps(upload).encode(), "application/json", [], "http"))
         self.store.want_rollups(["co2", "temperature"])
         yield self.store.catch_up()
         if tail:
             self.store.rollups.fold_in_writer_rows = 0  # not folded by the writer: read from the rows beyond the mark
-        yield self.ingest.ingest(json.dumps(uploads[-1]).encode(), "application/json", [], "http")
+        yield self.ingest.ingest(Upload(json.dumps(uploads[-1]).encode(), "application/json", [], "http"))
         if tail:  # indexed (plots show it) but not rolled up
             (top,) = yield self.store.read_pool.runQuery("SELECT max(rowid) FROM data")
             yield self.store.rollups.indexed_through(top[0])

@@ -20,7 +20,7 @@ from twisted.internet import defer, reactor, task
 from twisted.internet.defer import inlineCallbacks
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from co2logd.ingest import IngestService
+from co2logd.ingest import IngestService, Upload
 from co2logd.osem import outbox_entries_for
 from co2logd.osem.client import RateLimited, ServerTrouble
 from co2logd.osem.fake import FakeOpenSenseMap, listen
@@ -189,7 +189,7 @@ class UploaderClockTests(TestCase):
     @inlineCallbacks
     def upload(self, rows):
         """One JSON upload through the ingest service; its receipt."""
-        receipt = yield self.ingest.ingest(json.dumps(rows).encode(), "application/json", {}, "http")
+        receipt = yield self.ingest.ingest(Upload(json.dumps(rows).encode(), "application/json", {}, "http"))
         yield self.settle()
         return receipt.as_dict()
 
@@ -456,7 +456,7 @@ class UploaderOverLoopbackTests(TestCase):
 
     def upload(self, rows):
         """One JSON upload through the ingest service."""
-        return self.ingest.ingest(json.dumps(rows).encode(), "application/json", {}, "http")
+        return self.ingest.ingest(Upload(json.dumps(rows).encode(), "application/json", {}, "http"))
 
     def empty_outbox(self):
         """Fires when the outbox is empty."""

@@ -38,7 +38,16 @@ from co2logd.errors import IngestError, bad_request
 from co2logd.ingest.auth import Authenticator, Headers, header_items
 from co2logd.ingest.freshness import Claim, Idempotency, IdempotentUpload, ReplayPolicy, replay_error
 from co2logd.ingest.sequence import NEW, Clock, SequenceTracker, numbered_node
-from co2logd.store import DatabaseLost, DuplicateUpload, ReplayAdvance, ReplayRefused, StoreBusy, WriteRequest
+from co2logd.store import (
+    DatabaseLost,
+    DuplicateUpload,
+    ReplayAdvance,
+    ReplayRefused,
+    StoreBusy,
+    StoreUnavailable,
+    ValueRefused,
+    WriteRequest,
+)
 from co2logd.store.names import is_reserved, is_safe_identifier
 from co2logd.store.watch import is_disk_error
 
@@ -366,8 +375,11 @@ class IngestService(Service):
             return self._refuse(kind, error)
         if isinstance(problem, ReplayRefused) and freshness.claim is not None:
             return self._refuse(kind, replay_error(freshness.claim, "is not larger than the last one stored"))
+        if isinstance(problem, ValueRefused):  # a value PostgreSQL's column cannot hold: the sender must change it
+            return self._refuse(kind, IngestError(400, "value", str(problem)))
         self.counters["rejects"][(kind, "store")] += 1
-        if problem is not None and is_disk_error(problem):  # /health reports it too; the traceback would say nothing more
+        # /health reports these too (disk trouble, PostgreSQL unreachable); a traceback would say nothing more
+        if problem is not None and (is_disk_error(problem) or isinstance(problem, StoreUnavailable)):
             log.error(
                 "Could not store {rows} rows from {transport}: {error}",
                 rows=rows, transport=upload.transport, error=str(failure.value),

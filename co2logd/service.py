@@ -186,18 +186,23 @@ def describe_database(db: str) -> str:
     return redact(db) if is_postgres(db) else os.path.abspath(db)
 
 
-def open_store(settings: Settings, reactor: Any) -> Store:
-    """The store ``settings.DB`` names, its schema prepared; a :class:`StartupError` with one line if it cannot be."""
+def open_store(settings: Settings, reactor: Any) -> Any:
+    """
+    The store ``settings.DB`` names (a SQLite file or a PostgreSQL URL), its
+    schema prepared: a :class:`Store` or a ``PostgresStore``, both IStore
+    services; a :class:`StartupError` with one line if it cannot be.
+    """
     try:
         target = parse_db(settings.DB)
     except DatabaseUrlError as e:
         raise StartupError("co2logd: {}".format(e))
-    if not isinstance(target, str):
-        raise StartupError(
-            "co2logd: DB {}: the PostgreSQL store is not part of this version yet".format(target)
-        )
     try:
-        return Store.open(settings.DB, settings, clock=reactor)
+        if isinstance(target, str):
+            return Store.open(target, settings, clock=reactor)
+        # imported only for a PostgreSQL URL: it needs the optional psycopg
+        from co2logd.store.postgres import PostgresStore
+
+        return PostgresStore.open(target, settings, clock=reactor)
     except StoreError as e:
         raise StartupError("co2logd: {}".format(e))
 

@@ -1,5 +1,7 @@
 """The one error type every transport turns into its own reply."""
 
+from typing import Optional
+
 
 class IngestError(Exception):
     """
@@ -12,6 +14,11 @@ class IngestError(Exception):
     ``"too-many-new-columns"``, ``"too-many-columns"``, ``"busy"``), and
     ``message`` one sentence for the sender.
     """
+
+    #: seconds a 503's sender should wait (HTTP Retry-After), when known
+    retry_after: Optional[float] = None
+    #: the upload's sequence number (SEQUENCE_FIELD), when it had one
+    seq: Optional[int] = None
 
     def __init__(self, status: int, reason: str, message: str):
         super().__init__(message)

@@ -36,7 +36,7 @@ from hypothesis import strategies as st
 from twisted.internet import defer, threads
 
 from co2logd.errors import IngestError
-from co2logd.ingest import IngestService
+from co2logd.ingest import IngestService, Upload
 from co2logd.settings import Settings
 from co2logd.store import OUTBOX_TABLE, Store
 from co2logd.web.site import make_site
@@ -246,11 +246,13 @@ class FuzzHarness:
                 receipt = blockingCallFromThread(
                     self.reactor,
                     self.ingest.ingest,
-                    upload["body"],
-                    upload["content_type"],
-                    upload["headers"],
-                    upload["transport"],
-                    extra_columns=upload["extra"],
+                    Upload(
+                        upload["body"],
+                        upload["content_type"],
+                        upload["headers"],
+                        upload["transport"],
+                        extra_columns=upload["extra"] or {},
+                    ),
                 )
             except IngestError as e:
                 self.stats["statuses"][e.status] += 1

@@ -13,6 +13,7 @@ import treq
 from twisted.internet import defer, reactor, task, threads
 from twisted.trial import unittest
 
+from co2logd.ingest import Upload
 from co2logd.settings import SettingsError
 from co2logd.web.access import COOKIE, Sessions, without_token
 from co2logd.web.site import make_site
@@ -45,7 +46,7 @@ class AccessMixin(SiteMixin):
         body = json.dumps({"co2": [VALUE], "box": [BOX]}).encode()
         status, reply = yield self.post(body, "application/json")
         self.assertEqual(status, 200, reply)
-        yield self.ingest.ingest(body, "application/json", [], SOURCE)
+        yield self.ingest.ingest(Upload(body, "application/json", [], SOURCE))
 
     @defer.inlineCallbacks
     def fetch(self, method, path, headers=None):
@@ -204,7 +205,7 @@ class SessionExpiryTests(AccessMixin, unittest.TestCase):
         port = reactor.listenTCP(0, site, interface="127.0.0.1")
         self.addCleanup(port.stopListening)
         self.url = "http://127.0.0.1:{}".format(port.getHost().port)
-        yield ingest.ingest(json.dumps({"co2": [VALUE], "box": [BOX]}).encode(), "application/json", [], "http")
+        yield ingest.ingest(Upload(json.dumps({"co2": [VALUE], "box": [BOX]}).encode(), "application/json", [], "http"))
         response, _ = yield self.fetch("GET", "/?token=" + TOKEN)
         cookie = SimpleCookie(response.headers.getRawHeaders(b"set-cookie")[0].decode())[COOKIE.decode()].value
         session = {"Cookie": "{}={}".format(COOKIE.decode(), cookie)}

@@ -21,6 +21,7 @@ from twisted.internet import defer, reactor, task
 from twisted.trial import unittest
 
 from co2logd import mtime
+from co2logd.ingest import Upload
 from co2logd.plot import HTML_AREA, OKABE_ITO
 from co2logd.store import Store
 from co2logd.web.plot import main_columns, unit_for
@@ -448,7 +449,7 @@ class MaintenanceTests(StoreMixin, unittest.TestCase):
 
     def ingest_json(self, table):
         """An upload through the ingest service (as HTTP would hand it over)."""
-        return self.ingest.ingest(json.dumps(table).encode(), "application/json", [], "http")
+        return self.ingest.ingest(Upload(json.dumps(table).encode(), "application/json", [], "http"))
 
 
 class EdgeTests(unittest.TestCase):

@@ -8,6 +8,7 @@ from twisted.internet import defer
 from twisted.trial import unittest
 
 from co2logd.errors import IngestError
+from co2logd.ingest import Upload
 from co2logd.store import StoreBusy
 from tests.helpers import SiteMixin, StoreMixin, make_settings, rows_in
 
@@ -174,10 +175,10 @@ class BackpressureTests(StoreMixin, unittest.TestCase):
         """Ingest refuses with IngestError(503, "busy") and a retry_after, counts it, and stores nothing of it."""
         ingest = self.make_ingest(make_settings(WRITE_QUEUE_MAX_ROWS=2, WRITE_RETRY_AFTER_SECONDS=7))
         held = WriterHeld(self, self.store)
-        first = ingest.ingest(b'{"co2": [1]}', "application/json", {}, "udp:10.0.0.1")
-        second = ingest.ingest(b'{"co2": [2, 3]}', "application/json", {}, "udp:10.0.0.1")
+        first = ingest.ingest(Upload(b'{"co2": [1]}', "application/json", {}, "udp:10.0.0.1"))
+        second = ingest.ingest(Upload(b'{"co2": [2, 3]}', "application/json", {}, "udp:10.0.0.1"))
         e = yield self.assertFailure(
-            ingest.ingest(b'{"co2": [4]}', "application/json", {}, "udp:10.0.0.1"), IngestError
+            ingest.ingest(Upload(b'{"co2": [4]}', "application/json", {}, "udp:10.0.0.1")), IngestError
         )
         self.assertEqual((e.status, e.reason, e.retry_after), (503, "busy", 7))
         self.assertEqual(ingest.counters["rejects"][("udp", "busy")], 1)
@@ -193,9 +194,9 @@ class BackpressureTests(StoreMixin, unittest.TestCase):
         ingest = self.make_ingest(settings)
         self.flushLoggedErrors()
         held = WriterHeld(self, self.store)
-        ok = [ingest.ingest(b'{"time": [%d], "co2": [1]}' % t, "application/json", {}, "http") for t in (1, 2)]
-        bad = ingest.ingest(b'{"time": [666], "co2": [1]}', "application/json", {}, "http")
-        ok.append(ingest.ingest(b'{"time": [3], "co2": [1]}', "application/json", {}, "http"))
+        ok = [ingest.ingest(Upload(b'{"time": [%d], "co2": [1]}' % t, "application/json", {}, "http")) for t in (1, 2)]
+        bad = ingest.ingest(Upload(b'{"time": [666], "co2": [1]}', "application/json", {}, "http"))
+        ok.append(ingest.ingest(Upload(b'{"time": [3], "co2": [1]}', "application/json", {}, "http")))
         yield held.release()
         receipts = yield defer.gatherResults(ok)
         self.assertEqual([r.rows for r in receipts], [1, 1, 1])

@@ -6,6 +6,7 @@ from twisted.internet import defer
 from twisted.trial import unittest
 
 from co2logd.errors import IngestError
+from co2logd.ingest import Upload
 from tests.helpers import README_JSON, README_MD5, README_SALT, StoreMixin, make_settings, rows_in
 
 
@@ -17,7 +18,7 @@ class IngestTests(StoreMixin, unittest.TestCase):
         """Assert an IngestError with ``status`` and that nothing was stored."""
         before = rows_in(self.db_path)
         columns_before = dict(self.store.columns)
-        e = yield self.assertFailure(self.ingest.ingest(body, content_type, headers or {}, "test"), IngestError)
+        e = yield self.assertFailure(self.ingest.ingest(Upload(body, content_type, headers or {}, "test")), IngestError)
         self.assertEqual(e.status, status, e.message)
         self.assertEqual(rows_in(self.db_path), before)
         self.assertEqual(self.store.columns, columns_before)
@@ -27,7 +28,7 @@ class IngestTests(StoreMixin, unittest.TestCase):
     def test_rows_get_the_automatic_columns(self):
         """Upload time (from the clock), auth columns and transport are set on every row."""
         self.make_ingest()
-        receipt = yield self.ingest.ingest(README_JSON, "application/json", {}, "udp:10.0.0.7")
+        receipt = yield self.ingest.ingest(Upload(README_JSON, "application/json", {}, "udp:10.0.0.7"))
         self.assertEqual(receipt.as_dict(), {"saved-in-db": 2})
         rows = rows_in(self.db_path)
         self.assertEqual([(r["time_utc"], r["co2"]) for r in rows], [(43, 1223), (23, 2351)])
@@ -39,22 +40,22 @@ class IngestTests(StoreMixin, unittest.TestCase):
     def test_column_names_are_lowercased(self):
         """CO2 and Co2 are the column co2."""
         self.make_ingest()
-        yield self.ingest.ingest(b'{"CO2": [1]}', "application/json", {}, "test")
-        yield self.ingest.ingest(b'{"Co2": [2]}', "application/json", {}, "test")
+        yield self.ingest.ingest(Upload(b'{"CO2": [1]}', "application/json", {}, "test"))
+        yield self.ingest.ingest(Upload(b'{"Co2": [2]}', "application/json", {}, "test"))
         self.assertEqual([r["co2"] for r in rows_in(self.db_path)], [1, 2])
 
     @defer.inlineCallbacks
     def test_time_columns_are_converted(self):
         """Columns in TIME_COLS pass TIME_CONVERTER; a failing value is kept as it was."""
         self.make_ingest()
-        yield self.ingest.ingest(b'{"time": [43, "soon"], "co2": [1, 2]}', "application/json", {}, "test")
+        yield self.ingest.ingest(Upload(b'{"time": [43, "soon"], "co2": [1, 2]}', "application/json", {}, "test"))
         self.assertEqual([r["time"] for r in rows_in(self.db_path)], ["1970-01-01 00:00:43+00:00", "soon"])
 
     @defer.inlineCallbacks
     def test_accept_new_column_hook(self):
         """A column ACCEPT_NEW_COLUMN refuses is dropped, the rest stored."""
         self.make_ingest(make_settings(ACCEPT_NEW_COLUMN=lambda col: col != "junk"))
-        yield self.ingest.ingest(b'{"co2": [1], "junk": [2]}', "application/json", {}, "test")
+        yield self.ingest.ingest(Upload(b'{"co2": [1], "junk": [2]}', "application/json", {}, "test"))
         self.assertNotIn("junk", self.store.columns)
         self.assertEqual(rows_in(self.db_path)[0]["co2"], 1)
 
@@ -62,7 +63,7 @@ class IngestTests(StoreMixin, unittest.TestCase):
     def test_only_automatic_columns_store_nothing(self):
         """Nothing left but automatic columns: saved-in-db 0 unless ALLOW_EMPTY_ROWS."""
         self.make_ingest(make_settings(ACCEPT_NEW_COLUMN=lambda col: False))
-        receipt = yield self.ingest.ingest(b'{"junk": [2]}', "application/json", {}, "test")
+        receipt = yield self.ingest.ingest(Upload(b'{"junk": [2]}', "application/json", {}, "test"))
         self.assertEqual(receipt.as_dict(), {"saved-in-db": 0})
         self.assertEqual(rows_in(self.db_path), [])
 
@@ -70,14 +71,14 @@ class IngestTests(StoreMixin, unittest.TestCase):
     def test_allow_empty_rows(self):
         """With ALLOW_EMPTY_ROWS a row of only automatic columns is stored."""
         self.make_ingest(make_settings(ACCEPT_NEW_COLUMN=lambda col: False, ALLOW_EMPTY_ROWS=True))
-        receipt = yield self.ingest.ingest(b'{"junk": [2]}', "application/json", {}, "test")
+        receipt = yield self.ingest.ingest(Upload(b'{"junk": [2]}', "application/json", {}, "test"))
         self.assertEqual(receipt.rows, 1)
 
     @defer.inlineCallbacks
     def test_auth_required(self):
         """Required auth: the README checksum is stored with matched_checksums=md5; missing/wrong refused."""
         self.make_ingest(make_settings(CHECKSUM_SALTS=[README_SALT], UPLOAD_REQUIRES_AUTH=True))
-        receipt = yield self.ingest.ingest(README_JSON, "application/json", {"Content-MD5-Salted": README_MD5}, "test")
+        receipt = yield self.ingest.ingest(Upload(README_JSON, "application/json", {"Content-MD5-Salted": README_MD5}, "test"))
         self.assertEqual(receipt.rows, 2)
         self.assertEqual({(r["matched_checksums"], r["failed_checksums"]) for r in rows_in(self.db_path)}, {("md5", "")})
         e = yield self.refused(README_JSON, status=403)
@@ -109,7 +110,7 @@ class IngestTests(StoreMixin, unittest.TestCase):
     def test_total_columns_limit(self):
         """The table may not grow beyond MAX_COLUMNS."""
         self.make_ingest(make_settings(MAX_COLUMNS=6))
-        yield self.ingest.ingest(b'{"a": 1, "b": 2}', "application/json", {}, "test")
+        yield self.ingest.ingest(Upload(b'{"a": 1, "b": 2}', "application/json", {}, "test"))
         e = yield self.refused(b'{"c": 1}')
         self.assertIn("limit", e.message)
 
@@ -122,7 +123,7 @@ class IngestTests(StoreMixin, unittest.TestCase):
             return defer.fail(sqlite3.OperationalError("disk I/O error"))
 
         self.store.write = broken
-        e = yield self.assertFailure(self.ingest.ingest(README_JSON, "application/json", {}, "http"), IngestError)
+        e = yield self.assertFailure(self.ingest.ingest(Upload(README_JSON, "application/json", {}, "http")), IngestError)
         self.assertEqual(e.status, 503)
         self.assertEqual(self.ingest.counters["rejects"][("http", "store")], 1)
         self.flushLoggedErrors(sqlite3.OperationalError)
@@ -131,15 +132,15 @@ class IngestTests(StoreMixin, unittest.TestCase):
     def test_extra_columns(self):
         """extra_columns (e.g. a gateway's node id) are set on every row."""
         self.make_ingest()
-        yield self.ingest.ingest(README_JSON, "application/json", {}, "serial:/dev/x", {"box": "12"})
+        yield self.ingest.ingest(Upload(README_JSON, "application/json", {}, "serial:/dev/x", extra_columns={"box": "12"}))
         self.assertEqual([r["box"] for r in rows_in(self.db_path)], ["12", "12"])
 
     @defer.inlineCallbacks
     def test_counters(self):
         """Uploads, rows and rejects are counted per transport kind."""
         self.make_ingest()
-        yield self.ingest.ingest(README_JSON, "application/json", {}, "udp:1.2.3.4")
-        yield self.assertFailure(self.ingest.ingest(b"{", "application/json", {}, "udp:1.2.3.4"), IngestError)
+        yield self.ingest.ingest(Upload(README_JSON, "application/json", {}, "udp:1.2.3.4"))
+        yield self.assertFailure(self.ingest.ingest(Upload(b"{", "application/json", {}, "udp:1.2.3.4")), IngestError)
         self.assertEqual(self.ingest.counters["uploads"]["udp"], 1)
         self.assertEqual(self.ingest.counters["rows"]["udp"], 2)
         self.assertEqual(self.ingest.counters["rejects"][("udp", "parse")], 1)

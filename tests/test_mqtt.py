@@ -47,11 +47,11 @@ class FakeIngest:
         self.calls = []
         self.refuse_with = None
 
-    def ingest(self, body, content_type, headers, transport, extra_columns=None):
+    def ingest(self, upload):
         if self.refuse_with is not None:
             return defer.fail(self.refuse_with)
         d = defer.Deferred()
-        self.calls.append((body, transport, d))
+        self.calls.append((upload.body, upload.transport, d))
         return d
 
 

@@ -12,7 +12,7 @@ from twisted.internet import reactor, task
 from twisted.internet.defer import inlineCallbacks
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from co2logd.ingest import IngestService
+from co2logd.ingest import IngestService, Upload
 from co2logd.osem import outbox_entries_for
 from co2logd.osem.fake import FakeOpenSenseMap, listen
 from co2logd.osem.uploader import OsemUploader, TokenBucket
@@ -96,7 +96,7 @@ class Site:
 
     def upload(self, table):
         """One JSON upload through the ingest service."""
-        return self.ingest.ingest(json.dumps(table).encode(), "application/json", {}, "http")
+        return self.ingest.ingest(Upload(json.dumps(table).encode(), "application/json", {}, "http"))
 
 
 def wait_until(predicate, timeout=15.0, step=0.02):

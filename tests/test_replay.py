@@ -13,6 +13,7 @@ from twisted.internet import defer, reactor, task
 from twisted.trial import unittest
 
 from co2logd.errors import IngestError
+from co2logd.ingest import Upload
 from co2logd.transports.serial import SerialIngestProtocol
 from co2logd.transports.udp import UDPIngestProtocol
 from tests.helpers import README_JSON, README_SALT, SiteMixin, StoreMixin, make_settings, rows_in
@@ -44,7 +45,7 @@ class ReplayTestMixin(StoreMixin):
         return self.ingest
 
     def send(self, headers, body=README_JSON, transport="http"):
-        return self.ingest.ingest(body, "application/json", headers, transport)
+        return self.ingest.ingest(Upload(body, "application/json", headers, transport))
 
     @defer.inlineCallbacks
     def refused(self, headers, body=README_JSON, status=403, reason="replay"):

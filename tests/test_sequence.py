@@ -5,7 +5,7 @@ from __future__ import annotations
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 
-from co2logd.transports.sequence import DUPLICATE, IN_FLIGHT, NEW, SequenceTracker, sequence_number
+from co2logd.ingest.sequence import DUPLICATE, IN_FLIGHT, NEW, SequenceTracker, sequence_number
 
 
 class SequenceTrackerTests(unittest.TestCase):

@@ -265,8 +265,8 @@ class SerialLineTests(PtyMixin, TransportHarness, unittest.TestCase):
         self.assertEqual((yield self.outcome()), {"saved-in-db": 1})
         self.write(b'12 seq=3,co2=3\n')
         self.assertEqual((yield self.outcome()), {"saved-in-db": 1})
-        nodes = self.service.stats()["nodes"]
-        self.assertEqual(nodes[self.link + " box=12"], {"last": 3, "stored": 2, "duplicates": 1, "lost": 1, "restarts": 0})
+        nodes = self.ingest.sequences.as_dict()
+        self.assertEqual(nodes[str(("serial:" + self.link + " box=12", None))], {"last": 3, "stored": 2, "duplicates": 1, "lost": 1, "restarts": 0})
         rows = yield self.rows()
         self.assertEqual([r[0] for r in rows], [1, 2, 3])
 
@@ -356,15 +356,14 @@ class RecordingIngest:
 
     def __init__(self):
         self.uploads = []
+        self.received = []
 
-    def ingest(self, body, content_type, headers, transport, extra_columns=None):
+    def ingest(self, upload):
         from co2logd.ingest import Receipt
 
-        self.uploads.append((body, content_type, transport))
+        self.received.append(upload)
+        self.uploads.append((upload.body, upload.content_type, upload.transport))
         return defer.succeed(Receipt(1))
-
-    def check_auth(self, payload, headers, required):
-        return {}
 
 
 class SerialServiceClockTests(unittest.TestCase):
@@ -406,6 +405,18 @@ class SerialServiceClockTests(unittest.TestCase):
         self.bench.plug("/dev/ttyACM0")
         self.clock.advance(1)  # the delay started again from 1 s
         self.assertEqual(service.opened, 3)
+
+    def test_a_rebuilt_body_carries_the_bytes_the_device_signed(self):
+        """A CSV row goes to ingest as a rebuilt body with the header line and row it was signed as; its checksum untouched."""
+        self.bench.plug("/dev/ttyACM0")
+        service = self.service()
+        service.startService()
+        self.bench.write("/dev/ttyACM0", b"time_s, co2\nContent-MD5-Salted: 0123456789abcdef0123456789abcdef\n1,641\n")
+        [upload] = self.ingest.received
+        self.assertEqual((upload.body, upload.content_type), (b"time_s,co2\n1,641", "text/csv"))
+        self.assertEqual(upload.signed, b"time_s, co2\n1,641")
+        self.assertEqual(upload.headers, (("Content-MD5-Salted", "0123456789abcdef0123456789abcdef"),))
+        self.assertEqual(upload.node, "serial:/dev/ttyACM0")
 
     def test_watchdog_reopens_a_silent_port(self):
         """No data for SERIAL_WATCHDOG_SECONDS closes the port; it is reopened."""

@@ -180,10 +180,10 @@ class UDPTests(UDPTestMixin, TransportHarness, unittest.TestCase):
         retry = yield self.send_datagram(b'{"seq": 1, "co2": 500}')
         self.assertEqual(retry, {"saved-in-db": 0, "duplicate": True, "seq": 1})
         yield self.send_datagram(b'{"seq": 4, "co2": 501}')
-        node = self.service.stats()["nodes"]["('127.0.0.1', None)"]
+        node = self.ingest.sequences.as_dict()["('udp:127.0.0.1', None)"]
         self.assertEqual((node["stored"], node["duplicates"], node["lost"], node["last"]), (2, 1, 2, 4))
         yield self.send_datagram(b'{"seq": 3, "co2": 502}')  # late, no longer lost
-        node = self.service.stats()["nodes"]["('127.0.0.1', None)"]
+        node = self.ingest.sequences.as_dict()["('udp:127.0.0.1', None)"]
         self.assertEqual((node["stored"], node["lost"]), (3, 1))
         rows = yield self.rows()
         self.assertEqual([r[0] for r in rows], [500, 501, 502])
@@ -279,7 +279,7 @@ class FakeIngest:
     def __init__(self, error):
         self.error = error
 
-    def ingest(self, body, content_type, headers, transport, extra_columns=None):
+    def ingest(self, upload):
         raise self.error
 
 

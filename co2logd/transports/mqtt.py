@@ -35,6 +35,7 @@ from twisted.internet import defer, threads
 from twisted.logger import Logger
 
 from co2logd.errors import IngestError
+from co2logd.ingest import Upload
 from co2logd.logs import gate
 from co2logd.transports.counters import Counters, InFlight, RejectLog
 from co2logd.transports.mqtt_payloads import (
@@ -482,7 +483,7 @@ class MQTTService(Service):
         d.addErrback(lambda f: log.failure("Unexpected error settling an MQTT message", f))
 
     def _call_ingest(self, mapped, label: str, trusted: bool) -> defer.Deferred:
-        return self.ingest.ingest(mapped.body, mapped.content_type, mapped.headers, label, mapped.columns or None)
+        return self.ingest.ingest(Upload(mapped.body, mapped.content_type, mapped.headers, label, extra_columns=mapped.columns or {}))
 
     def _stored(self, receipt, delivery: Delivery) -> None:
         if delivery is self.probe:

@@ -30,8 +30,8 @@ exact line; for a CSV row over the CSV header line as it was printed, one
 is signed too (a forged header line makes the row's checksum fail: its rows
 are not marked authenticated, and are refused under
 ``UPLOAD_REQUIRES_AUTH``).  When co2logd turns a line into another
-body for the ingest service (CSV rows, key:value pairs), the checksums that
-matched the line are carried over to the new body with the same salt, so
+body for the ingest service (CSV rows, key:value pairs), the upload carries
+the bytes the device signed, and ingest checks the checksums over those, so
 ``matched_checksums``/``failed_checksums`` and ``AUTH_CHECKER`` see what the
 device sent.
 
@@ -58,16 +58,13 @@ from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.protocols.basic import LineReceiver
-from twisted.python.failure import Failure
 
-from co2logd import payloads
-from co2logd.auth import salted_checksum
 from co2logd.errors import IngestError, bad_request
+from co2logd.ingest import Receipt, Upload
 from co2logd.logs import gate
 from co2logd.payloads import text_value
 from co2logd.transports.counters import Counters, InFlight, RejectLog
 from co2logd.transports.framing import MAX_HEADER_LINES, error_reply, header_value, parse_header_line
-from co2logd.transports.sequence import NEW, SequenceTracker, sequence_number
 
 log = Logger(observer=gate)
 
@@ -149,14 +146,10 @@ class SerialIngestProtocol(LineReceiver):
         self.label = "serial:" + device
         self.MAX_LENGTH = settings.SERIAL_MAX_LINE
         self.gateway = settings.SERIAL_GATEWAY_PATTERN
-        self.checksum_header = settings.SALTED_CHECKSUM_HEADER_REGEX
         self.counters = Counters()
         self.ignored: collections.Counter = collections.Counter()
         self.reject_log = RejectLog(log, clock, settings.TRANSPORT_LOG_INTERVAL)
         self.nodes: "collections.OrderedDict[Any, NodeState]" = collections.OrderedDict()
-        self.sequence_field: Optional[str] = settings.SEQUENCE_FIELD
-        self.limits = payloads.Limits.from_settings(settings)
-        self.sequences = SequenceTracker(clock, memory_seconds=settings.SEQUENCE_MEMORY_SECONDS)
         self.last_data = clock.seconds()
         self.in_flight = InFlight()
         self._discarding = False
@@ -257,9 +250,10 @@ class SerialIngestProtocol(LineReceiver):
             # a CSV row: the device signs its header line with it, so a forged
             # header cannot give a signed row other column names
             line = state.csv_header_line + b"\n" + line
-        if body != line:
-            headers = self._carry_checksums(line, body, headers)
-        self._ingest(source, body, content_type, headers, extra)
+        self._ingest(source, Upload(
+            body, content_type, headers, self.label,
+            signed=line if body != line else None, extra_columns=extra, node="serial:" + source,
+        ))
         return None
 
     def _body(self, line: bytes, state: NodeState) -> Optional[Tuple[bytes, Optional[str]]]:
@@ -289,50 +283,16 @@ class SerialIngestProtocol(LineReceiver):
             "The line is not JSON, a CSV header or row, key:value pairs or form data", "unparseable"
         )
 
-    def _carry_checksums(self, line: bytes, body: bytes, headers: List[Tuple[str, str]]) -> List[Tuple[str, str]]:
-        """Checksums that match the line as sent, recomputed over the body ingest gets."""
-        if not headers:
-            return headers
-        try:
-            matches = self.ingest.check_auth(line, headers, False)
-        except IngestError:
-            return headers  # e.g. a malformed Content-Counter: ingest refuses the upload and says why
-        # with a Content-Counter line (replay protection) the checksum covers it too
-        signed = getattr(self.ingest, "signed_payload", lambda b, h: b)(body, headers)
-        carried = []
-        for name, value in headers:
-            m = self.checksum_header.fullmatch(name)
-            algorithm = (m.groupdict().get("algorithm") or "").lower() if m else ""
-            salt = matches.get(algorithm)
-            carried.append((name, salted_checksum(signed, salt, algorithm) if salt is not None else value))
-        return carried
-
-    def _ingest(self, source, body, content_type, headers, extra) -> None:
-        seq = self._sequence(body, content_type) if self.sequence_field else None
-        if seq is not None and self.sequences.begin(source, seq) != NEW:
-            # a radio gateway passing on a retransmitted packet
-            self._notify(source, {"saved-in-db": 0, "duplicate": True})
-            return
-        d = defer.maybeDeferred(
-            self.ingest.ingest, body, content_type, headers, self.label, extra_columns=extra or None
-        )
-        if seq is not None:
-            d.addBoth(self._sequence_done, source, seq)
+    def _ingest(self, source: str, upload: Upload) -> None:
+        d = defer.maybeDeferred(self.ingest.ingest, upload)
         d.addCallbacks(self._stored, self._failed, callbackArgs=(source,), errbackArgs=(source,))
         self.in_flight.track(d)
         d.addErrback(lambda f: log.failure("Unexpected error after a serial upload", f))
 
-    def _sequence(self, body: bytes, content_type: Optional[str]) -> Optional[int]:
-        try:
-            return sequence_number(payloads.parse(body, content_type, self.limits), self.sequence_field)
-        except IngestError:
-            return None  # ingest refuses it the same way and says why
-
-    def _sequence_done(self, result: Any, source: str, seq: int) -> Any:
-        self.sequences.done(source, seq, stored=not isinstance(result, Failure))
-        return result
-
-    def _stored(self, receipt, source) -> None:
+    def _stored(self, receipt: Receipt, source: str) -> None:
+        if receipt.duplicate is not None:  # a radio gateway passing on a retransmitted packet
+            self._notify(source, {"saved-in-db": 0, "duplicate": True})
+            return
         self.counters.source(source).rows += receipt.rows
         self._notify(source, receipt.as_dict())
 
@@ -549,10 +509,9 @@ class SerialService(Service):
         return report
 
     def stats(self) -> Dict[str, Any]:
-        """Counters per node, comments ignored, how often the port was opened."""
+        """Counters per source, comments ignored, how often the port was opened."""
         return {
             "sources": self.protocol.counters.as_dict(),
-            "nodes": self.protocol.sequences.as_dict(),
             "ignored": dict(self.protocol.ignored),
             "opened": self.opened,
             "watchdog_reopens": self.watchdog_reopens,

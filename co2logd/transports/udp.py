@@ -22,13 +22,13 @@ from twisted.internet import defer
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 
-from co2logd import payloads
 from co2logd.errors import IngestError
+from co2logd.ingest import Receipt, Upload
+from co2logd.ingest.sequence import IN_FLIGHT
 from co2logd.logs import gate
 from co2logd.net import host_port
 from co2logd.transports.counters import Counters, InFlight, RejectLog
-from co2logd.transports.framing import Frame, error_reply, split_message
-from co2logd.transports.sequence import IN_FLIGHT, NEW, SequenceTracker, sequence_number
+from co2logd.transports.framing import error_reply, split_message
 
 log = Logger(observer=gate)
 
@@ -63,9 +63,10 @@ class UDPIngestProtocol(DatagramProtocol):
     """
     Frames datagrams into uploads for the ingest service.
 
-    ``counters`` (per sender address), ``sequences`` (per node, when
-    ``SEQUENCE_FIELD`` is set) and ``pending`` (uploads waiting for the
-    database) are there for /metrics and tests.
+    ``counters`` (per sender address) and ``pending`` (uploads waiting for
+    the database) are there for /metrics and tests.  Every datagram names
+    its sender as its node, so ingest suppresses repeated sequence numbers
+    (``SEQUENCE_FIELD``).
     """
 
     noisy = False  # one "Listening for UDP uploads" line is enough
@@ -76,9 +77,6 @@ class UDPIngestProtocol(DatagramProtocol):
         self.clock = clock
         self.counters = Counters()
         self.reject_log = RejectLog(log, clock, settings.TRANSPORT_LOG_INTERVAL)
-        self.sequence_field: Optional[str] = settings.SEQUENCE_FIELD
-        self.limits = payloads.Limits.from_settings(settings)
-        self.sequences = SequenceTracker(clock, memory_seconds=settings.SEQUENCE_MEMORY_SECONDS)
         self.in_flight = InFlight()
         # callables given every outcome (the reply an ack would carry), for tests and metrics
         self.observers: list = []
@@ -112,50 +110,31 @@ class UDPIngestProtocol(DatagramProtocol):
             frame = split_message(datagram)
         except IngestError as e:
             return self._refused(e, addr)
-        node_seq = self._sequence(frame, host) if self.sequence_field else None
-        if node_seq is not None:
-            node, seq = node_seq
-            verdict = self.sequences.begin(node, seq)
-            if verdict != NEW:
-                log.debug("Duplicate upload {seq} from {source}", seq=seq, source=host_port(addr))
-                if verdict != IN_FLIGHT:  # the first copy's ack is still to come
-                    self._ack(addr, {"saved-in-db": 0, "duplicate": True, "seq": seq})
-                return None
-        d = defer.maybeDeferred(self.ingest.ingest, frame.body, frame.content_type, frame.headers, "udp:" + host)
-        d.addCallbacks(self._stored, self._failed, callbackArgs=(addr, node_seq), errbackArgs=(addr, node_seq))
+        upload = Upload(frame.body, frame.content_type, frame.headers, "udp:" + host, node="udp:" + host)
+        d = defer.maybeDeferred(self.ingest.ingest, upload)
+        d.addCallbacks(self._stored, self._failed, callbackArgs=(addr,), errbackArgs=(addr,))
         self.in_flight.track(d)
         d.addErrback(lambda f: log.failure("Unexpected error acknowledging a datagram", f))
         return None
 
-    def _sequence(self, frame: Frame, host: str) -> Optional[Tuple[Tuple[str, Any], int]]:
-        """(node, number) when the payload carries the sequence column."""
-        try:
-            table = payloads.parse(frame.body, frame.content_type, self.limits)
-        except IngestError:
-            return None  # ingest refuses it the same way and says why
-        seq = sequence_number(table, self.sequence_field)
-        if seq is None:
-            return None
-        box_column = self.settings.OSEM_BOX_COL.lower()
-        box = next((v[0] for k, v in table.items() if k.lower() == box_column and v), None)
-        return (host, box), seq
-
-    def _stored(self, receipt, addr, node_seq) -> None:
+    def _stored(self, receipt: Receipt, addr: Any) -> None:
+        if receipt.duplicate is not None:
+            log.debug("Duplicate upload {seq} from {source}", seq=receipt.seq, source=host_port(addr))
+            if receipt.duplicate != IN_FLIGHT:  # the first copy's ack is still to come
+                self._ack(addr, {"saved-in-db": 0, "duplicate": True, "seq": receipt.seq})
+            return
         self.counters.source(addr[0]).rows += receipt.rows
         reply: Dict[str, Any] = receipt.as_dict()
-        if node_seq is not None:
-            self.sequences.done(node_seq[0], node_seq[1], stored=True)
-            reply["seq"] = node_seq[1]
+        if receipt.seq is not None:
+            reply["seq"] = receipt.seq
         self._ack(addr, reply)
 
-    def _failed(self, failure, addr, node_seq) -> None:
-        if node_seq is not None:
-            self.sequences.done(node_seq[0], node_seq[1], stored=False)
+    def _failed(self, failure, addr) -> None:
         error = failure.value
         if not isinstance(error, IngestError):
             log.failure("Ingest failed on a datagram from {source}", failure, source=host_port(addr))
             error = IngestError(500, "internal", "The server failed on this upload; nothing was saved")
-        self._refused(error, addr, None if node_seq is None else node_seq[1])
+        self._refused(error, addr, error.seq)
 
     def _refused(self, error: IngestError, addr: Any, seq: Optional[int] = None) -> None:
         host = addr[0]
@@ -186,8 +165,8 @@ class UDPIngestProtocol(DatagramProtocol):
         return self.in_flight.idle()
 
     def stats(self) -> Dict[str, Any]:
-        """Counters per source and per node, for /metrics."""
-        return {"sources": self.counters.as_dict(), "nodes": self.sequences.as_dict(), "pending": self.pending}
+        """Counters per source, for /metrics (sequence numbers per node are the ingest service's)."""
+        return {"sources": self.counters.as_dict(), "pending": self.pending}
 
 
 def set_receive_buffer(sock: socket.socket, size: int) -> int:

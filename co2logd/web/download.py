@@ -18,11 +18,12 @@ page, ``number`` rows per page) and, when more follow, a
 from __future__ import annotations
 
 import csv
+import datetime
 import io
 import json
 import re
 import time
-from typing import Dict, List, Optional
+from typing import Any, Dict, List, Optional
 from urllib.parse import unquote_to_bytes, urlencode
 
 from twisted.internet import defer, task
@@ -30,7 +31,6 @@ from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
-from co2logd.ingest import json_default
 from co2logd.payloads import text_value
 from co2logd.store import Query
 from co2logd.timerange import TimeRangeError, parse_time, time_text
@@ -41,6 +41,15 @@ from co2logd.web.producer import RowProducer
 log = Logger()
 
 FORMATS = {"html": b"text/html; charset=utf-8", "csv": b"text/csv; charset=utf-8", "json": b"application/json"}
+
+
+def json_default(value: Any) -> Any:
+    """JSON encoding of the values a download holds: datetimes as ISO text, bytes as UTF-8 text."""
+    if isinstance(value, (datetime.datetime, datetime.date)):
+        return value.isoformat()
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return str(value)
 
 
 def full_path(request) -> bytes:

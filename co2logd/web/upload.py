@@ -7,21 +7,17 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
 from co2logd.errors import IngestError
+from co2logd.ingest import MISSING_CONTENT_TYPE, Upload
 from co2logd.logs import gate
 from co2logd.net import host_port
-from co2logd.web.common import error_reply, finish_quietly, json_reply
+from co2logd.web.common import error_reply, finish_quietly, header_pairs, json_reply
 
 log = Logger(observer=gate)
 
 
-def lazy_header_pairs(request):
-    """Every request header as (name, value), built only if auth reads them."""
-    return ((name, value) for name, values in request.requestHeaders.getAllRawHeaders() for value in values)
-
-
 class UploadResource(Resource):
     """
-    Hands each POST body to ``ingest.ingest(..., transport="http")``.
+    Hands each POST body to the ingest service as an :class:`Upload` from ``"http"``.
 
     A 503 (the database is busy or failed) carries ``Retry-After``.
     """
@@ -33,17 +29,17 @@ class UploadResource(Resource):
         self.ingest = ingest
 
     def render_POST(self, request):
-        body = request.content.read()
         content_type = request.getHeader(b"content-type")
-        d = self.ingest.ingest(
-            body,
-            content_type.decode("latin-1") if content_type is not None else "",
-            lazy_header_pairs(request),
+        upload = Upload(
+            request.content.read(),
+            content_type.decode("latin-1") if content_type is not None else MISSING_CONTENT_TYPE,
+            header_pairs(request),
             "http",
         )
+        d = self.ingest.ingest(upload)
 
         def stored(receipt):
-            if getattr(receipt, "replayed", False):  # Idempotency-Key seen before: the original receipt
+            if receipt.replayed:  # Idempotency-Key seen before: the original receipt
                 request.setHeader(b"idempotent-replayed", b"true")
             finish_quietly(request, json_reply(request, 200, receipt.as_dict()))
 
@@ -59,7 +55,7 @@ class UploadResource(Resource):
                     message=error.message,
                 )
                 if error.status == 503:
-                    retry_after = getattr(error, "retry_after", None) or self.ingest.settings.WRITE_RETRY_AFTER_SECONDS
+                    retry_after = error.retry_after or self.ingest.settings.WRITE_RETRY_AFTER_SECONDS
                     request.setHeader(b"retry-after", str(retry_after).encode("ascii"))
                 finish_quietly(request, error_reply(request, error.status, error.message, error.reason))
             else:

@@ -1,5 +1,10 @@
 """
-Per-node sequence numbers: duplicate suppression and loss counting.
+Per-node sequence numbers: duplicate suppression and loss counting, for
+every transport whose uploads name their node (``Upload.node``).
+
+A node is the sender the transport names (``udp:10.0.0.7``, a serial
+device and its gateway prefix) together with the upload's box column
+(``OSEM_BOX_COL``), so boxes behind one address keep numbers of their own.
 
 A node that retries an upload (because its acknowledgement got lost) sends
 the same sequence number again; the retry is not stored twice.  Gaps in the
@@ -16,7 +21,16 @@ at 0 is not mistaken for a retry once that time has passed.
 from __future__ import annotations
 
 import collections
-from typing import Any, Dict, Hashable, Optional
+from typing import Any, Callable, Dict, Hashable, List, Mapping, Optional, Protocol, Set, Tuple
+
+
+
+class Clock(Protocol):
+    """What is read of a clock: a reactor, or ``task.Clock`` in tests."""
+
+    def seconds(self) -> float:
+        """Now, in seconds since the epoch."""
+
 
 NEW = "new"
 DUPLICATE = "duplicate"
@@ -31,7 +45,7 @@ class NodeSequence:
     def __init__(self) -> None:
         self.last: Optional[int] = None
         self.recent: "collections.OrderedDict[int, float]" = collections.OrderedDict()
-        self.in_flight: set = set()
+        self.in_flight: Set[int] = set()
         self.stored = 0
         self.duplicates = 0
         self.lost = 0
@@ -51,7 +65,7 @@ class NodeSequence:
 class SequenceTracker:
     """Sequence state per node, bounded to ``max_nodes`` nodes (least recently used go)."""
 
-    def __init__(self, clock, window: int = 64, memory_seconds: float = 600.0, max_nodes: int = 4096):
+    def __init__(self, clock: Clock, window: int = 64, memory_seconds: float = 600.0, max_nodes: int = 4096):
         self.clock = clock
         self.window = window
         self.memory_seconds = memory_seconds
@@ -117,12 +131,31 @@ class SequenceTracker:
                 break
             state.recent.popitem(last=False)
 
-    def as_dict(self) -> Dict[str, Dict[str, Any]]:
-        """Node → its counters."""
-        return {str(node): state.as_dict() for node, state in self.nodes.items()}
+    def as_dict(self, which: Optional[Callable[[Hashable], bool]] = None) -> Dict[str, Dict[str, Any]]:
+        """Node → its counters; only the nodes ``which`` accepts, when given."""
+        return {str(node): state.as_dict() for node, state in self.nodes.items() if which is None or which(node)}
 
 
-def sequence_number(table: Dict[str, list], field: str) -> Optional[int]:
+def numbered_node(
+    table: Mapping[Any, List[Any]], field: str, sender: Hashable, box_column: str
+) -> Optional[Tuple[Tuple[Hashable, Any], int]]:
+    """
+    ``((sender, box), number)`` for an upload that carries the sequence
+    column ``field``; None for one that does not.  ``box`` is the first
+    value of ``box_column`` (or None).
+    """
+    seq = sequence_number(table, field)
+    if seq is None:
+        return None
+    box = next((values[0] for name, values in table.items() if _lower(name) == box_column and values), None)
+    return (sender, box), seq
+
+
+def _lower(name: Any) -> Any:
+    return name.lower() if isinstance(name, str) else name
+
+
+def sequence_number(table: Mapping[Any, List[Any]], field: str) -> Optional[int]:
     """The first value of the sequence column as a whole number, or None."""
     for name, values in table.items():
         if isinstance(name, str) and name.lower() == field:

@@ -113,6 +113,7 @@ def build_service(
     reactor,
     http: Sequence[str] = ("tcp:8080",),
     udp: Sequence[str] = (),
+    influx_udp: Sequence[str] = (),
     serial: Sequence[str] = (),
     serial_required: Sequence[str] = (),
     verbose: bool = False,
@@ -124,7 +125,8 @@ def build_service(
 
     The database schema is prepared here, synchronously, so a bad database
     stops start-up before the reactor runs.  ``http`` are Twisted server
-    endpoint strings; ``udp`` and ``serial`` the specs of ``--udp``/``--serial``.
+    endpoint strings; ``udp``, ``influx_udp`` and ``serial`` the specs of
+    ``--udp``/``--influx-udp``/``--serial``.
     Nothing listens yet: call the root's ``bind()`` (or start it).
     """
     set_verbose(verbose)
@@ -149,6 +151,10 @@ def build_service(
 
     for spec in udp:
         _udp_service(spec, ingest, reactor, settings).setServiceParent(root)
+    for spec in influx_udp:
+        from co2logd.transports.lineprotocol_udp import influx_udp_service
+
+        influx_udp_service(spec, ingest, reactor, settings).setServiceParent(root)
     required = set(serial_required)
     for spec in serial:
         _serial_service(spec, ingest, reactor, settings, spec in required or settings.SERIAL_REQUIRED).setServiceParent(root)

@@ -26,7 +26,7 @@ class Options(usage.Options):
     """``twistd co2logd`` options; every one is optional."""
 
     synopsis = (
-        "[--http ENDPOINT]... [--udp PORT]... [--serial DEVICE[:BAUD]]... "
+        "[--http ENDPOINT]... [--udp PORT]... [--influx-udp PORT]... [--serial DEVICE[:BAUD]]... "
         "[--mqtt URL [--mqtt-topic FILTER]...] [--db PATH|URL] [--config FILE] [--version]"
     )
     longdesc = (
@@ -45,6 +45,7 @@ class Options(usage.Options):
         super().__init__()
         self["http"] = []
         self["udp"] = []
+        self["influx_udp"] = []
         self["serial"] = []
         self["serial_required"] = []
         self["mqtt_topics"] = []
@@ -56,6 +57,10 @@ class Options(usage.Options):
     def opt_udp(self, spec: str) -> None:
         """UDP listener: PORT or udp:PORT[:interface=ADDR] (repeatable)."""
         self["udp"].append(spec)
+
+    def opt_influx_udp(self, spec: str) -> None:
+        """UDP listener for InfluxDB line-protocol datagrams: PORT or udp:PORT[:interface=ADDR] (repeatable)."""
+        self["influx_udp"].append(spec)
 
     def opt_serial(self, spec: str) -> None:
         """Serial device to read lines from: DEVICE[:BAUD], default baud 9600 (repeatable)."""
@@ -113,6 +118,8 @@ class Options(usage.Options):
         self["http"] = http
         for spec in self["udp"]:
             _check_spec("co2logd.transports.udp", "parse_udp_spec", spec, "--udp")
+        for spec in self["influx_udp"]:
+            _check_spec("co2logd.transports.udp", "parse_udp_spec", spec, "--influx-udp")
         for spec in self["serial"]:
             _check_spec("co2logd.transports.serial", "parse_serial_spec", spec, "--serial")
         if self["mqtt"] is not None:
@@ -222,6 +229,7 @@ def makeService(options: Mapping[str, Any], reactor=None):
             reactor,
             http=options["http"],
             udp=options["udp"],
+            influx_udp=options["influx_udp"],
             serial=options["serial"],
             serial_required=required,
             verbose=bool(options.get("verbose")),

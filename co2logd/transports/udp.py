@@ -107,15 +107,19 @@ class UDPIngestProtocol(DatagramProtocol):
                 IngestError(503, "busy", "Too many uploads are waiting for the database; try again"), addr
             )
         try:
-            frame = split_message(datagram)
+            upload = self.frame(datagram, host)
         except IngestError as e:
             return self._refused(e, addr)
-        upload = Upload(frame.body, frame.content_type, frame.headers, "udp:" + host, node="udp:" + host)
         d = defer.maybeDeferred(self.ingest.ingest, upload)
         d.addCallbacks(self._stored, self._failed, callbackArgs=(addr,), errbackArgs=(addr,))
         self.in_flight.track(d)
         d.addErrback(lambda f: log.failure("Unexpected error acknowledging a datagram", f))
         return None
+
+    def frame(self, datagram: bytes, host: str) -> Upload:
+        """The datagram as an Upload (header block and body); a 400 IngestError when it cannot be framed."""
+        frame = split_message(datagram)
+        return Upload(frame.body, frame.content_type, frame.headers, "udp:" + host, node="udp:" + host)
 
     def _stored(self, receipt: Receipt, addr: Any) -> None:
         if receipt.duplicate is not None:
@@ -201,12 +205,12 @@ class UDPService(Service):
     listening and waits for uploads still on their way to the database.
     """
 
-    def __init__(self, port: int, interface: str, ingest, reactor, settings):
+    def __init__(self, port: int, interface: str, ingest, reactor, settings, protocol_class=UDPIngestProtocol):
         self.port_number = port
         self.interface = interface
         self.reactor = reactor
         self.settings = settings
-        self.protocol = UDPIngestProtocol(ingest, settings, reactor)
+        self.protocol = protocol_class(ingest, settings, reactor)
         self.listening = None
         self.setName("udp {}{}".format(port, ":" + interface if interface else ""))
 

@@ -81,10 +81,9 @@ class WriteResource(Resource):
 
     def render_POST(self, request):
         try:
-            upload = self.upload_of(request)
+            d = self.ingest.ingest(self.upload_of(request))
         except IngestError as error:
-            return self.refused(request, error)
-        d = self.ingest.ingest(upload)
+            d = self.ingest.refuse("http", error)
 
         def stored(receipt):
             request.setResponseCode(204)

@@ -26,6 +26,7 @@ from co2logd.web.plot import PlotResource
 from co2logd.web.public import PublicHealthResource, PublicIndexResource
 from co2logd.web.status import HealthResource, MetricsResource
 from co2logd.web.upload import UploadResource
+from co2logd.web.influx import children as influx_children
 
 log = Logger()
 
@@ -142,6 +143,9 @@ def make_root(settings, ingest, store, clock, extra_children=None, services=()) 
     root.putChild(b"", index)
     root.putChild(b"index", index)
     root.putChild(b"upload", UploadResource(ingest))
+    # InfluxDB's write endpoints, for line-protocol clients (co2logd.web.influx)
+    for name, child in influx_children(ingest, clock).items():
+        root.putChild(name, child)
     root.putChild(b"download", GuardedResource(DownloadResource(settings, store, ingest, clock), access))
     root.putChild(b"uploadhelp", UploadHelpResource(settings))
     root.putChild(b"plot", GuardedResource(PacedResource(PlotResource(settings, store, clock), pacer), access))

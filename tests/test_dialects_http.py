@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import gzip
 import json
-import zlib
 
 import treq
 from twisted.internet import defer, reactor, task
@@ -233,6 +232,8 @@ class LoRaWANTests(DialectSite, unittest.TestCase):
         self.assertEqual(self.rows(), [])
         skipped = self.ingest.counters["skipped"]
         self.assertEqual(skipped[("http", "ttn-simulated")] + skipped[("http", "ttn-join-accept")] + skipped[("http", "ttn-not-decoded")], 3)
+        status, _, metrics = yield self.get("/metrics")
+        self.assertIn(b'co2logd_dialect_skipped_total{reason="ttn-simulated",transport="http"} 1.0', metrics)
 
     @defer.inlineCallbacks
     def test_ttn_needs_token(self):
@@ -282,5 +283,3 @@ class LineProtocolUDPTests(SiteMixin, unittest.TestCase):
         self.assertEqual(rows[0]["transport"], "udp:127.0.0.1")
         self.assertEqual(service.protocol.counters.as_dict()["127.0.0.1"]["rejects"], {"parse": 1})
 
-
-_ = zlib

@@ -26,12 +26,11 @@ class LineProtocolUDPProtocol(UDPIngestProtocol):
     def frame(self, datagram: bytes, host: str) -> Upload:
         """The datagram's points as an Upload of rows; a 400 IngestError naming the bad line."""
         try:
-            points = lineprotocol.parse(datagram, "ns", max_points=self.settings.MAX_ROWS_PER_UPLOAD)
+            table, _ = influx.table_of_body(datagram, "ns", self.clock.seconds(), self.settings.MAX_ROWS_PER_UPLOAD)
         except lineprotocol.LineProtocolError as e:
             raise IngestError(400, "parse", str(e)) from None
         except lineprotocol.TooManyPoints as e:
             raise IngestError(400, "too-many-rows", "more than {} points in one datagram".format(e.limit)) from None
-        table, _ = influx.table_of(points, self.clock.seconds())
         return Upload(datagram, LINE_PROTOCOL, (), "udp:" + host, table=table)
 
 

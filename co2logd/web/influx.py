@@ -112,14 +112,13 @@ class WriteResource(Resource):
         elif coding != "identity":
             raise IngestError(415, "content-encoding", "Content-Encoding {!r} is not supported: use gzip or identity".format(coding[:40]))
         try:
-            points = lineprotocol.parse(body, precision, max_points=self.ingest.settings.MAX_ROWS_PER_UPLOAD)
+            table, _ = influx.table_of_body(body, precision, self.clock.seconds(), self.ingest.settings.MAX_ROWS_PER_UPLOAD)
         except lineprotocol.LineProtocolError as e:
             raise IngestError(400, "parse", str(e)) from None
         except lineprotocol.TooManyPoints as e:
             raise IngestError(
                 400, "too-many-rows", "more than {} points in one write (MAX_ROWS_PER_UPLOAD)".format(e.limit)
             ) from None
-        table, _ = influx.table_of(points, self.clock.seconds())
         password = _first(request, self.password_parameter) if self.password_parameter else None
         return Upload(body, LINE_PROTOCOL, header_pairs(request), "http", table=table, password=password)
 

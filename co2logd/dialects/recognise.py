@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from typing import Any, Dict, List, Optional, Union
 
+from co2logd import payloads
 from co2logd.dialects import airrohr, lorawan
 from co2logd.errors import IngestError
 
@@ -72,6 +73,7 @@ def recognise(
         return _outcome("chirpstack", lorawan.chirpstack(document, event or "", box_column, time_column))
     if is_airrohr and airrohr.is_airrohr(document):
         table, _ = airrohr.table_of(document, x_sensor, box_column)
+        payloads.check_values(table, "airrohr body")
         return Recognised("airrohr", table)
     if is_ttn and lorawan.is_ttn(document):
         return _outcome("ttn", lorawan.ttn(document, box_column, time_column))
@@ -82,5 +84,6 @@ def _outcome(dialect: str, result: lorawan.Result) -> Union[Recognised, Skipped]
     if isinstance(result, lorawan.Skip):
         return Skipped(dialect, result.reason)
     table, _ = result.table()
+    payloads.check_values(table, "decoded payload")
     return Recognised(dialect, table, result.dedup_key)
 

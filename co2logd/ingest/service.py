@@ -182,6 +182,8 @@ class Freshness:
     guards: List[Any]
     idempotent: Optional[IdempotentUpload] = None
     refusal: Optional[IngestError] = None
+    #: a dialect's de-duplicated message went to the write once without asking for an earlier receipt
+    asked: bool = False
 
 
 class IngestService(Service):
@@ -302,6 +304,10 @@ class IngestService(Service):
                 return failure
             return self._store(upload, prepared, freshness)  # the same key was committed meanwhile: ask again
 
+        if upload.dedup_key is not None and not freshness.asked:
+            # a webhook's message id is nearly always new: write at once, and ask only when the key is taken
+            freshness.asked = True
+            return write_unless_repeated(None)
         return self._earlier_receipt(upload, freshness, len(prepared.rows)).addCallback(write_unless_repeated)
 
     def _earlier_receipt(self, upload: Upload, freshness: Freshness, rows: int) -> "defer.Deferred[Optional[Receipt]]":

@@ -23,7 +23,7 @@ from co2logd.osem import outbox_entries_for
 from co2logd.osem.fake import FakeOpenSenseMap, listen
 from co2logd.osem.uploader import OsemUploader
 from co2logd.settings import Settings
-from co2logd.store import Store
+from co2logd.store import Store, WriteRequest
 
 SENSORS = ["scd30_co2_ppm", "sht_temperature_c", "sht_humidity_percent", "bme_pressure_hpa"]
 
@@ -69,8 +69,8 @@ def main(reactor, total="100000"):
             dicts.append(dict(zip(["box", "time", "lat", "lon"] + SENSORS, [box, when, 48.5, 9.05] + values)))
             rows.append(("2024-01-01 00:00:00", None, None, "bench", box, when.isoformat(" "), 48.5, 9.05, *values))
         entries, n = mapper(dicts)
-        new = {} if queued else {c: "REAL" for c in ["box", "time", "lat", "lon"] + SENSORS}
-        yield store.write(columns, rows, new, entries, reactor.seconds())
+        new = {} if queued else {c: float for c in ["box", "time", "lat", "lon"] + SENSORS}
+        yield store.write(WriteRequest(columns, rows, new, outbox=entries, queued_at=reactor.seconds()))
         queued += n
     print("queued {} measurements in {:.1f}s".format(queued, time.monotonic() - began))
 

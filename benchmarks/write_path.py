@@ -25,7 +25,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from twisted.internet import defer, reactor  # noqa: E402
 
 from co2logd.settings import Settings  # noqa: E402
-from co2logd.store import Store  # noqa: E402
+from co2logd.store import Store, WriteRequest  # noqa: E402
 
 
 @defer.inlineCallbacks
@@ -36,13 +36,13 @@ def one_run(rows: int, synchronous: str) -> defer.Deferred:
     store.startService()
     columns = ["time_upload_utc", "transport", "co2", "box", "time"]
     now = datetime.datetime.now(datetime.timezone.utc).isoformat(" ")
-    yield store.write(columns, [[now, "http", 1, "a", now]], {"co2": "INTEGER", "box": "TEXT", "time": "DATETIME"})
+    yield store.write(WriteRequest(columns, [[now, "http", 1, "a", now]], {"co2": int, "box": str, "time": datetime.datetime}))
     if hasattr(store, "want_rollups"):
         store.want_rollups(["co2"])
         yield store.catch_up()
     start = time.perf_counter()
     for i in range(rows):
-        yield store.write(columns, [[now, "http", i, "a", now]], {})
+        yield store.write(WriteRequest(columns, [[now, "http", i, "a", now]], {}))
     elapsed = time.perf_counter() - start
     yield store.stopService()
     return elapsed / rows * 1000

@@ -108,7 +108,7 @@ class HealthChecker:
         now = self.clock.seconds()
         reasons: List[str] = []
         report: Dict[str, Any] = {}
-        # the heartbeat's last committed write, the file checks, disk errors of uploads (co2logd.dbwatch)
+        # the heartbeat's last committed write, the file checks, disk errors of uploads (co2logd.store.watch)
         report["database"], database_reasons = self.store.disk_report(now)
         reasons += database_reasons
         components = []

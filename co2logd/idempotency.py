@@ -6,8 +6,9 @@ receipt and stores nothing.
 The key (1 to 255 visible ASCII characters) is an HTTP header, or a header
 line on UDP and serial.  Keys are kept per salt (the salt whose checksum
 matched, or none), so one device cannot answer for another.  The key, a
-digest of the content type and body, and the receipt are written by
-:class:`IdempotencyGuard` in the transaction that stores the rows: a repeat
+digest of the content type and body, and the receipt are written by the
+store (a :class:`~co2logd.store.IdempotencyClaim`) in the transaction that
+stores the rows: a repeat
 that races the first copy finds the key taken and gets the first copy's
 receipt once it is committed.  A repeat whose body differs is refused with
 409 (reason ``"idempotency-conflict"``).  Keys older than the retention are
@@ -23,18 +24,10 @@ from typing import Any, Dict, Iterable, Mapping, Optional, Tuple
 
 from co2logd.errors import IngestError
 from co2logd.replay import salt_id
+from co2logd.store.interfaces import IdempotencyClaim
 
 IDEMPOTENCY_HEADER = "idempotency-key"
-IDEMPOTENCY_TABLE = "co2logd_idempotency"
 KEY = re.compile(r"[\x21-\x7e]{1,255}\Z")
-
-
-class DuplicateUpload(Exception):
-    """Raised inside the write transaction: the key is taken by an upload within the retention."""
-
-    def __init__(self, key: str):
-        super().__init__(key)
-        self.key = key
 
 
 def key_from_headers(headers: Iterable[Tuple[str, str]]) -> Optional[str]:
@@ -65,9 +58,9 @@ class IdempotentUpload:
         #: the replay refusal this upload gets unless it is a repeat of a stored one
         self.refusal: Optional[IngestError] = None
 
-    def guard(self, receipt: Mapping[str, Any]) -> "IdempotencyGuard":
-        """The guard that records this upload's receipt with its rows."""
-        return IdempotencyGuard(self, json.dumps(dict(receipt), sort_keys=True))
+    def claim(self, receipt: Mapping[str, Any]) -> IdempotencyClaim:
+        """What the store takes with this upload's rows: the key, the digest and the receipt."""
+        return IdempotencyClaim(self.key, self.digest, json.dumps(dict(receipt), sort_keys=True), self.now, self.cutoff)
 
     def answer(self, record: Optional[Tuple[str, str]]) -> Optional[Dict[str, Any]]:
         """
@@ -86,31 +79,6 @@ class IdempotentUpload:
                 ),
             )
         return json.loads(receipt)
-
-
-class IdempotencyGuard:
-    """Runs in the upload's savepoint, before its rows: take the key or raise :class:`DuplicateUpload`."""
-
-    __slots__ = ("upload", "receipt")
-
-    def __init__(self, upload: IdempotentUpload, receipt: str):
-        self.upload = upload
-        self.receipt = receipt
-
-    def apply(self, cursor) -> None:
-        """Insert the key; an expired one is taken over, a live one refuses."""
-        u = self.upload
-        cursor.execute(
-            "INSERT INTO {t} (key, digest, receipt, created_at) VALUES (?, ?, ?, ?) "
-            "ON CONFLICT(key) DO UPDATE SET digest = excluded.digest, receipt = excluded.receipt, "
-            "created_at = excluded.created_at WHERE {t}.created_at < ?".format(t=IDEMPOTENCY_TABLE),
-            (u.key, u.digest, self.receipt, u.now, u.cutoff),
-        )
-        if cursor.rowcount != 1:
-            raise DuplicateUpload(u.key)
-
-    def committed(self, store) -> None:
-        """Nothing to remember outside the database."""
 
 
 class Idempotency:

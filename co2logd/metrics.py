@@ -13,14 +13,13 @@ Most values are read at scrape time from what the services already count
 * the store's ``write_stats`` (group commit) and the outbox statistics,
   fetched from the database just before each scrape.
 
-The one metric measured here is the database write latency: the store's
-``write`` is wrapped to time every write from call to commit.
+The one metric measured here is the database write latency: the store
+tells its write observers how long every write took from call to answer.
 """
 
 from __future__ import annotations
 
-import time
-from typing import Any, Callable, Dict, Iterable, Optional
+from typing import Any, Dict, Iterable, Optional
 
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -30,23 +29,6 @@ from twisted.logger import Logger
 log = Logger()
 
 WRITE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-
-
-def time_writes(store, histogram: Histogram, timer: Callable[[], float] = time.perf_counter) -> None:
-    """Wrap ``store.write`` so every write's latency (queueing and commit included) is observed."""
-    original = store.write
-
-    def write(*args, **kwargs):
-        start = timer()
-        d = original(*args, **kwargs)
-
-        def observe(result):
-            histogram.observe(timer() - start)
-            return result
-
-        return d.addBoth(observe)
-
-    store.write = write
 
 
 class _Collector:
@@ -196,7 +178,7 @@ def _mqtt_families(stats: Dict[str, Any]):
 class Metrics:
     """One registry with co2logd's metrics; ``exposition()`` fires with the text format."""
 
-    def __init__(self, settings, ingest, store, clock, services: Iterable[Any] = (), timer: Callable[[], float] = time.perf_counter):
+    def __init__(self, settings, ingest, store, clock, services: Iterable[Any] = ()):
         self.settings = settings
         self.ingest = ingest
         self.store = store
@@ -211,7 +193,7 @@ class Metrics:
             registry=self.registry,
         )
         self.registry.register(_Collector(self))
-        time_writes(store, self.write_seconds, timer)
+        store.add_observer(lambda seconds, rows: self.write_seconds.observe(seconds))
 
     @defer.inlineCallbacks
     def exposition(self):

@@ -21,6 +21,8 @@ import math
 import re
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from co2logd.rollup import STEPS
+
 Bucket = Tuple[int, float, float]  # (bucket index, min, max)
 
 LEFT, RIGHT, TOP, BOTTOM = 58, 14, 24, 22
@@ -41,22 +43,22 @@ def plot_area_width(width: int) -> int:
 def bucket_edges(since: float, until: float, buckets: int) -> List[float]:
     """
     At most ``buckets + 1`` times from ``since`` to ``until``: equally spaced,
-    and when a bucket spans a minute or more, on whole minutes (or hours)
-    from the epoch, so the rollups answer every bucket but the two at the
-    ends without reading rows (their edges are whole periods).
+    and when a bucket spans a minute or more, on whole periods from the
+    epoch, a step from :data:`co2logd.rollup.STEPS` (2 minutes, 20 minutes,
+    12 hours...) or whole days, so the rollups answer every bucket but the
+    two at the ends without reading rows, from a few periods each.
     """
     raw = (until - since) / buckets
-    unit = 3600 if raw >= 3600 else 60 if raw >= 60 else 0
-    if not unit:
+    if raw < 60:
         return [since + i * raw for i in range(buckets)] + [until]
-    step = math.ceil(raw / unit) * unit
+    steps = [s for s in STEPS if s >= raw]
+    step = steps.pop(0) if steps else math.ceil(raw / 86400) * 86400
     while True:
         first = math.floor(since / step) * step + step
-        inner = list(range(int(first), int(math.ceil(until)), int(step)))
-        inner = [float(t) for t in inner if since < t < until]
+        inner = [float(t) for t in range(int(first), int(math.ceil(until)), int(step)) if since < t < until]
         if len(inner) + 1 <= buckets:
             return [since] + inner + [until]
-        step += unit
+        step = steps.pop(0) if steps else (step // 86400 + 1) * 86400
 
 
 class Panel:

@@ -22,8 +22,9 @@ the same salt, device and kind (counter or timestamp), and, for timestamps,
 within ``REPLAY_WINDOW_SECONDS`` of the server's clock.  Anything else is a
 replay (or arrived out of order) and is refused with 403, reason
 ``"replay"``.  The check and the update happen in the transaction that
-stores the rows (:class:`AdvanceGuard`), so two copies of one upload sent at
-once cannot both get in, and a refused or failed upload uses up nothing.
+stores the rows (the store takes a :class:`~co2logd.store.ReplayAdvance`),
+so two copies of one upload sent at once cannot both get in, and a refused
+or failed upload uses up nothing.
 
 ``REPLAY_PROTECTION``: ``"off"`` (the default: the headers are ignored and
 checksums cover the payload alone, as in co2logserver), ``"optional"``
@@ -41,23 +42,15 @@ from typing import Any, Iterable, List, Mapping, Optional, Tuple
 
 from co2logd.auth import Headers, header_items
 from co2logd.errors import IngestError
+from co2logd.store.interfaces import ReplayAdvance
 
 COUNTER_HEADER = "content-counter"
 TIMESTAMP_HEADER = "content-timestamp"
-REPLAY_TABLE = "co2logd_replay"
 MODES = ("off", "optional", "required")
 MAX_COUNTER = 2**63 - 1
 
 # DEVICE: is optional; a device name is what a column name may be, a little more
 CLAIM = re.compile(r"(?:(?P<device>[A-Za-z0-9_.\-]{1,64}):)?(?P<number>[0-9]{1,19}(?:\.[0-9]{1,6})?)\Z")
-
-
-class ReplayRefused(Exception):
-    """Raised inside the write transaction: the number is not larger than the stored one."""
-
-    def __init__(self, claim: "Claim"):
-        super().__init__(claim.key)
-        self.claim = claim
 
 
 def salt_id(salt: str) -> str:
@@ -129,34 +122,6 @@ def claim_from_headers(headers: Iterable[Tuple[str, str]]) -> Optional[Claim]:
     return Claim(kind, value, match.group("device") or "", number)
 
 
-class AdvanceGuard:
-    """
-    Runs in the upload's savepoint, before its rows: store the claim's number
-    if it is larger than the last one, else raise :class:`ReplayRefused`.
-    """
-
-    __slots__ = ("claim", "now")
-
-    def __init__(self, claim: Claim, now: float):
-        self.claim = claim
-        self.now = now
-
-    def apply(self, cursor) -> None:
-        """Advance the stored number or refuse (SQLite UPSERT with a condition)."""
-        cursor.execute(
-            "INSERT INTO {t} (key, last, updated_at) VALUES (?, ?, ?) "
-            "ON CONFLICT(key) DO UPDATE SET last = excluded.last, updated_at = excluded.updated_at "
-            "WHERE excluded.last > {t}.last".format(t=REPLAY_TABLE),
-            (self.claim.key, self.claim.number, self.now),
-        )
-        if cursor.rowcount != 1:
-            raise ReplayRefused(self.claim)
-
-    def committed(self, store) -> None:
-        """Remember the number on the reactor thread, for fast refusals before parsing."""
-        store.replay_seen(self.claim.key, self.claim.number)
-
-
 def replay_error(claim: Claim, detail: str) -> IngestError:
     """The 403 for a replayed, out-of-order or stale upload."""
     return IngestError(
@@ -190,9 +155,9 @@ class ReplayPolicy:
         """The claim of an upload, or None (always None while protection is off)."""
         return claim_from_headers(headers) if self.enabled else None
 
-    def guard(self, claim: Optional[Claim], matches: Mapping[str, Optional[str]], now: float, last_known) -> Optional[AdvanceGuard]:
+    def guard(self, claim: Optional[Claim], matches: Mapping[str, Optional[str]], now: float, last_known) -> Optional[ReplayAdvance]:
         """
-        The guard to run with the upload's rows, or None; raise a 403
+        What the store must check and advance with the upload's rows, or None; raise a 403
         IngestError when the upload must be refused now.  ``last_known(key)``
         gives the last number committed (or None): a cheap early refusal,
         the transaction has the final word.
@@ -225,7 +190,7 @@ class ReplayPolicy:
         last = last_known(claim.key)
         if last is not None and claim.number <= last:
             raise replay_error(claim, "is not larger than the last one stored ({})".format(_number(last)))
-        return AdvanceGuard(claim, now)
+        return ReplayAdvance(claim.key, claim.number, now)
 
 
 def _number(value: Any) -> str:

@@ -16,25 +16,422 @@ interface.
 * :class:`FakeSerialDevices`: a serial port factory for
   :class:`co2logd.transports.serial.SerialService` without a device
   (checked beside real pseudo-terminals in ``tests/test_serial.py``).
-
-The store needs no fake: :meth:`co2logd.store.Store.open` on a temporary
-file is the real thing and fast enough for tests.
+* :class:`MemoryStore`: an :class:`~co2logd.store.IStore` in memory
+  (checked beside the SQLite store by ``tests/store_behaviour.py``, run by
+  ``tests/test_store_memory.py`` and ``tests/test_store_sqlite.py``).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Set, Tuple
+
+import bisect
+import datetime
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from co2logd.osem.fake import MAX_MEASUREMENTS, FakeOpenSenseMap
 from co2logd.osem.fake import listen as listen_fake_opensensemap
 from co2logd.transports.testing import FakeSerialDevices, FakeSerialPort
 
+from co2logd.store.interfaces import (
+    DuplicateUpload,
+    IRowStream,
+    IStore,
+    Query,
+    ReplayRefused,
+    StoreBusy,
+    StoreError,
+    WriteObserver,
+    WriteRequest,
+)
+from co2logd.store.rollups import PlotData, source_label, value_forms
+from co2logd.timerange import parse_stored_time
+
 if TYPE_CHECKING:
     from co2logd.osem.client import BoxPlan
 
-__all__ = ["FakeOpenSenseMap", "listen_fake_opensensemap", "FakeOsemClient", "FakeSerialDevices", "FakeSerialPort"]
+__all__ = [
+    "FakeOpenSenseMap",
+    "listen_fake_opensensemap",
+    "FakeOsemClient",
+    "FakeSerialDevices",
+    "FakeSerialPort",
+    "MemoryStore",
+]
 
 SensorKey = Tuple[str, str, str, str]
+
+#: what the SQLite store declares a new column as, by the type of its first value
+_DECLARED = {bool: "INTEGER", int: "INTEGER", float: "REAL", str: "TEXT", datetime.datetime: "DATETIME"}
+_MAX_AHEAD = 366 * 86400.0  # a measurement time more than this after its upload is unusable (co2logd.store.mtime)
+
+
+def _stored(value: Any) -> Any:
+    """A value as a SQL database gives it back: datetimes as co2logserver's text, booleans as integers."""
+    if isinstance(value, datetime.datetime):
+        return value.isoformat(" ")
+    if isinstance(value, datetime.date):
+        return value.isoformat()
+    if isinstance(value, bool):
+        return int(value)
+    return value
+
+
+def _order(value: Any) -> Tuple[int, Any]:
+    """SQLite's order across types: NULL, numbers, text, blobs."""
+    if value is None:
+        return (0, 0)
+    if isinstance(value, (int, float)):
+        return (1, value)
+    if isinstance(value, str):
+        return (2, value)
+    return (3, bytes(value))
+
+
+def _numeric(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+@implementer(IRowStream)
+class _MemoryRowStream:
+    """The rows of one select, taken when it was made, a chunk at a time."""
+
+    def __init__(self, header: List[str], rows: List[Tuple[Any, ...]], chunk_rows: int):
+        self.header = header
+        self._rows = rows
+        self._chunk_rows = chunk_rows
+
+    def next_chunk(self) -> "Deferred[List[Tuple[Any, ...]]]":
+        chunk, self._rows = self._rows[: self._chunk_rows], self._rows[self._chunk_rows:]
+        return succeed(chunk)
+
+    def close(self) -> "Deferred[None]":
+        self._rows = []
+        return succeed(None)
+
+
+@implementer(IStore)
+class MemoryStore(Service):
+    """
+    The store in memory, for tests of what uses a store: writes are
+    answered at once, rows are dicts, values are kept as SQLite gives them
+    back.  Set :attr:`busy` to make writes fail with ``StoreBusy``.  It has
+    the SQLite store's behaviour (``tests/store_behaviour.py``), not its
+    speed, its durability or its disk checks.
+    """
+
+    name = "store"
+    rowid = "rowid"
+
+    def __init__(self, settings: Any):
+        self.settings = settings
+        self.columns: Dict[str, str] = {
+            settings.UPLOAD_TIME_COL: "DATETIME",
+            settings.MATCHED_CHECKSUMS_COL: "TEXT",
+            settings.FAILED_CHECKSUMS_COL: "TEXT",
+            settings.TRANSPORT_COL: "TEXT",
+        }
+        self.busy = False
+        self.write_stats: Dict[str, int] = {"transactions": 0, "uploads": 0, "largest_group": 0, "busy": 0}
+        #: the data rows: rowid → {column: value}
+        self.rows: Dict[int, Dict[str, Any]] = {}
+        self._last_rowid = 0
+        self._outbox: Dict[int, Tuple[float, str]] = {}
+        self._outbox_id = 0
+        self._dead: Dict[int, Tuple[float, float, str, str]] = {}
+        self._replay: Dict[str, float] = {}
+        self._keys: Dict[str, Tuple[str, str, float]] = {}
+        self._observers: List[WriteObserver] = []
+        self._stopping = False
+
+    def stopService(self) -> None:
+        """Refuse writes from now on."""
+        self._stopping = True
+        super().stopService()
+
+    # -- writing --------------------------------------------------------------
+
+    def add_observer(self, observer: WriteObserver) -> None:
+        self._observers.append(observer)
+
+    def write(self, request: WriteRequest) -> "Deferred[int]":
+        try:
+            rows = self._write(request)
+        except Exception:
+            result: Deferred[int] = fail(Failure())
+        else:
+            result = succeed(rows)
+        for observer in self._observers:
+            observer(0.0, rows if not isinstance(result.result, Failure) else None)
+        return result
+
+    def _write(self, request: WriteRequest) -> int:
+        if self._stopping:
+            raise StoreError("The store is stopping: the write was not queued")
+        if self.busy:
+            self.write_stats["busy"] += 1
+            raise StoreBusy("the memory store was told it is busy")
+        names = [name for name, _ in request.fixed] + list(request.columns)
+        fixed = [_stored(value) for _, value in request.fixed]
+        rows = []
+        for row in request.rows:
+            if len(row) != len(request.columns):
+                raise StoreError("a row has {} values for {} columns".format(len(row), len(request.columns)))
+            rows.append(dict(zip(names, fixed + [_stored(value) for value in row])))
+        for name in names:
+            if name not in self.columns and name not in request.new_columns:
+                raise StoreError("no such column: {}".format(name))
+        claim = request.idempotency
+        if claim is not None:
+            held = self._keys.get(claim.key)
+            if held is not None and held[2] >= claim.cutoff:
+                raise DuplicateUpload(claim.key)
+        advance = request.replay
+        if advance is not None:
+            last = self._replay.get(advance.key)
+            if last is not None and not advance.number > last:
+                raise ReplayRefused(advance)
+        # nothing can fail from here on: the upload is kept whole
+        if claim is not None:
+            self._keys[claim.key] = (claim.digest, claim.receipt, claim.now)
+        if advance is not None:
+            self._replay[advance.key] = advance.number
+        for name, python_type in request.new_columns.items():
+            self.columns.setdefault(name, _DECLARED.get(python_type, "") if python_type is not None else "")
+        for row in rows:
+            self._last_rowid += 1
+            self.rows[self._last_rowid] = row
+        for entry in request.outbox:
+            self._outbox_id += 1
+            self._outbox[self._outbox_id] = (request.queued_at, entry)
+        stats = self.write_stats
+        stats["transactions"] += 1
+        stats["uploads"] += 1
+        stats["largest_group"] = max(stats["largest_group"], 1)
+        return len(rows)
+
+    # -- freshness ------------------------------------------------------------
+
+    def replay_last(self, key: str) -> Optional[float]:
+        return self._replay.get(key)
+
+    def idempotency_lookup(self, key: str, cutoff: float) -> "Deferred[Optional[Tuple[str, str]]]":
+        held = self._keys.get(key)
+        return succeed(held[:2] if held is not None and held[2] >= cutoff else None)
+
+    def idempotency_expire(self, cutoff: float) -> "Deferred[int]":
+        old = [key for key, (_, _, at) in self._keys.items() if at < cutoff]
+        for key in old:
+            del self._keys[key]
+        return succeed(len(old))
+
+    # -- download -------------------------------------------------------------
+
+    def _query_rows(self, query: Query) -> List[Tuple[int, Dict[str, Any]]]:
+        query.check()
+        for column in list(query.columns) + [c for c, _, _ in query.bounds]:
+            if column != self.rowid and column not in self.columns:
+                raise StoreError("no such column: {}".format(column))
+
+        def value(rowid: int, row: Dict[str, Any], column: str) -> Any:
+            return rowid if column == self.rowid else row.get(column)
+
+        def keep(rowid: int, row: Dict[str, Any]) -> bool:
+            for column, op, bound in query.bounds:
+                have = value(rowid, row, column)
+                if have is None:
+                    return False
+                a, b = _order(have), _order(bound)
+                if not (a >= b if op == ">=" else a <= b if op == "<=" else a == b):
+                    return False
+            return True
+
+        found = [(rowid, row) for rowid, row in self.rows.items() if keep(rowid, row)]
+        if query.order_by is not None:
+            column, direction = query.order_by
+            found.sort(key=lambda item: _order(value(item[0], item[1], column)), reverse=direction.upper() == "DESC")
+        if query.limit is not None:
+            found = found[: query.limit]
+        return found
+
+    def count(self) -> "Deferred[int]":
+        return succeed(len(self.rows))
+
+    def select(self, query: Query, chunk_rows: int = 500) -> "Deferred[IRowStream]":
+        try:
+            found = self._query_rows(query)
+        except Exception:
+            return fail()
+        header = list(query.columns) or list(self.columns)
+        rows = [tuple(rowid if c == self.rowid else row.get(c) for c in header) for rowid, row in found]
+        return succeed(_MemoryRowStream(header, rows, chunk_rows))
+
+    def rowid_at(self, query: Query, offset: int) -> "Deferred[Optional[int]]":
+        found = self._query_rows(Query(list(query.columns), list(query.bounds), query.order_by, None))
+        return succeed(found[offset][0] if offset < len(found) else None)
+
+    # -- the dashboard, /plot and /health ----------------------------------------
+
+    def row_count(self) -> "Deferred[int]":
+        return succeed(len(self.rows))
+
+    def want_rollups(self, columns: Iterable[str]) -> None:
+        """Nothing to keep: every answer is read from the rows."""
+
+    def catch_up(self) -> "Deferred[None]":
+        return succeed(None)
+
+    def _time(self, row: Dict[str, Any]) -> Tuple[Optional[float], bool]:
+        """A row's measurement time (see co2logd.store.mtime), and whether it was unusable (placed at upload time)."""
+        settings = self.settings
+        upload = row.get(settings.UPLOAD_TIME_COL)
+        up = parse_stored_time(upload) if isinstance(upload, str) else None
+        if up is not None and up < 0:
+            up = None
+        wanted = [settings.DASHBOARD_TIME_COL.lower()] if settings.DASHBOARD_TIME_COL else [c.lower() for c in settings.TIME_COLS]
+        candidates = [row.get(c) for c in wanted if c in self.columns]
+        limit = (up if up is not None else datetime.datetime.now(datetime.timezone.utc).timestamp()) + _MAX_AHEAD
+        for value in candidates:
+            t = parse_stored_time(value) if isinstance(value, str) else None
+            if t is not None and 0 <= t <= limit:
+                return round(t, 3), False
+        return up, up is not None and any(v is not None for v in candidates)
+
+    def _source(self, row: Dict[str, Any]) -> Tuple[Any, Any]:
+        return row.get(self.settings.TRANSPORT_COL), row.get(self.settings.OSEM_BOX_COL)
+
+    def _selected(self, filters: Sequence[Tuple[str, Any]]) -> Callable[[Dict[str, Any]], bool]:
+        wanted = [(0 if column == self.settings.TRANSPORT_COL else 1, value_forms(value)) for column, value in filters]
+        return lambda row: all(self._source(row)[k] in values for k, values in wanted)
+
+    def plot_series(
+        self,
+        columns: Sequence[str],
+        bounds: Sequence[float],
+        filters: Sequence[Tuple[str, Any]] = (),
+        max_series: int = 6,
+        rollups: bool = True,
+    ) -> "Deferred[PlotData]":
+        bounds = [float(b) for b in bounds]
+        selected = self._selected(filters)
+        found: Dict[str, Dict[int, List[Tuple[Any, Any]]]] = {}
+        counts: Dict[str, int] = {}
+        for row in self.rows.values():
+            t, _ = self._time(row)
+            if t is None or not bounds[0] <= t < bounds[-1] or not selected(row):
+                continue
+            label = source_label(*self._source(row))
+            counts[label] = counts.get(label, 0) + 1
+            i = bisect.bisect_right(bounds, t) - 1
+            pairs = found.setdefault(label, {}).setdefault(i, [(None, None)] * len(columns))
+            for k, column in enumerate(columns):
+                v = row.get(column)
+                if _numeric(v):
+                    low, high = pairs[k]
+                    pairs[k] = (v if low is None or v < low else low, v if high is None or v > high else high)
+        ranked = sorted(counts, key=lambda label: (-counts[label], label))
+        data = PlotData(columns)
+        data.left_out = max(0, len(ranked) - max_series)
+        for label in ranked[:max_series]:
+            buckets = {i: pairs for i, pairs in found[label].items() if any(low is not None for low, _ in pairs)}
+            if buckets:
+                data.buckets[label] = buckets
+        data.series = sorted(data.buckets, key=lambda n: (-len(data.buckets[n]), n))
+        return succeed(data)
+
+    def time_extent(self, filters: Sequence[Tuple[str, Any]] = ()) -> "Deferred[Optional[Tuple[float, float]]]":
+        selected = self._selected(filters)
+        times = [t for t, _ in (self._time(row) for row in self.rows.values() if selected(row)) if t is not None]
+        return succeed((min(times), max(times)) if times else None)
+
+    def unusable_times(self, since: float, until: float, filters: Sequence[Tuple[str, Any]] = ()) -> "Deferred[int]":
+        selected = self._selected(filters)
+        n = 0
+        for row in self.rows.values():
+            t, unusable = self._time(row)
+            if selected(row) and ((unusable and since <= t < until) or t is None):  # type: ignore[operator]
+                n += 1
+        return succeed(n)
+
+    def latest_by_source(
+        self, columns: Sequence[str], filters: Sequence[Tuple[str, Any]] = (), limit: int = 6
+    ) -> "Deferred[List[Tuple[str, float, Dict[str, Any]]]]":
+        selected = self._selected(filters)
+        per_label: Dict[str, List[Tuple[float, Dict[str, Any]]]] = {}
+        for row in self.rows.values():
+            t, _ = self._time(row)
+            if t is not None and selected(row):
+                per_label.setdefault(source_label(*self._source(row)), []).append((t, row))
+        out = []
+        for label, timed in per_label.items():
+            timed.sort(key=lambda item: -item[0])
+            values: Dict[str, Any] = {}
+            for _, row in timed[:100]:
+                for column in columns:
+                    if column not in values and _numeric(row.get(column)):
+                        values[column] = row[column]
+            out.append((label, timed[0][0], values))
+        out.sort(key=lambda x: -x[1])
+        return succeed(out[:limit])
+
+    def source_activity(
+        self,
+        box_column: Optional[str],
+        after_rowid: int = 0,
+        trim: Optional[Callable[[Dict[Tuple[Any, Any], List[Any]]], None]] = None,
+    ) -> "Deferred[Tuple[List[Tuple[Any, Any, Any, int, int]], int]]":
+        found: Dict[Tuple[Any, Any], List[Any]] = {}
+        times: Dict[Tuple[Any, Any], set] = {}
+        upload_col = self.settings.UPLOAD_TIME_COL
+        for rowid, row in self.rows.items():
+            if rowid <= after_rowid:
+                continue
+            key = (row.get(self.settings.TRANSPORT_COL), row.get(box_column) if box_column else None)
+            seen = found.setdefault(key, [None, 0, 0])
+            when = row.get(upload_col)
+            if when is not None and (seen[0] is None or _order(when) > _order(seen[0])):
+                seen[0] = when
+            seen[1] += 1
+            times.setdefault(key, set()).add(when)
+            seen[2] = len(times[key])
+        if trim is not None:
+            trim(found)
+        listing = [(k[0], k[1], last, n, uploads) for k, (last, n, uploads) in found.items()]
+        return succeed((listing, max(self._last_rowid, after_rowid)))
+
+    def disk_report(self, now: float) -> Tuple[Dict[str, Any], List[str]]:
+        return {"writable": True, "heartbeat_at": None}, []
+
+    # -- the OpenSenseMap outbox ------------------------------------------------
+
+    def outbox_fetch(self, limit: int) -> "Deferred[List[Tuple[int, float, str]]]":
+        return succeed([(i, at, entry) for i, (at, entry) in sorted(self._outbox.items())[:limit]])
+
+    def outbox_delete(self, ids: Iterable[int]) -> "Deferred[int]":
+        ids = list(ids)
+        for i in ids:
+            self._outbox.pop(i, None)
+        return succeed(len(ids))
+
+    def outbox_dead_letter(self, failures: Iterable[Tuple[int, str]], failed_at: float) -> "Deferred[int]":
+        failures = list(failures)
+        for i, reason in failures:
+            entry = self._outbox.pop(i, None)
+            if entry is not None:
+                self._dead[i] = (entry[0], failed_at, entry[1], reason)
+        return succeed(len(failures))
+
+    def outbox_stats(self) -> "Deferred[Dict[str, Any]]":
+        oldest = min((at for at, _ in self._outbox.values()), default=None)
+        return succeed({"depth": len(self._outbox), "oldest_queued_at": oldest, "dead_letters": len(self._dead)})
+
+    def dead_letters(self, limit: int = 100) -> "Deferred[List[Tuple[int, float, float, str, str]]]":
+        newest = sorted(self._dead.items(), key=lambda item: -item[1][1])[:limit]
+        return succeed([(i, queued, failed, entry, reason) for i, (queued, failed, entry, reason) in newest])
 
 
 class FakeOsemClient:

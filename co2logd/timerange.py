@@ -3,7 +3,7 @@ Time ranges for plots, downloads and the dashboard.
 
 Users write ``since=24h``, ``until=2024-05-01``, ``since=1714521600``; the
 database holds the upload time as ISO text (``2024-05-01 12:00:00.250000+00:00``,
-what :func:`co2logd.store.sql_value` writes).  Bounds are turned into text of
+what :func:`co2logd.store.sqlite.sql_value` writes).  Bounds are turned into text of
 the same shape so the comparison is a plain text comparison the index on the
 upload-time column can serve, with no per-row parsing.
 """

@@ -38,7 +38,8 @@ from twisted.internet import defer, threads
 from co2logd.errors import IngestError
 from co2logd.ingest import IngestService, Upload
 from co2logd.settings import Settings
-from co2logd.store import OUTBOX_TABLE, Store
+from co2logd.store import Store
+from co2logd.store.schema import OUTBOX_TABLE
 from co2logd.web.site import make_site
 from tests import strategies as s
 

@@ -201,7 +201,7 @@ class Mosquitto:
 
 
 def publish(port: int, messages, username: Optional[str] = None, password: Optional[str] = None,
-            protocol: str = "5", timeout: float = 30.0) -> int:
+            protocol: str = "5", timeout: float = 30.0, ca_file: Optional[str] = None) -> int:
     """
     Publish ``messages`` (``(topic, payload)`` or ``(topic, payload,
     {user property: value}, content_type)``) with QoS 1 and wait until the
@@ -218,6 +218,8 @@ def publish(port: int, messages, username: Optional[str] = None, password: Optio
         client.username_pw_set(username, password)
     client.max_inflight_messages_set(1000)
     client.max_queued_messages_set(0)
+    if ca_file is not None:
+        client.tls_set(ca_certs=ca_file)
     client.connect("127.0.0.1", port)
     client.loop_start()
     try:
@@ -241,3 +243,20 @@ def publish(port: int, messages, username: Optional[str] = None, password: Optio
     finally:
         client.disconnect()
         client.loop_stop()
+
+
+def make_certificates(directory: str):
+    """
+    A throw-away CA and a server certificate for 127.0.0.1 (openssl);
+    returns ``(ca_file, cert_file, key_file)``.
+    """
+    def run(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=directory, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt", "-days", "2", "-subj", "/CN=co2logd test CA")
+    run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1")
+    with open(os.path.join(directory, "san.ext"), "w") as f:
+        f.write("subjectAltName=IP:127.0.0.1\n")
+    run("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+        "-out", "server.crt", "-days", "2", "-extfile", "san.ext")
+    return tuple(os.path.join(directory, name) for name in ("ca.crt", "server.crt", "server.key"))

@@ -21,7 +21,7 @@ from twisted.trial import unittest
 
 from co2logd import rollup
 from co2logd.plot import Panel, path_points, render_svg
-from co2logd.store import upload_time_index
+from co2logd.store import WriteRequest, upload_time_index
 from co2logd.timerange import TimeRange, TimeRangeError, parse_time, time_text
 from co2logd.transports.serial import SerialService
 from co2logd.transports.testing import FakeSerialDevices
@@ -105,7 +105,7 @@ class SourceActivityTests(StoreMixin, unittest.TestCase):
     def test_chunks_add_up(self):
         """Read 7 rows per interaction, the sources are what the rows say; asking again reads only new rows."""
         self.make_store()
-        self.store.activity_chunk_rows = 7
+        self.store.rollups.activity_chunk_rows = 7
         rng = random.Random(4)
         rows = [(stored_time(T0 + rng.uniform(0, 1000)), rng.choice(["http", "udp:10.0.0.1"]), 1, 1.0, rng.choice(["a", "b", None]))
                 for _ in range(100)]
@@ -160,6 +160,32 @@ class RollupArithmeticTests(unittest.TestCase):
         self.assertEqual((piece.exact, piece.periods), ([(30 * us, 80 * us)], []))
         piece = rollup.cut(3600 * us, 7200 * us)  # exactly one hour
         self.assertEqual((piece.exact, piece.periods), ([], [(3600, 3600, 7200)]))
+
+    def test_cut_uses_every_span(self):
+        """A long bucket: days in the middle, then 6 hours, hours, 10 minutes and minutes toward each end."""
+        us = 1_000_000
+        day = 86400
+        lo, hi = day - 6 * 3600 - 3600 - 600 - 60 - 1, 3 * day + 6 * 3600 + 3600 + 600 + 60 + 1
+        piece = rollup.cut(lo * us, hi * us)
+        self.assertEqual(piece.periods, [
+            (day, day, 3 * day),
+            (21600, day - 21600, day), (21600, 3 * day, 3 * day + 21600),
+            (3600, day - 21600 - 3600, day - 21600), (3600, 3 * day + 21600, 3 * day + 21600 + 3600),
+            (600, day - 21600 - 3600 - 600, day - 21600 - 3600), (600, 3 * day + 25200, 3 * day + 25800),
+            (60, day - 21600 - 3600 - 600 - 60, day - 21600 - 3600 - 600), (60, 3 * day + 25800, 3 * day + 25860),
+        ])
+        self.assertEqual(piece.exact, [(lo * us, (lo + 1) * us), ((hi - 1) * us, hi * us)])
+        covered = sum(end - first for _, first, end in piece.periods) + sum(b - a for a, b in piece.exact) // us
+        self.assertEqual(covered, hi - lo)
+
+    def test_whole_range_uses_spans_dividing_the_step(self):
+        """Inner bounds 20 minutes apart: 10-minute periods in the middle, never hours (an hour would span two buckets)."""
+        bounds = [1000.5] + [float(1200 * k) for k in range(1, 10)] + [12345.0]
+        piece = rollup.whole_range_piece(bounds)
+        self.assertEqual({span for span, _, _ in piece.periods}, {600, 60})
+        self.assertEqual(rollup.equal_steps(bounds), (1200, 1200))
+        self.assertIsNone(rollup.equal_steps([0.0, 60.0, 180.0, 200.0, 300.0]))
+        self.assertIsNone(rollup.whole_range_piece([0.0, 30.5, 100.0]))  # inner bound not whole seconds
 
     def test_plan(self):
         """Short buckets (no whole minute) and unreadable bounds need no rollups; bounds stay as given."""
@@ -346,11 +372,11 @@ class HealthTests(DaemonSiteMixin, unittest.TestCase):
     def test_outbox_stuck(self):
         """With forwarding on, an outbox entry older than HEALTH_OUTBOX_MAX_AGE makes /health 503."""
         self.start(OSEM_UPLOAD=True, HEALTH_OUTBOX_MAX_AGE=600)
-        yield self.store.write(["co2"], [], {}, outbox=['{"x": 1}'], queued_at=reactor.seconds() - 60)
+        yield self.store.write(WriteRequest(["co2"], [], {}, outbox=['{"x": 1}'], queued_at=reactor.seconds() - 60))
         status, report = yield self.health()
         self.assertEqual(status, 200)
         self.assertEqual(report["outbox"]["depth"], 1)
-        yield self.store.write(["co2"], [], {}, outbox=['{"x": 2}'], queued_at=reactor.seconds() - 3600)
+        yield self.store.write(WriteRequest(["co2"], [], {}, outbox=['{"x": 2}'], queued_at=reactor.seconds() - 3600))
         status, report = yield self.health()
         self.assertEqual(status, 503)
         self.assertEqual(report["outbox"]["depth"], 2)
@@ -425,7 +451,7 @@ class MetricsTests(DaemonSiteMixin, unittest.TestCase):
         self.assertEqual(status, 403)
         status, _ = yield self.post(b"{", "application/json", {"Content-MD5-Salted": salted(b"{", "s")})
         self.assertEqual(status, 400)
-        yield self.store.write(["co2"], [], {}, outbox=["{}"], queued_at=reactor.seconds() - 30)
+        yield self.store.write(WriteRequest(["co2"], [], {}, outbox=["{}"], queued_at=reactor.seconds() - 30))
         m = yield self.scrape()
         self.assertEqual(m[("co2logd_uploads_total", (("transport", "http"),))], 2)
         self.assertEqual(m[("co2logd_rows_total", (("transport", "http"),))], 6)

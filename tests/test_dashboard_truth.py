@@ -20,8 +20,9 @@ from typing import Dict, List
 from twisted.internet import defer, reactor, task
 from twisted.trial import unittest
 
-from co2logd import mtime
 from co2logd.ingest import Upload
+from co2logd.store import mtime
+from co2logd.rollup import SPANS, STEPS
 from co2logd.plot import HTML_AREA, OKABE_ITO
 from co2logd.store import Store
 from co2logd.web.plot import main_columns, unit_for
@@ -354,10 +355,10 @@ class MaintenanceTests(StoreMixin, unittest.TestCase):
         )
         connection.commit()
         store.columns["time"] = "DATETIME"
-        self.assertIsNone(store._maintaining)
-        clock.advance(store.maintenance_interval)
-        self.assertIsNotNone(store._maintaining)
-        yield store._maintaining
+        self.assertIsNone(store.rollups.maintaining)
+        clock.advance(store.rollups.maintenance_interval)
+        self.assertIsNotNone(store.rollups.maintaining)
+        yield store.rollups.maintaining
         rows = connection.execute("SELECT row, t, kind FROM co2logd_mtime ORDER BY row").fetchall()
         connection.close()
         self.assertEqual(rows, [(1, 1711929600.0, mtime.MEASURED), (2, 1714564800.0, mtime.UNUSABLE),
@@ -452,6 +453,88 @@ class MaintenanceTests(StoreMixin, unittest.TestCase):
         return self.ingest.ingest(Upload(json.dumps(table).encode(), "application/json", [], "http"))
 
 
+class RollupAnswerTests(StoreMixin, unittest.TestCase):
+    """A plot answered from the rollups equals the same plot read from the rows, whatever the range."""
+
+    T0 = 1714521600  # 2024-05-01 00:00 UTC
+
+    @defer.inlineCallbacks
+    def fill(self, tail: bool = False):
+        """
+        Ten days of readings from three boxes at irregular times, sent in
+        uploads out of time order (a backfill of the first days last); with
+        ``tail``, the last upload is left beyond the rollups' watermark.
+        """
+        clock = task.Clock()
+        clock.advance(self.T0 + 11 * DAY)
+        self.make_ingest(make_settings(), clock=clock)
+        self.store._maintenance.stop()  # maintenance runs when the test says
+        rng = random.Random(10)
+        uploads = []
+        for box in range(3):
+            for day in range(10):
+                times = sorted(rng.sample(range(self.T0 + day * DAY, self.T0 + (day + 1) * DAY), 150))
+                uploads.append({"time": times, "co2": [rng.randint(400, 2000) for _ in times],
+                                "temperature": [round(rng.uniform(15, 30), 2) for _ in times],
+                                "box": ["box{}".format(box)] * len(times)})
+        uploads.sort(key=lambda u: (u["time"][0] < self.T0 + 3 * DAY, rng.random()))
+        for upload in uploads[:-1]:
+            yield self.ingest.ingest(Upload(json.dumps(upload).encode(), "application/json", [], "http"))
+        self.store.want_rollups(["co2", "temperature"])
+        yield self.store.catch_up()
+        if tail:
+            self.store.rollups.fold_in_writer_rows = 0  # not folded by the writer: read from the rows beyond the mark
+        yield self.ingest.ingest(Upload(json.dumps(uploads[-1]).encode(), "application/json", [], "http"))
+        if not tail:
+            yield self.store.catch_up()
+
+    @defer.inlineCallbacks
+    def compare(self, bounds, filters=()):
+        answered = []
+        original = self.store.rollups._rollup_answer
+        self.store.rollups._rollup_answer = lambda *a: answered.append(1) or original(*a)
+        try:
+            rolled = yield self.store.plot_series(["co2", "temperature"], bounds, filters)
+        finally:
+            del self.store.rollups._rollup_answer
+        exact = yield self.store.plot_series(["co2", "temperature"], bounds, filters, rollups=False)
+        self.assertEqual(answered, [1], "the rollups did not answer")
+        self.assertEqual(rolled.series, exact.series)
+        self.assertTrue(exact.buckets)
+        differ = [  # the first few differences only: a diff of thousands of buckets takes minutes to print
+            (label, i, rolled.buckets.get(label, {}).get(i), exact.buckets.get(label, {}).get(i))
+            for label in sorted(set(rolled.buckets) | set(exact.buckets))
+            for i in sorted(set(rolled.buckets.get(label, {})) | set(exact.buckets.get(label, {})))
+            if rolled.buckets.get(label, {}).get(i) != exact.buckets.get(label, {}).get(i)
+        ]
+        self.assertEqual(differ[:5], [], "{} of the buckets differ (bounds {}...)".format(len(differ), bounds[:3]))
+
+    @defer.inlineCallbacks
+    def test_rollups_equal_rows(self):
+        """Bucket edges of every step (minutes to days), ragged ends, unequal steps and a filter: rollups and rows agree."""
+        from co2logd.plot import bucket_edges
+
+        yield self.fill()
+        end = self.T0 + 10 * DAY
+        for since, until, buckets in [(self.T0 - 1234.5, end + 77.25, 780), (self.T0 + 3 * DAY + 17.5, end - 5, 700),
+                                      (self.T0 + DAY + 0.5, self.T0 + 2 * DAY + 0.5, 720), (self.T0 + 5 * DAY, self.T0 + 5 * DAY + 3 * 3600, 100),
+                                      (self.T0 - 30 * DAY, end + 1, 20), (self.T0 + 3599, self.T0 + 4000, 3)]:
+            yield self.compare(bucket_edges(since, until, buckets))
+        yield self.compare([self.T0 - 10.5, self.T0 + 3600, self.T0 + 6 * 3600, self.T0 + 2 * DAY, end + 0.5])  # unequal steps
+        yield self.compare(bucket_edges(self.T0, end, 300), [("box", "box1")])
+
+    @defer.inlineCallbacks
+    def test_rows_beyond_the_watermark(self):
+        """An upload not yet rolled up is read from its rows, merged into the rollups' buckets."""
+        from co2logd.plot import bucket_edges
+
+        yield self.fill(tail=True)
+        (done,) = yield self.store.read_pool.runQuery("SELECT min(done_rowid) FROM co2logd_rollup_state")
+        (top,) = yield self.store.read_pool.runQuery("SELECT max(rowid) FROM data")
+        self.assertEqual(top[0] - done[0], 150)
+        yield self.compare(bucket_edges(self.T0 - 0.5, self.T0 + 10 * DAY + 0.5, 780))
+
+
 class EdgeTests(unittest.TestCase):
     """Bucket edges on whole minutes and hours, so rollups answer whole buckets."""
 
@@ -469,3 +552,8 @@ class EdgeTests(unittest.TestCase):
         self.assertTrue(all(e % 3600 == 0 for e in edges[1:-1]))
         edges = bucket_edges(until - 3600, until, 800)
         self.assertEqual(len(edges), 801)
+        for days in (1, 7, 30, 365, 3000):  # a step the rollup spans divide, at most 5 periods of one
+            inner = bucket_edges(until - days * DAY, until, 782)[1:-1]
+            step = inner[1] - inner[0]
+            self.assertTrue(step in STEPS or step % DAY == 0, step)
+            self.assertTrue(any(step % span == 0 and step // span <= 5 for span in SPANS), step)

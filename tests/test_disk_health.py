@@ -28,7 +28,7 @@ import treq
 from twisted.internet import defer, reactor, task, threads
 from twisted.trial import unittest
 
-from co2logd.dbwatch import file_id, is_disk_error
+from co2logd.store.watch import file_id, is_disk_error
 from co2logd.service import build_service
 from tests import helpers
 from tests.helpers import REPO, make_settings, rows_in

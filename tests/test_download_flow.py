@@ -18,6 +18,7 @@ import treq
 from twisted.internet import defer, protocol, reactor, task
 from twisted.trial import unittest
 
+from co2logd.store import WriteRequest
 from co2logd.web.producer import RowProducer
 from tests.helpers import SiteMixin, make_settings
 
@@ -62,7 +63,7 @@ class FlowControlTests(SiteMixin, unittest.TestCase):
         self.start_site(make_settings(DOWNLOAD_CHUNK_ROWS=CHUNK, MAX_LIMIT_OF_ROWS=ROWS, **settings))
         columns = ["co2", "temperature", "note"]
         rows = [[400 + i % 700, 20.5 + i % 10, "row {} of the download test".format(i)] for i in range(ROWS)]
-        yield self.store.write(columns, rows, {"co2": "INTEGER", "temperature": "REAL", "note": "TEXT"})
+        yield self.store.write(WriteRequest(columns, rows, {"co2": int, "temperature": float, "note": str}))
         # the server side of every connection, to look at its buffer
         self.channels = []
         build = self.site.buildProtocol
@@ -127,7 +128,7 @@ class FlowControlTests(SiteMixin, unittest.TestCase):
         self.assertTrue(producer.paused, "the producer was never paused")
         self.assertLess(held, 200_000, "the server buffers {} bytes for a client that reads nothing".format(held))
         self.assertLess(producer.chunks, ROWS // CHUNK // 4, "the server read ahead of the client")
-        stored = yield self.store.write(["co2"], [[1]], {})  # the paused download's cursor does not block writes
+        stored = yield self.store.write(WriteRequest(["co2"], [[1]], {}))  # the paused download's cursor does not block writes
         self.assertEqual(stored, 1)
         client.transport.resumeProducing()
         whole = yield client.closed

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, List, Optional, Tuple
 
 from twisted.internet import defer, task
 from twisted.trial import unittest
@@ -13,43 +13,42 @@ from co2logd.errors import IngestError
 from co2logd.ingest import MISSING_CONTENT_TYPE, IngestService, PreparedUpload, Receipt, Upload
 from co2logd.ingest.sequence import DUPLICATE, IN_FLIGHT
 from co2logd.ingest import service as service_module
+from co2logd.store import WriteRequest
+from co2logd.testing import MemoryStore
 from tests.helpers import make_settings, salted
 
 
-class HeldStore:
+class HeldStore(MemoryStore):
     """
-    A store whose writes wait until the test settles them: each ``write``
-    is recorded with its Deferred, so a test decides when (and whether) it commits.
+    The memory store, whose writes wait until the test settles them: a
+    test decides when (and whether) each write commits.
     """
 
-    def __init__(self) -> None:
-        self.busy = False
-        self.columns: Dict[str, str] = {}
-        self.writes: List[Tuple[List[str], List[Tuple[Any, ...]], "defer.Deferred[int]"]] = []
+    def __init__(self, settings: Any) -> None:
+        super().__init__(settings)
+        self.held: List[Tuple[WriteRequest, "defer.Deferred[int]"]] = []
 
-    def write(self, columns: List[str], rows: List[Tuple[Any, ...]], new_columns: Dict[str, str], outbox: Any = (), queued_at: float = 0.0, guards: Any = ()) -> "defer.Deferred[int]":
+    def write(self, request: WriteRequest) -> "defer.Deferred[int]":
         d: defer.Deferred[int] = defer.Deferred()
-        self.writes.append((columns, rows, d))
+        self.held.append((request, d))
         return d
 
     def commit(self, index: int = -1) -> None:
-        """Fire the write at ``index`` with its row count."""
-        columns, rows, d = self.writes[index]
-        d.callback(len(rows))
+        """Write the request at ``index`` now and fire its Deferred with the outcome."""
+        request, d = self.held[index]
+        MemoryStore.write(self, request).chainDeferred(d)
 
     def fail(self, index: int = -1) -> None:
-        """Fail the write at ``index`` as a lost database file would."""
-        self.writes[index][2].errback(RuntimeError("disk on fire"))
-
-    def replay_last(self, key: str) -> Optional[float]:
-        return None
+        """Fail the write at ``index`` as a disk error would."""
+        self.held[index][1].errback(RuntimeError("disk on fire"))
 
 
 def make_ingest(**values: Any) -> Tuple[IngestService, HeldStore]:
-    store = HeldStore()
+    settings = make_settings(**values)
+    store = HeldStore(settings)
     clock = task.Clock()
     clock.advance(1_700_000_000)
-    return IngestService(make_settings(**values), store, clock), store
+    return IngestService(settings, store, clock), store
 
 
 class UploadTests(unittest.SynchronousTestCase):
@@ -76,7 +75,7 @@ class UploadTests(unittest.SynchronousTestCase):
         """seq and duplicate are for the transports; the answer body is co2logserver's."""
         receipt = Receipt(3, 2, seq=9, duplicate=None)
         self.assertEqual(receipt.as_dict(), {"saved-in-db": 3, "osem-queued": 2})
-        self.assertEqual(PreparedUpload(["c"], [(1,)], {}, [], None).receipt(1), Receipt(1))
+        self.assertEqual(PreparedUpload(["c"], [(1,)], {}, [], [], None).receipt(1), Receipt(1))
 
 
 class SequenceStepTests(unittest.SynchronousTestCase):
@@ -87,7 +86,7 @@ class SequenceStepTests(unittest.SynchronousTestCase):
         ingest, store = make_ingest()
         failure = self.failureResultOf(ingest.ingest(Upload(b'{"co2": 1}', MISSING_CONTENT_TYPE)), IngestError)
         self.assertEqual((failure.value.status, failure.value.reason), (415, "content-type"))
-        self.assertEqual(store.writes, [])
+        self.assertEqual(store.held, [])
 
     def test_a_stored_number_is_a_duplicate(self):
         """The same number again from the same node stores nothing and says so."""
@@ -97,7 +96,7 @@ class SequenceStepTests(unittest.SynchronousTestCase):
         self.assertEqual(self.successResultOf(first), Receipt(1, seq=5))
         again = self.successResultOf(ingest.ingest(Upload(b'{"seq": 5, "co2": 1}', None, node="udp:10.0.0.7")))
         self.assertEqual(again, Receipt(0, seq=5, duplicate=DUPLICATE))
-        self.assertEqual(len(store.writes), 1)
+        self.assertEqual(len(store.held), 1)
         self.assertEqual(ingest.counters["uploads"]["http"], 1)
 
     def test_a_copy_while_the_first_is_written_is_in_flight(self):
@@ -162,8 +161,8 @@ class SignedBytesTests(unittest.SynchronousTestCase):
         d = ingest.ingest(Upload(b"time_s,co2\n1,641", "text/csv", headers, "serial:/dev/x", signed=signed))
         store.commit()
         self.successResultOf(d)
-        columns, rows, _ = store.writes[0]
-        return dict(zip(columns, rows[0]))
+        [row] = store.rows.values()
+        return row
 
     def test_checksum_over_the_signed_bytes_matches(self):
         """A CSV row signed with its header line as printed authenticates the rebuilt body."""

@@ -75,6 +75,12 @@ class ServiceMixin:
 
     def receive(self, mid, topic="co2logd/x", payload=b'{"co2": 1}', **kwargs):
         self.service.message_received(Message(topic, payload, mid=mid, **kwargs))
+        self.clock.advance(0)
+
+    def commit(self, call: int, receipt=None):
+        """The store commits the ``call``-th ingest call; PUBACKs go out at the end of the reactor turn."""
+        self.ingest.calls[call][2].callback(receipt or Receipt(1))
+        self.clock.advance(0)
 
 
 class AckOrderTests(ServiceMixin, unittest.TestCase):
@@ -86,9 +92,9 @@ class AckOrderTests(ServiceMixin, unittest.TestCase):
         self.receive(1)
         self.receive(2)
         self.assertEqual(self.connection.acks, [])
-        self.ingest.calls[1][2].callback(Receipt(1))
+        self.commit(1)
         self.assertEqual(self.connection.acks, [])
-        self.ingest.calls[0][2].callback(Receipt(1))
+        self.commit(0)
         self.assertEqual(self.connection.acks, [1, 2])
 
     def test_refusals_and_not_data_acknowledged_in_turn(self):
@@ -98,7 +104,7 @@ class AckOrderTests(ServiceMixin, unittest.TestCase):
         self.receive(2, topic="tele/d/SENSOR", payload=b"nope")
         self.receive(3, topic="tele/d/LWT", payload=b"Online")
         self.assertEqual(self.connection.acks, [])
-        self.ingest.calls[0][2].callback(Receipt(1))
+        self.commit(0)
         self.assertEqual(self.connection.acks, [1, 2, 3])
         self.assertEqual(dict(self.service.counters["outcomes"]), {"stored": 1, "refused": 1, "not-data": 1})
 
@@ -107,7 +113,7 @@ class AckOrderTests(ServiceMixin, unittest.TestCase):
         self.make_service(MQTT_QOS=0)
         self.receive(0, qos=0)
         self.receive(5)
-        self.ingest.calls[1][2].callback(Receipt(1))
+        self.commit(1)
         self.assertEqual(self.connection.acks, [5])
 
     def test_ingest_crash_is_a_refusal(self):
@@ -115,6 +121,7 @@ class AckOrderTests(ServiceMixin, unittest.TestCase):
         self.make_service()
         self.receive(1)
         self.ingest.calls[0][2].errback(ZeroDivisionError())
+        self.clock.advance(0)
         self.assertEqual(self.connection.acks, [1])
         self.assertEqual(dict(self.service.counters["refused"]), {"internal": 1})
         self.flushLoggedErrors(ZeroDivisionError)
@@ -133,10 +140,11 @@ class BusyTests(ServiceMixin, unittest.TestCase):
         self.assertEqual([d.message.mid for d in self.service.waiting], [1, 2])
         self.ingest.refuse_with = None
         self.clock.advance(0.2)
+        self.clock.advance(0)
         self.assertEqual([c[0] for c in self.ingest.calls], [b'{"co2": 1}'])  # the oldest, alone
-        self.ingest.calls[0][2].callback(Receipt(1))
+        self.commit(0)
         self.assertEqual(len(self.ingest.calls), 2)  # then the rest
-        self.ingest.calls[1][2].callback(Receipt(1))
+        self.commit(1)
         self.assertEqual(self.connection.acks, [1, 2])
         self.assertEqual(self.service.counters["store_retries"], 1)  # the second queued behind without trying
 
@@ -187,7 +195,7 @@ class RedeliveryTests(ServiceMixin, unittest.TestCase):
         self.service.connected(True)
         self.receive(7, dup=True)
         self.assertEqual(len(self.ingest.calls), 1)
-        self.ingest.calls[0][2].callback(Receipt(1))
+        self.commit(0)
         self.assertEqual(self.connection.acks, [7])
         self.assertEqual((self.service.counters["redeliveries"], self.service.counters["rejoined"]), (1, 1))
 
@@ -196,7 +204,7 @@ class RedeliveryTests(ServiceMixin, unittest.TestCase):
         self.make_service()
         self.receive(7)
         self.service.disconnected("gone")
-        self.ingest.calls[0][2].callback(Receipt(1))
+        self.commit(0)
         self.assertEqual(self.connection.acks, [])
         self.service.connected(True)
         self.receive(7, dup=True)
@@ -207,7 +215,7 @@ class RedeliveryTests(ServiceMixin, unittest.TestCase):
         """A packet id reused for a different message is a new message."""
         self.make_service()
         self.receive(7)
-        self.ingest.calls[0][2].callback(Receipt(1))
+        self.commit(0)
         self.service.disconnected("gone")
         self.service.connected(True)
         self.receive(7, payload=b'{"co2": 2}')

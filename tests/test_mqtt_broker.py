@@ -16,7 +16,9 @@ from twisted.trial import unittest
 
 from co2logd.transports.mqtt import MQTTService
 from tests.helpers import README_SALT, StoreMixin, make_settings, rows_in, salted
-from tests.mosquitto import MISSING, Mosquitto, publish
+import shutil
+
+from tests.mosquitto import MISSING, Mosquitto, make_certificates, publish
 
 
 def wait_until(predicate, timeout: float = 20.0, what: str = "the condition", report=lambda: ""):
@@ -74,10 +76,10 @@ class ConventionTests(BrokerMixin, unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_conventions_end_to_end(self):
-        """Tasmota, ESPHome, JSON with a salted checksum as user property, CSV behind a header block."""
+        """Tasmota, ESPHome, JSON with a salted checksum as user property, CSV behind a header block, line protocol."""
         self.start_broker()
         self.setup_store(CHECKSUM_SALTS=[README_SALT], MQTT_TASMOTA_TIMEZONE="UTC")
-        service = self.start_mqtt()
+        service = self.start_mqtt(topics=["tele/+/SENSOR", "+/sensor/+/state", "co2logd/#", "telegraf/#"])
         yield wait_until(lambda: service.is_subscribed, what="the subscription")
         own = b'{"co2": [700, 710], "box": ["hall", "hall"]}'
         messages = [
@@ -86,19 +88,22 @@ class ConventionTests(BrokerMixin, unittest.TestCase):
             ("co2logd/hall", own, {"Content-MD5-Salted": salted(own, README_SALT)}, "application/json"),
             ("co2logd/cellar", b"Content-Type: text/csv\nIdempotency-Key: cellar-1\n\nco2,box\n1200,cellar\n"),
             ("co2logd/hall/status", b"online"),  # not data: acknowledged, nothing stored
+            ("telegraf/gw1/air", b"air,host=gw1 co2=640i 1714564800000000000\n"),  # Telegraf's MQTT output
         ]
         yield self.publish(messages)
-        yield wait_until(lambda: service.counters["acks"] == len(messages), what="five PUBACKs", report=service.stats)
+        yield wait_until(lambda: service.counters["acks"] == len(messages), what="all PUBACKs", report=service.stats)
         rows = self.rows()
-        self.assertEqual(len(rows), 5)
+        self.assertEqual(len(rows), 6)
         tasmota = rows[0]
         self.assertEqual((tasmota["scd30_carbondioxide"], tasmota["scd30_temperature"], tasmota["box"]), (814, 24.7, "tasmota_1"))
         self.assertEqual(tasmota["time"], "2024-05-01 12:00:00+00:00")
         self.assertEqual(tasmota["transport"], "mqtt:tele/tasmota_1/SENSOR")
         self.assertEqual((rows[1]["co2"], rows[1]["box"], rows[1]["transport"]), (905, "livingroom", "mqtt:livingroom/sensor/+/state"))
         self.assertEqual([(r["co2"], r["box"], r["matched_checksums"]) for r in rows[2:4]], [(700, "hall", "md5"), (710, "hall", "md5")])
-        self.assertEqual((rows[4]["co2"], rows[4]["box"]), (1200, "cellar"))
-        self.assertEqual(dict(service.counters["outcomes"]), {"stored": 4, "not-data": 1})
+        by_box = {r["box"]: r for r in rows}  # the key's lookup lets the cellar's row commit after later ones
+        self.assertEqual(by_box["cellar"]["co2"], 1200)
+        self.assertEqual((by_box["gw1"]["co2"], by_box["gw1"]["time"]), (640, "2024-05-01 12:00:00+00:00"))
+        self.assertEqual(dict(service.counters["outcomes"]), {"stored": 5, "not-data": 1})
 
 
 class DurabilityTests(BrokerMixin, unittest.TestCase):
@@ -119,6 +124,19 @@ class DurabilityTests(BrokerMixin, unittest.TestCase):
         second = self.start_mqtt(topics=["co2logd/#"])
         yield wait_until(lambda: second.counters["acks"] == 200, what="200 PUBACKs", report=second.stats)
         self.assertEqual(sorted(r["seq"] for r in self.rows()), list(range(200)))
+
+    @defer.inlineCallbacks
+    def test_published_while_down_mqtt311(self):
+        """The same with MQTT 3.1.1 (clean_session false): the session survives co2logd's absence."""
+        self.start_broker()
+        self.setup_store(MQTT_PROTOCOL="3.1.1")
+        first = self.start_mqtt(topics=["co2logd/#"])
+        yield wait_until(lambda: first.is_subscribed, what="the subscription")
+        yield first.stopService()
+        yield self.publish([("co2logd/n", json.dumps({"seq": i}).encode()) for i in range(50)], protocol="3.1.1")
+        second = self.start_mqtt(topics=["co2logd/#"])
+        yield wait_until(lambda: second.counters["acks"] == 50, what="50 PUBACKs", report=second.stats)
+        self.assertEqual(sorted(r["seq"] for r in self.rows()), list(range(50)))
 
     @defer.inlineCallbacks
     def test_bad_payloads_refused_and_acknowledged_once(self):
@@ -222,3 +240,35 @@ class ConnectionTests(BrokerMixin, unittest.TestCase):
         self.assertFalse(health["ok"])
         self.assertIn("Not authorized", health["reason"])
         self.assertNotIn("wrong-pw", json.dumps(health))
+
+
+class TLSTests(BrokerMixin, unittest.TestCase):
+    """mqtts:// with a private CA (MQTT_CA_FILE) and broker credentials."""
+
+    if MISSING:
+        skip = MISSING
+    elif shutil.which("openssl") is None:
+        skip = "the openssl command (Debian package openssl) is needed to make the test certificates"
+
+    @defer.inlineCallbacks
+    def test_tls_with_private_ca(self):
+        """With the CA file: connected over TLS, stored; without it: the certificate is refused, not connected."""
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        ca, cert, key = make_certificates(directory)
+        self.broker = Mosquitto(directory, users={"co2logd": "pw"}, tls=(cert, key))
+        self.broker.start()
+        self.addCleanup(self.broker.stop)
+        self.setup_store(MQTT_CA_FILE=ca)
+        url = "mqtts://co2logd:pw@127.0.0.1:{}".format(self.broker.port)
+        service = self.start_mqtt(url=url, topics=["co2logd/#"])
+        yield wait_until(lambda: service.is_subscribed, what="the subscription over TLS")
+        yield self.publish([("co2logd/tls", b'{"co2": 42}')], username="co2logd", password="pw", ca_file=ca)
+        yield wait_until(lambda: service.counters["acks"] == 1, what="the PUBACK", report=service.stats)
+        self.assertEqual(self.rows()[0]["co2"], 42)
+        yield service.stopService()
+
+        self.settings = self.settings.replace(MQTT_CA_FILE=None, MQTT_CLIENT_ID="co2logd-test-no-ca")
+        untrusting = self.start_mqtt(url=url, topics=["co2logd/#"])
+        yield wait_until(lambda: untrusting.counters["connect_failures"] > 0, what="a refused certificate")
+        self.assertFalse(untrusting.health()["ok"])

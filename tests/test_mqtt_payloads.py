@@ -195,3 +195,37 @@ class TimezoneSettingTests(unittest.TestCase):
         self.assertEqual(mp.check_timezone("Europe/Berlin"), "Europe/Berlin")
         self.assertIsNone(mp.check_timezone(None))
         self.assertRaises(ValueError, mp.check_timezone, "Mars/Olympus")
+
+
+class LineProtocolTests(unittest.TestCase):
+    """Line protocol on MQTT_LINE_PROTOCOL_TOPICS (Telegraf's MQTT output)."""
+
+    def map(self, payload, topic="telegraf/gw1/scd30"):
+        return mp.map_message(Message(topic, payload), "box", UTC, ["telegraf/#"], now=1700000000.0)
+
+    def test_points_to_rows(self):
+        """One row per point; tags and fields as columns; time in UNIX seconds; the host tag is the box."""
+        mapped = self.map(b"air,host=gw1 co2=812i,temperature=21.5 1714564800000000000\nair,host=gw1 co2=815i\n")
+        table = json.loads(mapped.body)
+        self.assertEqual(mapped.convention, mp.LINE_PROTOCOL)
+        self.assertEqual(table["co2"], [812, 815])
+        self.assertEqual(table["temperature"], [21.5, None])
+        self.assertEqual(table["time"], [1714564800.0, 1700000000.0])
+        self.assertEqual(table["box"], ["gw1", "gw1"])
+        self.assertEqual(table["measurement"], ["air", "air"])
+
+    def test_box_tag_wins(self):
+        """A box tag is the box; host stays a column of its own."""
+        table = json.loads(self.map(b"air,box=kitchen,host=gw1 co2=1").body)
+        self.assertEqual((table["box"], table["host"]), (["kitchen"], ["gw1"]))
+
+    def test_bad_line_refused(self):
+        """A line that is not line protocol is a 400 naming it."""
+        with self.assertRaises(IngestError) as caught:
+            self.map(b"air co2=")
+        self.assertEqual(caught.exception.status, 400)
+
+    def test_other_topics_unaffected(self):
+        """Outside the line-protocol topics the payload is not read as line protocol."""
+        m = mp.map_message(Message("co2logd/x", b'{"a":1}'), "box", UTC, ["telegraf/#"])
+        self.assertEqual(m.convention, mp.OWN)

@@ -161,7 +161,7 @@ class TrackerTests(StoreMixin, unittest.TestCase):
     def test_busiest_and_listed_are_kept(self):
         """Read 7 rows at a time, 60 one-off boxes do not push out a box of 5 uploads or a listed one; at most 5 kept."""
         self.make_store(make_settings(SOURCES_MAX_TRACKED=5, HEALTH_WATCHED_SOURCES=["listed"]))
-        self.store.activity_chunk_rows = 7
+        self.store.rollups.activity_chunk_rows = 7
         clock = task.Clock()
         clock.advance(T0 + 1000)
         tracker = SourceTracker(self.store, self.settings, clock)

@@ -6,7 +6,8 @@ import sqlite3
 from twisted.internet import defer
 from twisted.trial import unittest
 
-from co2logd.store import SCHEMA_VERSION, Query, StoreError, prepare_database
+from co2logd.store import SCHEMA_VERSION, Query, StoreError, WriteRequest, prepare_database
+from co2logd.store.reads import select_sql
 from tests.helpers import StoreMixin, make_settings, rows_in
 
 
@@ -79,11 +80,11 @@ class WriteTests(StoreMixin, unittest.TestCase):
     def test_write_adds_columns_and_rows(self):
         """New columns get the SQL type of their first value; rows land; the cache follows."""
         store = self.make_store()
-        n = yield store.write(
+        n = yield store.write(WriteRequest(
             ["time_upload_utc", "transport", "co2", "label", "ratio"],
             [("t", "http", 400, "a", 0.5), ("t", "http", 410, "b", 0.6)],
-            {"co2": "INTEGER", "label": "TEXT", "ratio": "REAL"},
-        )
+            {"co2": int, "label": str, "ratio": float},
+        ))
         self.assertEqual(n, 2)
         self.assertEqual(store.columns["co2"], "INTEGER")
         self.assertEqual([r["label"] for r in rows_in(self.db_path)], ["a", "b"])
@@ -97,7 +98,7 @@ class WriteTests(StoreMixin, unittest.TestCase):
         """If any row fails, neither the new column nor any row remains."""
         store = self.make_store()
         bad_rows = [("t", 1), ("t",)]  # the second row is short: the insert fails
-        yield self.assertFailure(store.write(["time_upload_utc", "co2"], bad_rows, {"co2": "INTEGER"}), sqlite3.Error)
+        yield self.assertFailure(store.write(WriteRequest(["time_upload_utc", "co2"], bad_rows, {"co2": int})), sqlite3.Error)
         self.assertNotIn("co2", store.columns)
         connection = sqlite3.connect(self.db_path)
         names = [r[0] for r in connection.execute("SELECT name FROM pragma_table_info('data')")]
@@ -110,8 +111,8 @@ class WriteTests(StoreMixin, unittest.TestCase):
         """Two uploads both adding a column: the second does not fail."""
         store = self.make_store()
         yield defer.gatherResults([
-            store.write(["co2"], [(1,)], {"co2": "INTEGER"}),
-            store.write(["co2"], [(2,)], {"co2": "INTEGER"}),
+            store.write(WriteRequest(["co2"], [(1,)], {"co2": int})),
+            store.write(WriteRequest(["co2"], [(2,)], {"co2": int})),
         ])
         self.assertEqual([r["co2"] for r in rows_in(self.db_path)], [1, 2])
 
@@ -119,7 +120,7 @@ class WriteTests(StoreMixin, unittest.TestCase):
     def test_outbox_in_same_transaction(self):
         """Outbox entries are written with the rows, and are counted."""
         store = self.make_store()
-        yield store.write(["co2"], [(1,)], {"co2": "INTEGER"}, ["entry-1", "entry-2"], queued_at=5.0)
+        yield store.write(WriteRequest(["co2"], [(1,)], {"co2": int}, outbox=["entry-1", "entry-2"], queued_at=5.0))
         stats = yield store.outbox_stats()
         self.assertEqual(stats, {"depth": 2, "oldest_queued_at": 5.0, "dead_letters": 0})
         entries = yield store.outbox_fetch(10)
@@ -142,19 +143,19 @@ class QueryTests(StoreMixin, unittest.TestCase):
 
     def test_sql_binds_values(self):
         """Bounds and limit are parameters; names are quoted identifiers."""
-        sql, params = Query(["co2"], [("co2", ">=", "1; DROP TABLE data")], ("co2", "desc"), 5).sql('"data"')
+        sql, params = select_sql(Query(["co2"], [("co2", ">=", "1; DROP TABLE data")], ("co2", "desc"), 5), '"data"')
         self.assertEqual(sql, 'SELECT "co2" FROM "data" WHERE "co2" >= ? ORDER BY "co2" DESC LIMIT ?')
         self.assertEqual(params, ["1; DROP TABLE data", 5])
 
     def test_unsafe_name_is_refused(self):
         """A name that is not a safe identifier never reaches SQL."""
-        self.assertRaises(ValueError, Query(['co2" --']).sql, '"data"')
+        self.assertRaises(ValueError, select_sql, Query(['co2" --']), '"data"')
 
     @defer.inlineCallbacks
     def test_select_streams_in_chunks(self):
         """select() yields the rows a chunk at a time, then an empty list."""
         store = self.make_store()
-        yield store.write(["co2"], [(i,) for i in range(7)], {"co2": "INTEGER"})
+        yield store.write(WriteRequest(["co2"], [(i,) for i in range(7)], {"co2": int}))
         stream = yield store.select(Query(["co2"], order_by=("co2", "asc")), chunk_rows=3)
         chunks = []
         while True:

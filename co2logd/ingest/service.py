@@ -26,7 +26,6 @@ import collections
 import dataclasses
 import datetime
 import hashlib
-from itertools import repeat
 from typing import Any, Callable, Dict, Hashable, List, Mapping, Optional, Sequence, Tuple, cast
 
 from twisted.application.service import Service
@@ -37,15 +36,14 @@ from twisted.python.failure import Failure
 
 from co2logd import payloads
 from co2logd.auth import Authenticator, Headers, header_items
-from co2logd.dbwatch import DatabaseLost, is_disk_error
 from co2logd.errors import IngestError, bad_request
 from co2logd.idempotency import KEY as IDEMPOTENCY_KEY
-from co2logd.idempotency import DuplicateUpload, Idempotency, IdempotentUpload
+from co2logd.idempotency import Idempotency, IdempotentUpload
 from co2logd.ingest.sequence import NEW, Clock, SequenceTracker, numbered_node
-from co2logd.names import is_safe_identifier
-from co2logd.replay import Claim, ReplayPolicy, ReplayRefused, replay_error
-from co2logd.rowid import is_reserved
-from co2logd.store import StoreBusy, sql_type, sql_value
+from co2logd.replay import Claim, ReplayPolicy, replay_error
+from co2logd.store import DatabaseLost, DuplicateUpload, ReplayAdvance, ReplayRefused, StoreBusy, WriteRequest
+from co2logd.store.names import is_reserved, is_safe_identifier
+from co2logd.store.watch import is_disk_error
 from co2logd.tokens import Presented, UploadTokens
 
 log = Logger()
@@ -54,7 +52,12 @@ HeaderPairs = Tuple[Tuple[str, str], ...]
 
 
 def _header_pairs(headers: Headers) -> HeaderPairs:
-    return tuple(header_items(headers))
+    """Headers as a tuple of text pairs; pairs that already are text are taken as they are."""
+    pairs = tuple(headers.items() if isinstance(headers, Mapping) else headers)
+    for name, value in pairs:
+        if type(name) is not str or type(value) is not str:
+            return tuple(header_items(pairs))
+    return pairs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,26 +139,38 @@ class Receipt:
         return body
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass
 class PreparedUpload:
     """
-    An upload parsed and turned into rows, ready for ``store.write``.
+    An upload parsed and turned into rows, ready for the store.
 
-    ``rows`` are tuples in ``columns`` order (the automatic columns first);
-    ``new_columns`` maps columns to add to their SQL type; ``outbox`` holds
-    the OpenSenseMap entries and ``queued`` the measurements in them (None
-    when forwarding is off).
+    ``rows`` are tuples of Python values in ``columns`` order; ``fixed``
+    are the automatic columns with their one value for every row (upload
+    time, checksums, transport); ``new_columns`` maps columns to add to the
+    type of their first value; ``outbox`` holds the OpenSenseMap entries
+    and ``queued`` the measurements in them (None when forwarding is off).
     """
 
     columns: List[str]
     rows: List[Tuple[Any, ...]]
-    new_columns: Dict[str, str]
+    new_columns: Dict[str, Optional[type]]
+    fixed: List[Tuple[str, Any]]
     outbox: List[str]
     queued: Optional[int]
 
     def receipt(self, rows: int) -> Receipt:
         """The receipt once ``rows`` rows are committed."""
         return Receipt(rows, self.queued)
+
+    def write_request(self, freshness: "Freshness", queued_at: float) -> WriteRequest:
+        """What the store writes, all of it or nothing: the rows, the outbox entries, the freshness claims."""
+        idempotency = None
+        if freshness.idempotent is not None:
+            idempotency = freshness.idempotent.claim(self.receipt(len(self.rows)).as_dict())
+        return WriteRequest(
+            self.columns, self.rows, self.new_columns, self.fixed, self.outbox, queued_at,
+            replay=freshness.advance, idempotency=idempotency,
+        )
 
 
 @dataclasses.dataclass
@@ -174,12 +189,13 @@ class Checked:
 @dataclasses.dataclass
 class Freshness:
     """
-    One upload's replay and idempotency state: the guards its write runs
-    with, its scoped Idempotency-Key, and a replay refusal that stands
-    unless the upload turns out to repeat a stored one.
+    One upload's replay and idempotency state: its claim, the number the
+    store advances with its rows, its scoped Idempotency-Key, and a replay
+    refusal that stands unless the upload turns out to repeat a stored one.
     """
 
-    guards: List[Any]
+    claim: Optional[Claim] = None
+    advance: Optional[ReplayAdvance] = None
     idempotent: Optional[IdempotentUpload] = None
     refusal: Optional[IngestError] = None
     #: a dialect's de-duplicated message went to the write once without asking for an earlier receipt
@@ -285,41 +301,47 @@ class IngestService(Service):
         if prepared is None:
             self.counters["uploads"][kind] += 1
             return defer.succeed(Receipt(0, 0 if self.outbox_entries else None))
-        if freshness.idempotent is not None:
-            # the key first: a repeat racing the first copy is a repeat, not a replay
-            freshness.guards.insert(0, freshness.idempotent.guard(prepared.receipt(len(prepared.rows)).as_dict()))
-        return self._store(upload, prepared, freshness)
+        idempotent = freshness.idempotent
+        if idempotent is None:
+            return self._write(upload, prepared, freshness)
+        return self._repeat_or_write(upload, prepared, idempotent, freshness)
 
-    def _store(self, upload: Upload, prepared: PreparedUpload, freshness: Freshness) -> "defer.Deferred[Receipt]":
-        """The freshness step, then the write; a copy that takes the key first answers for this one."""
+    def _repeat_or_write(
+        self, upload: Upload, prepared: PreparedUpload, idempotent: IdempotentUpload, freshness: Freshness
+    ) -> "defer.Deferred[Receipt]":
+        """
+        The freshness step of an upload with an Idempotency-Key, then the
+        write; a copy that takes the key first answers for this one.
+        """
 
         def write_unless_repeated(earlier: Optional[Receipt]) -> Any:
             if earlier is not None:
                 return earlier
-            d = self._write(upload, prepared, freshness.guards)
+            d = self._write(upload, prepared, freshness)
             return d.addErrback(lost_race)
 
         def lost_race(failure: Failure) -> Any:
             if not isinstance(failure.value, DuplicateUpload):
                 return failure
-            return self._store(upload, prepared, freshness)  # the same key was committed meanwhile: ask again
+            return self._repeat_or_write(upload, prepared, idempotent, freshness)  # the same key was committed meanwhile: ask again
 
         if upload.dedup_key is not None and not freshness.asked:
             # a webhook's message id is nearly always new: write at once, and ask only when the key is taken
             freshness.asked = True
             return write_unless_repeated(None)
-        return self._earlier_receipt(upload, freshness, len(prepared.rows)).addCallback(write_unless_repeated)
+        d = self._earlier_receipt(upload, idempotent, freshness, len(prepared.rows))
+        return d.addCallback(write_unless_repeated)
 
-    def _earlier_receipt(self, upload: Upload, freshness: Freshness, rows: int) -> "defer.Deferred[Optional[Receipt]]":
+    def _earlier_receipt(
+        self, upload: Upload, idempotent: IdempotentUpload, freshness: Freshness, rows: int
+    ) -> "defer.Deferred[Optional[Receipt]]":
         """
         Fires with the receipt of a stored upload this one repeats, or None
         to go on and write it; fails with the upload's replay refusal, or a
         409 when its key came with another body.
         """
-        idempotent = freshness.idempotent
-        if idempotent is None:
-            return defer.succeed(None)
         kind = upload.kind
+        refusal = freshness.refusal
 
         def answer(record: Optional[Tuple[str, str]]) -> Any:
             try:
@@ -327,16 +349,16 @@ class IngestService(Service):
             except IngestError as e:  # the key with another body: 409
                 return self._refuse(kind, e)
             if original is None:  # not a repeat (or expired since the copy that got in first)
-                if freshness.refusal is not None:
-                    return self._refuse(kind, freshness.refusal)
+                if refusal is not None:
+                    return self._refuse(kind, refusal)
                 return None
             self.counters["repeats"][kind] += 1
             return Receipt(original["saved-in-db"], original.get("osem-queued"), replayed=True)
 
         d: defer.Deferred[Any] = self.store.idempotency_lookup(idempotent.key, idempotent.cutoff)
-        return d.addCallbacks(answer, self._store_failed, errbackArgs=(upload, rows))
+        return d.addCallbacks(answer, self._store_failed, errbackArgs=(upload, freshness, rows))
 
-    def _write(self, upload: Upload, prepared: PreparedUpload, guards: List[Any]) -> "defer.Deferred[Receipt]":
+    def _write(self, upload: Upload, prepared: PreparedUpload, freshness: Freshness) -> "defer.Deferred[Receipt]":
         """Write the rows; count and tell the observers once committed."""
         kind = upload.kind
 
@@ -350,12 +372,10 @@ class IngestService(Service):
                 observer(receipt)
             return receipt
 
-        now = self.clock.seconds()
-        args: Tuple[Any, ...] = (prepared.columns, prepared.rows, prepared.new_columns, prepared.outbox, now)
-        d: defer.Deferred[int] = self.store.write(*args, guards) if guards else self.store.write(*args)
-        return d.addCallbacks(stored, self._store_failed, errbackArgs=(upload, len(prepared.rows)))
+        d: defer.Deferred[int] = self.store.write(prepared.write_request(freshness, self.clock.seconds()))
+        return d.addCallbacks(stored, self._store_failed, errbackArgs=(upload, freshness, len(prepared.rows)))
 
-    def _store_failed(self, failure: Failure, upload: Upload, rows: int) -> Any:
+    def _store_failed(self, failure: Failure, upload: Upload, freshness: Freshness, rows: int) -> Any:
         """A store failure as the sender's IngestError; a lost key race goes on as DuplicateUpload."""
         kind = upload.kind
         problem = failure.value
@@ -368,8 +388,8 @@ class IngestService(Service):
             error = IngestError(503, "database", "The upload was not stored: " + str(problem))
             error.retry_after = self.settings.WRITE_RETRY_AFTER_SECONDS
             return self._refuse(kind, error)
-        if isinstance(problem, ReplayRefused):
-            return self._refuse(kind, replay_error(problem.claim, "is not larger than the last one stored"))
+        if isinstance(problem, ReplayRefused) and freshness.claim is not None:
+            return self._refuse(kind, replay_error(freshness.claim, "is not larger than the last one stored"))
         self.counters["rejects"][(kind, "store")] += 1
         if problem is not None and is_disk_error(problem):  # /health reports it too; the traceback would say nothing more
             log.error(
@@ -488,7 +508,7 @@ class IngestService(Service):
 
     def _freshness(self, upload: Upload, checked: Checked) -> Freshness:
         """The upload's replay guard and Idempotency-Key; a replay refusal waits while a key may excuse it."""
-        freshness = Freshness([])
+        freshness = Freshness(checked.claim)
         if upload.dedup_key is not None and self.idempotency.enabled:
             # the message id is the key and all the digest covers: a repeat gets the first receipt whatever its body
             key = dedup_key_text(upload.dedup_key)
@@ -502,14 +522,11 @@ class IngestService(Service):
         freshness.idempotent = self.idempotency.upload(checked.headers, checked.matches, upload.content_type, upload.body, now)
         if self.replay.enabled:
             try:
-                guard = self.replay.guard(checked.claim, checked.matches, now, self.store.replay_last)
+                freshness.advance = self.replay.guard(checked.claim, checked.matches, now, self.store.replay_last)
             except IngestError as e:
                 if freshness.idempotent is None or not e.reason.startswith("replay"):
                     raise
                 freshness.refusal = e  # a retry with its key gets its receipt; anything else this
-            else:
-                if guard is not None:
-                    freshness.guards.append(guard)
         return freshness
 
     def _prepare(self, upload: Upload, checked: Checked, parsed: Optional["_Parsed"]) -> Optional[PreparedUpload]:
@@ -531,31 +548,20 @@ class IngestService(Service):
             log.info("Upload from {transport} held no data columns; nothing stored", transport=upload.transport)
             return None
         upload_time = datetime.datetime.fromtimestamp(self.clock.seconds(), datetime.timezone.utc)
-        automatic = (sql_value(upload_time), checked.matched, checked.failed, upload.transport)
+        fixed = list(zip(self.automatic_columns, (upload_time, checked.matched, checked.failed, upload.transport)))
         names = list(table)
-        columns = self.automatic_columns + names
         rows: List[Tuple[Any, ...]]
         if not names:
-            rows = [automatic] * max(nrows, 1)
+            rows = [()] * max(nrows, 1)
         else:
-            # only time columns (TIME_CONVERTER) and extra columns can hold values
-            # sqlite3 cannot bind as they are: the rest go to the rows untouched
-            convert = self.time_columns if not extra_columns else self.time_columns + list(extra_columns)
-            data = [
-                [sql_value(v) for v in table[name]] if name in convert else table[name]
-                for name in names
-            ]
-            if nrows < 64:  # the common small upload: cheapest as tuple concatenation
-                rows = [automatic + row for row in zip(*data)]
-            else:
-                rows = list(zip(*[repeat(value, nrows) for value in automatic], *data))
+            rows = list(zip(*[table[name] for name in names]))
         outbox: List[str] = []
         queued: Optional[int] = None
         if self.outbox_entries is not None:
             values = [table[name] for name in names]
             row_dicts = [dict(zip(names, (col[i] for col in values))) for i in range(nrows)]
             outbox, queued = self.outbox_entries(row_dicts)
-        return PreparedUpload(columns, rows, new_columns, outbox, queued)
+        return PreparedUpload(names, rows, new_columns, fixed, outbox, queued)
 
     def _refuse_renamed_claim(self, claim: Claim, signed: bytes, headers: Sequence[Tuple[str, str]]) -> None:
         """
@@ -647,14 +653,14 @@ class IngestService(Service):
         self._names[raw] = name
         return name
 
-    def _new_columns(self, table: payloads.Table) -> Dict[str, str]:
+    def _new_columns(self, table: payloads.Table) -> Dict[str, Optional[type]]:
         """
-        Columns to add (name → SQL type).  Columns ``ACCEPT_NEW_COLUMN``
+        Columns to add (name → the type of the first value).  Columns ``ACCEPT_NEW_COLUMN``
         refuses are dropped from ``table``, as co2logserver does.
         """
         settings = self.settings
         known = self.store.columns
-        new: Dict[str, str] = {}
+        new: Dict[str, Optional[type]] = {}
         for name in list(table):
             if name in known:
                 continue
@@ -668,7 +674,7 @@ class IngestService(Service):
                 del table[name]
                 continue
             first = next((v for v in table[name] if v is not None), None)
-            new[name] = sql_type(first)
+            new[name] = None if first is None else type(first)
         if len(new) > settings.MAX_NEW_COLUMNS_PER_UPLOAD:
             raise bad_request(
                 "The upload adds {} new columns; the limit is {} per upload (MAX_NEW_COLUMNS_PER_UPLOAD)".format(

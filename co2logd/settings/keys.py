@@ -111,7 +111,8 @@ TRANSPORTS: Dict[str, Key] = {
 
 MQTT: Dict[str, Key] = {
     "MQTT_BROKER": Key(None, kinds.mqtt_broker, "MQTT broker to subscribe to, mqtt://[user:password@]host[:port] or mqtts://… for TLS (None: no MQTT); --mqtt overrides it"),
-    "MQTT_TOPICS": Key(["tele/+/SENSOR", "+/sensor/+/state", "co2logd/#"], kinds.topic_filters, "MQTT topic filters subscribed to (Tasmota, ESPHome, co2logd's own formats); --mqtt-topic replaces them"),
+    "MQTT_TOPICS": Key(["tele/+/SENSOR", "+/sensor/+/state", "co2logd/#", "telegraf/#"], kinds.topic_filters, "MQTT topic filters subscribed to (Tasmota, ESPHome, co2logd's own formats, Telegraf's line protocol); --mqtt-topic replaces them"),
+    "MQTT_LINE_PROTOCOL_TOPICS": Key(["telegraf/#"], kinds.topic_filters, "topic filters whose messages are InfluxDB line protocol (Telegraf's MQTT output)"),
     "MQTT_CLIENT_ID": Key(None, kinds.client_id, "MQTT client id (default: co2logd- and a hash of the host name and database path, the same at every restart, so the broker keeps the session)"),
     "MQTT_QOS": Key(1, kinds.mqtt_qos, "QoS of the subscriptions: 1 acknowledges each message after its rows are committed; 0 takes what comes"),
     "MQTT_KEEPALIVE": Key(60, kinds.whole_number(5, 65535, "a whole number of seconds from 5 to 65535"), "MQTT keep-alive in seconds"),

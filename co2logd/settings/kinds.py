@@ -12,7 +12,7 @@ import logging
 import re
 from typing import Any, Callable, Dict, List, Optional, Pattern
 
-from co2logd.names import is_safe_identifier
+from co2logd.store.names import is_safe_identifier
 
 Kind = Callable[[Any], Any]
 

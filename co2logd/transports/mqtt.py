@@ -293,6 +293,8 @@ class MQTTService(Service):
         self.trusted: List[str] = []  # topic filters the broker vouches for (with UPLOAD_REQUIRES_AUTH)
         self.box_column = settings.OSEM_BOX_COL.lower()
         self.local_time = local_time_reader(settings.MQTT_TASMOTA_TIMEZONE)
+        self.line_topics = list(settings.MQTT_LINE_PROTOCOL_TOPICS)
+        self.max_points = settings.MAX_ROWS_PER_UPLOAD
         self.connection_factory = connection_factory
         self.connection = None
         self.setName("mqtt {}".format(self.broker.display()))
@@ -308,6 +310,7 @@ class MQTTService(Service):
         # messages the database refused as busy, oldest first: tried again in order, the oldest first
         self.waiting: Deque[Delivery] = collections.deque()
         self.retry_call = None
+        self._flush_call = None
         self.probe: Optional[Delivery] = None  # the oldest waiting message, being tried alone
         self.busy_streak = 0
         self.stopping = False
@@ -375,6 +378,9 @@ class MQTTService(Service):
                      n=self.in_flight.count)
         if timer.active():
             timer.cancel()
+        if self._flush_call is not None:
+            self._flush_call.cancel()
+            self._flush()  # the PUBACKs of what was committed go out before the disconnect
         connection, self.connection = self.connection, None
         if connection is not None:
             yield connection.stop()
@@ -461,7 +467,9 @@ class MQTTService(Service):
         if message.topic is None:
             return self._settle(delivery, REFUSED, IngestError(400, "topic", "The topic is not UTF-8 text"))
         try:
-            mapped = map_message(message, self.box_column, self.local_time)
+            mapped = map_message(
+                message, self.box_column, self.local_time, self.line_topics, self.reactor.seconds(), self.max_points
+            )
         except NotData as e:
             log.debug("Not data on {topic}: {why}", topic=message.topic, why=e.why)
             return self._settle(delivery, NOT_DATA)
@@ -546,11 +554,13 @@ class MQTTService(Service):
             self.counters["refused"][error.reason] += 1
             source.rejects[error.reason] += 1
             self.reject_log.reject(str(delivery.message.topic)[:MAX_LABEL], error.reason, error.message, "mqtt")
-        if delivery.generation == self.generation:
-            self._flush()
+        if delivery.generation == self.generation and self._flush_call is None:
+            # at the end of this reactor turn: a group commit settles many messages, one batch of PUBACKs
+            self._flush_call = self.reactor.callLater(0, self._flush)
 
     def _flush(self) -> None:
         """Acknowledge settled messages from the oldest on, stopping at the first still unsettled."""
+        self._flush_call = None
         pending = self.pending
         acks = []
         while pending and pending[0].outcome is not None:

@@ -19,6 +19,11 @@ Three conventions are told apart by the topic:
   ``text_sensor``): the bare value as text; the column is ``<name>``, the box
   ``<node>``.  ``nan`` (no reading) is not data; ``<node>/status`` and other
   components' topics are not data either.
+* **InfluxDB line protocol** on topics matching ``MQTT_LINE_PROTOCOL_TOPICS``
+  (default ``telegraf/#``, where Telegraf's MQTT output publishes): one row
+  per point as on ``POST /write`` (``measurement``, tags, fields, ``time``
+  as UNIX seconds, the time of arrival for points without one); the box is
+  the point's ``box`` tag, else its ``host`` tag.
 * **co2logd's own formats** on any other topic: JSON/msgpack/CSV/form tables
   and JSON objects, exactly as over HTTP.  Headers (``Content-MD5-Salted``,
   ``Content-Counter``, ``Idempotency-Key``…) come as MQTT 5 user properties,
@@ -46,6 +51,7 @@ HeaderList = List[Tuple[str, str]]
 OWN = "co2logd"
 TASMOTA = "tasmota"
 ESPHOME = "esphome"
+LINE_PROTOCOL = "line-protocol"
 
 DEFAULT_PORTS = {"mqtt": 1883, "mqtts": 8883}
 ESPHOME_COMPONENTS = ("sensor", "binary_sensor", "text_sensor")
@@ -228,16 +234,26 @@ def convention_of(topic: str) -> str:
     return OWN
 
 
-def map_message(message: Message, box_column: str, local_time: Callable[[datetime.datetime], float]) -> Mapped:
+def map_message(
+    message: Message,
+    box_column: str,
+    local_time: Callable[[datetime.datetime], float],
+    line_topics: Sequence[str] = (),
+    now: Optional[float] = None,
+    max_points: int = 100_000,
+) -> Mapped:
     """
     The upload for one message; raises :class:`NotData` for messages that
     hold no measurement and a 400 :class:`IngestError` for payloads that
     cannot be read.  ``local_time`` turns a device's naive local time into
-    UNIX seconds (see :func:`local_time_reader`).
+    UNIX seconds (see :func:`local_time_reader`); messages on
+    ``line_topics`` are line protocol, points without a time get ``now``.
     """
     if message.retain:
         # a retained message is an old reading the broker replays to new subscribers: stored when it was live
         raise NotData("retained message")
+    if line_topics and any(topic_matches(f, message.topic) for f in line_topics):
+        return line_protocol(message, box_column, now, max_points)
     convention = convention_of(message.topic)
     if convention == TASMOTA:
         return tasmota(message, box_column, local_time)
@@ -282,6 +298,29 @@ def esphome(message: Message, box_column: str) -> Mapped:
         value = text
     body = json.dumps({column: value, box_column: node}, allow_nan=False).encode("utf-8")
     return Mapped(ESPHOME, body, "application/json", [], {}, message.payload)
+
+
+def line_protocol(message: Message, box_column: str, now: Optional[float], max_points: int) -> Mapped:
+    """Line protocol (Telegraf's MQTT output): one row per point; the box is the ``box`` tag, else ``host``."""
+    import time
+
+    from co2logd.dialects.influx import table_of
+    from co2logd.dialects.lineprotocol import LineProtocolError, TooManyPoints, parse
+
+    try:
+        points = parse(message.payload, "ns", max_points=max_points)
+    except TooManyPoints as e:
+        raise IngestError(413, "too-many-rows", "The message holds more than {} points (MAX_ROWS_PER_UPLOAD)".format(e.limit))
+    except (LineProtocolError, UnicodeDecodeError) as e:
+        raise bad_request(str(e)[:300])
+    if not points:
+        raise NotData("no points")
+    table, rows = table_of(points, time.time() if now is None else now)
+    table["time"] = [when.timestamp() for when in table["time"]]
+    if box_column not in table and "host" in table:
+        table[box_column] = list(table["host"])
+    body = json.dumps(table, allow_nan=False).encode("utf-8")
+    return Mapped(LINE_PROTOCOL, body, "application/json", [], {}, message.payload)
 
 
 def number(text: str) -> Optional[Any]:

@@ -25,7 +25,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
 from co2logd.activity import SourceTracker
-from co2logd.mtime import time_columns
+from co2logd.store.mtime import time_columns
 from co2logd.plot import HTML_AREA, bucket_edges, colours_for, render_html_legend, render_html_panel
 from co2logd.timerange import TimeRangeError, human_age
 from co2logd.web.common import escape, finish_quietly, page, query_args

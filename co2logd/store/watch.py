@@ -1,5 +1,5 @@
 """
-Is the database still there, and does a write still reach the disk? (issue 12, finding 10)
+Is the database still there, and does a write still reach the disk?
 
 A mixin of :class:`co2logd.store.Store`:
 
@@ -30,18 +30,18 @@ from __future__ import annotations
 import datetime
 import os
 import sqlite3
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Protocol, Tuple, cast
 
 from twisted.internet import task
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from co2logd.db import StoreError
+from co2logd.store.interfaces import DatabaseLost
+from co2logd.store.schema import HEARTBEAT_TABLE
 
 log = Logger()
-
-HEARTBEAT_TABLE = "co2logd_heartbeat"
 
 #: SQLite primary result codes that mean the storage refuses writes
 DISK_ERROR_CODES = {
@@ -57,8 +57,11 @@ DISK_ERROR_CODES = {
 FileId = Optional[Tuple[int, int]]
 
 
-class DatabaseLost(StoreError):
-    """The database file was deleted or replaced under the running daemon: writes are refused until a restart."""
+class Clock(Protocol):
+    """What the heartbeat needs of a clock (``IReactorTime``, ``task.Clock``)."""
+
+    def seconds(self) -> float:
+        """The time now, in seconds."""
 
 
 def is_disk_error(error: BaseException) -> bool:
@@ -83,7 +86,7 @@ class DatabaseWatch:
     settings: Any
     pool: Any
 
-    def _watch_init(self, clock) -> None:
+    def _watch_init(self, clock: Optional[Clock]) -> None:
         self.clock = clock
         #: why writes are refused for good (until restart), or None
         self.lost: Optional[str] = None
@@ -113,19 +116,21 @@ class DatabaseWatch:
                 )
         return None
 
-    def _check_files(self, connection) -> None:
+    def _check_files(self, connection: sqlite3.Connection) -> None:
         """Raise DatabaseLost (after rescuing what was stored, once) when a file is no longer ours; rolls back first."""
-        if self._lost_in_thread is None:
+        lost = self._lost_in_thread
+        if lost is None:
             changed = self._files_changed()
             if changed is None:
                 return
         if connection.in_transaction:
             connection.rollback()
-        if self._lost_in_thread is None:
-            self._lost_in_thread = changed + "; " + self._rescue(connection, changed)
-        raise DatabaseLost(self._lost_in_thread)
+        if lost is None:
+            assert changed is not None
+            lost = self._lost_in_thread = changed + "; " + self._rescue(connection, changed)
+        raise DatabaseLost(lost)
 
-    def _rescue(self, connection, changed: str) -> str:
+    def _rescue(self, connection: sqlite3.Connection, changed: str) -> str:
         """Save what the open connection still sees where a restart finds it; say where."""
         path = self.path
         if file_id(path) == self._files.get("database"):
@@ -162,7 +167,7 @@ class DatabaseWatch:
         log.critical("{changed}; everything stored was saved to {where}", changed=changed, where=where)
         return "everything stored was saved to {}; writes are refused until co2logd is restarted".format(where)
 
-    def _beat(self, connection, now: float) -> Dict[str, Any]:
+    def _beat(self, connection: sqlite3.Connection, now: float) -> Dict[str, Any]:
         """One heartbeat: a committed one-row write, the file check before COMMIT, the free space."""
         self._check_files(connection)
         connection.execute("BEGIN IMMEDIATE")
@@ -186,23 +191,25 @@ class DatabaseWatch:
         if self.clock is None or not interval:
             return
         self._heartbeat = task.LoopingCall(self.heartbeat)
-        self._heartbeat.clock = self.clock
+        self._heartbeat.clock = cast(IReactorTime, self.clock)
         self._heartbeat.start(interval, now=True)
 
     def _stop_heartbeat(self) -> None:
         if self._heartbeat is not None and self._heartbeat.running:
             self._heartbeat.stop()
 
-    def heartbeat(self) -> Deferred:
+    def heartbeat(self) -> "Deferred[None]":
         """Write the heartbeat now; fire with None either way (the outcome is kept for /health)."""
-        now = self.clock.seconds()
+        clock = self.clock
+        assert clock is not None  # the heartbeat runs only with a clock
+        now = clock.seconds()
         state = self.heartbeat_state
         if self.lost is not None:
             state.update(error=self.lost, error_at=now)
             return succeed(None)
 
         def done(result: Dict[str, Any]) -> None:
-            state.update(ok_at=self.clock.seconds(), error=None, free_bytes=result["free_bytes"])
+            state.update(ok_at=clock.seconds(), error=None, free_bytes=result["free_bytes"])
             if self._write_error is not None and not self._write_error[1]:
                 self._write_error = None  # writes reach the disk again; a full database needs an upload that fits
 
@@ -211,9 +218,10 @@ class DatabaseWatch:
                 self.lost = str(failure.value)
             elif not failure.check(sqlite3.Error, OSError):
                 log.failure("The heartbeat write failed", failure)
-            state.update(error=str(failure.value), error_at=self.clock.seconds())
+            state.update(error=str(failure.value), error_at=clock.seconds())
 
-        return self.pool.runWithConnection(self._beat, now).addCallbacks(done, failed)
+        d: "Deferred[None]" = self.pool.runWithConnection(self._beat, now).addCallbacks(done, failed)
+        return d
 
     def _note_write(self, outcome: Any, results: List[Any]) -> None:
         """After a write transaction: lose the database, or remember (or forget) a disk error."""
@@ -221,8 +229,9 @@ class DatabaseWatch:
         for failure in failures:
             if failure.check(DatabaseLost):
                 self.lost = str(failure.value)
-            elif is_disk_error(failure.value):
-                self._write_error = (str(failure.value), failure.value.sqlite_errorcode & 0xFF == 13)  # SQLITE_FULL
+            elif failure.value is not None and is_disk_error(failure.value):
+                code = getattr(failure.value, "sqlite_errorcode", 0)
+                self._write_error = (str(failure.value), code & 0xFF == 13)  # SQLITE_FULL
         if not isinstance(outcome, Failure) and any(isinstance(r, int) and r > 0 for r in results):
             self._write_error = None
 

@@ -24,9 +24,9 @@ Only SQL text here (identifiers quoted, nothing user-supplied); no reactor.
 from __future__ import annotations
 
 import json
-from typing import List, Mapping
+from typing import Any, List, Mapping
 
-from co2logd.names import quote_identifier
+from co2logd.store.names import quote_identifier
 
 MTIME_TABLE = "co2logd_mtime"
 MTIME_STATE_TABLE = "co2logd_mtime_state"
@@ -39,7 +39,7 @@ UNIX_EPOCH_JD = 2440587.5  # julianday('1970-01-01')
 MAX_AHEAD_DAYS = 366  # a time more than a year after its upload is a device clock gone wrong
 
 
-def time_columns(settings, columns: Mapping[str, str]) -> List[str]:
+def time_columns(settings: Any, columns: Mapping[str, str]) -> List[str]:
     """The columns that may hold a row's measurement time, in order of preference."""
     if settings.DASHBOARD_TIME_COL:
         wanted = [settings.DASHBOARD_TIME_COL.lower()]
@@ -48,7 +48,7 @@ def time_columns(settings, columns: Mapping[str, str]) -> List[str]:
     return [c for c in wanted if c in columns]
 
 
-def names(settings) -> str:
+def names(settings: Any) -> str:
     """The settings the side table depends on; another value means rebuild it."""
     return json.dumps(
         [settings.DASHBOARD_TIME_COL, [c.lower() for c in settings.TIME_COLS], settings.UPLOAD_TIME_COL,
@@ -61,13 +61,16 @@ def _unix(value_sql: str) -> str:
     return "round((julianday({}) - {}) * 86400.0, 3)".format(value_sql, UNIX_EPOCH_JD)
 
 
-def index_statements(settings, columns: Mapping[str, str], table: str, rowid: str = "rowid") -> List[str]:
+def index_statements(settings: Any, columns: Mapping[str, str], table: str, rowid: str = "rowid") -> List[str]:
     """
     The statements that index the data rows with ``? < rowid <= ?`` (both
     bound twice: once per statement): new sources into the source table,
     then one side-table row per data row.
     """
-    d = lambda name: "d." + quote_identifier(name)  # noqa: E731
+
+    def d(name: str) -> str:
+        return "d." + quote_identifier(name)
+
     transport = d(settings.TRANSPORT_COL) if settings.TRANSPORT_COL in columns else "NULL"
     box = d(settings.OSEM_BOX_COL) if settings.OSEM_BOX_COL in columns else "NULL"
     upload = d(settings.UPLOAD_TIME_COL)

@@ -2,8 +2,9 @@
 Read queries for the dashboard, plots and /health, and the maintenance that
 keeps the plot rollups and the measurement-time side table current.
 
-:class:`PlotQueries` is a mixin of :class:`co2logd.store.Store`.  Its two
-halves never share a connection:
+:class:`Rollups` is a part of :class:`co2logd.store.Store`, built with it
+(it reads the store's pools, table, columns and settings).  Its two halves
+never share a connection:
 
 * **Reads** (plots, latest values, row counts, source activity) run on the
   store's *read pool*: connections opened with ``PRAGMA query_only``, so a
@@ -11,42 +12,43 @@ halves never share a connection:
   never waits for, or holds up, the writer (WAL readers see a snapshot).
 * **Maintenance** (:meth:`maintain`) runs on the writer's connection from a
   clock-driven timer, in bounded chunks, one short transaction each: it
-  indexes rows the writer has not indexed (see :mod:`co2logd.mtime`) and
+  indexes rows the writer has not indexed (see :mod:`co2logd.store.mtime`) and
   folds new rows into the rollups of the plotted columns.  Readers take the
   rollups as they are plus the exact rows beyond each column's watermark, so
   an answer is exact even while maintenance lags.
 
 Times are measurement times in UNIX seconds (``co2logd_mtime.t``); the
-rollups hold min, max and count of every column's numeric values per minute
-and hour of that time and per source.
+rollups hold min, max and count of every column's numeric values per period
+of that time (:data:`co2logd.rollup.SPANS`: minute to day) and per source.
 """
 
 from __future__ import annotations
 
 import bisect
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+import sqlite3
+from typing import Any, Callable, Dict, Iterable, List, Optional, Protocol, Sequence, Tuple, Union
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from co2logd import mtime, rollup
-from co2logd.db import StoreError, transaction
-from co2logd.names import quote_identifier
+from twisted.enterprise import adbapi
+
+from co2logd import rollup
 from co2logd.payloads import text_value
+from co2logd.store import mtime
+from co2logd.store.interfaces import StoreError
+from co2logd.store.names import quote_identifier
+from co2logd.store.schema import MTIME_STATE_TABLE, MTIME_TABLE, ROLLUP_SOURCE_TABLE, ROLLUP_STATE_TABLE, ROLLUP_TABLE
+from co2logd.store.sqlite import transaction
 
 log = Logger()
-
-ROLLUP_TABLE = "co2logd_rollup"
-ROLLUP_SOURCE_TABLE = mtime.SOURCE_TABLE
-ROLLUP_STATE_TABLE = "co2logd_rollup_state"
-ROLLUP_ODD_TABLE = "co2logd_rollup_odd"  # schema version 4 only; dropped by version 5
-MTIME_TABLE = mtime.MTIME_TABLE
-MTIME_STATE_TABLE = mtime.MTIME_STATE_TABLE
 
 _MORE = object()  # a step that has more to do
 
 SourceId = int
+#: per column of a plot, the (min, max) of one bucket and source
+Pairs = List[Tuple[Any, Any]]
 
 
 class PlotData:
@@ -79,13 +81,30 @@ def source_label(transport: Any, box: Any) -> str:
     return str(transport) if transport is not None else "(unknown)"
 
 
-class PlotQueries:
+class RollupsHost(Protocol):
+    """What :class:`Rollups` reads of the store it is part of."""
+
+    pool: adbapi.ConnectionPool
+    read_pool: adbapi.ConnectionPool
+    table: str
+    rowid: str
+    settings: Any
+    columns: Dict[str, str]
+    running: Any
+    closed: bool
+
+
+class Rollups:
     """The read side of :class:`co2logd.store.Store`, and the rollup maintenance."""
 
+    # Maintenance shares the writer's connection with uploads, which wait
+    # behind whatever transaction holds it: chunks are small (a 20,000-row
+    # chunk took 0.3-0.6 s to index and 0.4 s to roll up on the benchmark's
+    # overloaded 2-core machine; 2,000 rows take a tenth of that).
     #: data rows indexed per maintenance transaction (rows not indexed by the writer)
-    index_chunk_rows = 20_000
+    index_chunk_rows = 2_000
     #: rows folded into the rollups per maintenance transaction
-    rollup_chunk_rows = 20_000
+    rollup_chunk_rows = 2_000
     #: uploads of at most this many rows are folded into the rollups in the writer's own transaction
     fold_in_writer_rows = 2_000
     #: a plot reads the rows beyond the rollups' watermark exactly; past this many it reads the range's rows instead
@@ -97,33 +116,50 @@ class PlotQueries:
     #: seconds between maintenance runs
     maintenance_interval = 1.0
 
+    def __init__(self, store: RollupsHost):
+        self.store = store
+        self._row_count = (0, 0)  # (last rowid counted, rows up to it) for row_count()
+        self._wanted: List[str] = []  # columns whose rollups maintenance keeps
+        self._index_sql: Dict[Any, Any] = {}  # measurement-time and rollup statements by column set (writer thread)
+        self.maintaining: Optional[Deferred[Any]] = None
+
+    # what it reads of the store, current at every use
+    pool = property(lambda self: self.store.pool)
+    read_pool = property(lambda self: self.store.read_pool)
+    table = property(lambda self: self.store.table)
+    settings = property(lambda self: self.store.settings)
+    columns = property(lambda self: self.store.columns)
+    running = property(lambda self: self.store.running)
+    _closed = property(lambda self: self.store.closed)
+
     # -- helpers --------------------------------------------------------------
 
     def _rowid(self) -> str:
         """The data table's rowid as the store names it (an alias when a column shadows ``rowid``)."""
-        return getattr(self, "rowid", "rowid")
+        return self.store.rowid
 
-    def _read(self, f: Callable[..., Any], *args: Any) -> Deferred:
+    def _read(self, f: Callable[..., Any], *args: Any) -> "Deferred[Any]":
         """Run ``f(connection, *args)`` on a read-only connection."""
         if self._closed:
             return fail(StoreError("The store is closed"))
-        return self.read_pool.runWithConnection(f, *args)
+        d: "Deferred[Any]" = self.read_pool.runWithConnection(f, *args)
+        return d
 
-    def _in_steps(self, pool, step: Callable[..., Any], *args: Any) -> Deferred:
+    def _in_steps(self, pool: adbapi.ConnectionPool, step: Callable[..., Any], *args: Any) -> "Deferred[Any]":
         """
         Run ``step(connection, *args)`` in one interaction after another until
         it returns something other than ``_MORE``; fire with that.  Between
         steps other work gets the connection.
         """
-        result: Deferred = Deferred()
+        result: "Deferred[Any]" = Deferred()
 
-        def run(_=None) -> None:
+        def run(_: Any = None) -> None:
             if self._closed:
                 result.errback(Failure(StoreError("The store is closed")))
                 return
             pool.runWithConnection(step, *args).addCallbacks(stepped, result.errback)
 
-        def stepped(outcome) -> None:
+        def stepped(outcome: Any) -> None:
             if outcome is _MORE:
                 run()  # adbapi fires from the reactor loop: no recursion builds up
             else:
@@ -146,45 +182,49 @@ class PlotQueries:
                 self._wanted.append(column)
         del self._wanted[: max(0, len(self._wanted) - self.max_rolled_columns)]
 
-    def maintain(self) -> Deferred:
+    def maintain(self) -> "Deferred[None]":
         """
         Catch the side table and the rollups up, one bounded transaction per
         interaction on the writer's connection (uploads get their turn in
         between).  Fires with None; failures are logged, not raised, so the
         timer keeps running.  Runs once at a time; a second call joins the first.
         """
-        if self._maintaining is not None:
-            joined: Deferred = Deferred()
-            self._maintaining.addBoth(lambda r: (joined.callback(None), r)[1])
+        if self.maintaining is not None:
+            joined: "Deferred[None]" = Deferred()
+
+            def join(result: Any) -> Any:
+                joined.callback(None)
+                return result
+
+            self.maintaining.addBoth(join)
             return joined
         if self._closed or not self.running:
             return succeed(None)
         columns = dict(self.columns)
         wanted = list(self._wanted)
-        self._maintaining = d = self._in_steps(self.pool, self._maintain_step, columns, wanted)
+        self.maintaining = d = self._in_steps(self.pool, self._maintain_step, columns, wanted)
 
-        def done(result):
-            self._maintaining = None
+        def done(result: Any) -> None:
+            self.maintaining = None
             if isinstance(result, Failure) and not self._closed:
                 log.failure("Plot maintenance failed; it is tried again on the next tick", result)
             return None
 
         return d.addBoth(done)
 
-    def catch_up(self) -> Deferred:
+    def catch_up(self) -> "Deferred[None]":
         """Fire once maintenance has nothing left to do (for tests and benchmarks)."""
         return self.maintain()
 
-    rollups_idle = catch_up
 
-    def _maintain_step(self, connection, columns: Dict[str, str], wanted: List[str]):
+    def _maintain_step(self, connection: sqlite3.Connection, columns: Dict[str, str], wanted: List[str]) -> Any:
         """One transaction: index a chunk of new rows, else roll a chunk up; ``_MORE`` while work remains."""
         if not self.running:
             return None
         rowid = self._rowid()
         with transaction(connection):
             (top,) = connection.execute("SELECT coalesce(max({}), 0) FROM {}".format(rowid, self.table)).fetchone()
-            filled = self._filled_to(connection)
+            filled = self.filled_to(connection)
             if filled > top:  # rows deleted by hand: forget what was above
                 connection.execute("DELETE FROM {} WHERE row > ?".format(MTIME_TABLE), (top,))
                 connection.execute("DELETE FROM {}".format(ROLLUP_TABLE))
@@ -228,19 +268,20 @@ class PlotQueries:
             )
             return _MORE
 
-    def _filled_to(self, connection) -> int:
+    def filled_to(self, connection: Union[sqlite3.Connection, sqlite3.Cursor]) -> int:
         row = connection.execute("SELECT filled_to FROM {} WHERE k = 1".format(MTIME_STATE_TABLE)).fetchone()
         return row[0] if row else 0
 
-    def _set_filled_to(self, connection, value: int) -> int:
+    def _set_filled_to(self, connection: sqlite3.Connection, value: int) -> int:
         connection.execute("UPDATE {} SET filled_to = ? WHERE k = 1".format(MTIME_STATE_TABLE), (value,))
         return value
 
-    def _index_new_rows(self, cursor, before: int, filled: int, columns: Dict[str, str]) -> None:
+    def index_new_rows(self, cursor: sqlite3.Cursor, before: int, filled: int, columns: Dict[str, str]) -> None:
         """
         In the writer's transaction: index the rows just written (rowid above
         ``before``) when every earlier row is indexed (else maintenance
-        catches up in chunks and indexes these too).
+        catches up in chunks and indexes these too), and fold them into the
+        rollups when they are at most :attr:`fold_in_writer_rows`.
         """
         if filled != before:
             return
@@ -258,7 +299,7 @@ class PlotQueries:
             cursor.execute(sql, (before, top))
         cursor.execute("UPDATE {} SET filled_to = ? WHERE k = 1".format(MTIME_STATE_TABLE), (top,))
         if top - before > self.fold_in_writer_rows:
-            return  # a big upload: maintenance folds it in chunks, not this transaction
+            return  # a big upload: maintenance folds it in short chunks, not this transaction
         # the usual small upload: fold it into the rollups that are current, under the same fsync
         names = self._rollup_names()
         current = [
@@ -272,16 +313,17 @@ class PlotQueries:
             )
 
     def _rollup_names(self) -> str:
-        """The settings a rollup depends on; a column rolled up under other names is rebuilt."""
-        return mtime.names(self.settings)
+        """The settings (and spans) a rollup depends on; a column rolled up under others is rebuilt."""
+        return "{} spans {}".format(mtime.names(self.settings), ",".join(str(s) for s in rollup.SPANS))
 
-    def _roll_up(self, connection, columns: Sequence[str], low: int, high: int) -> None:
+    def _roll_up(self, connection: Union[sqlite3.Connection, sqlite3.Cursor], columns: Sequence[str], low: int, high: int) -> None:
         """
-        Fold the rows with ``low < row <= high`` into the minute and hour
-        rollups of ``columns``: one GROUP BY (source, minute of measurement
-        time) over that range of the side table, merged into what is there
-        (min, max and count merge, so rows arriving late, or a backfill of
-        last month, land in their own minutes).
+        Fold the rows with ``low < row <= high`` into the rollups of
+        ``columns`` (every span of :data:`co2logd.rollup.SPANS`): one GROUP BY
+        (source, minute of measurement time) over that range of the side
+        table, the longer spans summed from its minutes, merged into what is
+        there (min, max and count merge, so rows arriving late, or a backfill
+        of last month, land in their own periods).
         """
         key = ("rollup", self._rowid(), tuple(columns))
         sql = self._index_sql.get(key)
@@ -297,28 +339,26 @@ class PlotQueries:
             )
         rows = connection.execute(sql, (low, high)).fetchall()
         minutes = []
-        hours: Dict[Tuple[str, int, Any], Tuple[Any, Any, int]] = {}
+        longer: Dict[Tuple[str, int, int, Any], Tuple[Any, Any, int]] = {}
         for source, start, *values in rows:
             if source is None:
                 continue
-            hour = start - start % rollup.HOUR
             for k, column in enumerate(columns):
                 lo, hi, n = values[3 * k: 3 * k + 3]
                 if not n:
                     continue
                 minutes.append((column, rollup.MINUTE, start, source, lo, hi, n))
-                key = (column, hour, source)
-                old = hours.get(key)
-                hours[key] = (lo, hi, n) if old is None else (min(lo, old[0]), max(hi, old[1]), n + old[2])
+                for span in rollup.SPANS[1:]:
+                    period = (column, span, start - start % span, source)
+                    old = longer.get(period)
+                    longer[period] = (lo, hi, n) if old is None else (min(lo, old[0]), max(hi, old[1]), n + old[2])
         upsert = (
             "INSERT INTO {} (col, span, start, source, lo, hi, n) VALUES (?, ?, ?, ?, ?, ?, ?) "
             "ON CONFLICT (col, span, start, source) DO UPDATE SET "
             "lo = min(lo, excluded.lo), hi = max(hi, excluded.hi), n = n + excluded.n".format(ROLLUP_TABLE)
         )
         connection.executemany(upsert, minutes)
-        connection.executemany(
-            upsert, [(c, rollup.HOUR, hour, source, lo, hi, n) for (c, hour, source), (lo, hi, n) in hours.items()]
-        )
+        connection.executemany(upsert, [k + v for k, v in longer.items()])
 
     # -- plots (read-only connections) ---------------------------------------
 
@@ -329,7 +369,7 @@ class PlotQueries:
         filters: Sequence[Tuple[str, Any]] = (),
         max_series: int = 6,
         rollups: bool = True,
-    ) -> Deferred:
+    ) -> "Deferred[Any]":
         """
         Fire with a :class:`PlotData`: for every source (a box, else a
         transport) with data in ``[bounds[0], bounds[-1])`` of measurement
@@ -353,7 +393,7 @@ class PlotQueries:
             job.pieces = [] if job.whole is not None else rollup.plan_seconds(job.bounds)
         return self._in_steps(self.read_pool, self._plot_step, job).addCallback(self._plot_data, job)
 
-    def _plot_step(self, connection, job: "_PlotJob"):
+    def _plot_step(self, connection: sqlite3.Connection, job: "_PlotJob") -> Any:
         if job.mode is None:
             job.sources = self._sources(connection, job.filters)
             if job.sources is not None and not job.sources:
@@ -370,14 +410,14 @@ class PlotQueries:
                     connection.execute("COMMIT")
         return self._exact_step(connection, job)
 
-    def _sources(self, connection, filters: Sequence[Tuple[str, Any]]) -> Optional[Dict[SourceId, str]]:
+    def _sources(self, connection: sqlite3.Connection, filters: Sequence[Tuple[str, Any]]) -> Optional[Dict[SourceId, str]]:
         """``{source id: label}`` of the sources the filters select, or None for all sources."""
         if not filters:
             return None
         clauses, params = [], []
         for column, value in filters:
             field = "transport" if column == self.settings.TRANSPORT_COL else "box"
-            forms = _value_forms(value)
+            forms = value_forms(value)
             clauses.append("{} IN ({})".format(field, ", ".join("?" * len(forms))))
             params += forms
         return {
@@ -388,7 +428,7 @@ class PlotQueries:
             )
         }
 
-    def _labels(self, connection, ids: Iterable[SourceId]) -> Dict[SourceId, str]:
+    def _labels(self, connection: sqlite3.Connection, ids: Iterable[SourceId]) -> Dict[SourceId, str]:
         ids = list(ids)
         out: Dict[SourceId, str] = {}
         for k in range(0, len(ids), 500):
@@ -400,7 +440,7 @@ class PlotQueries:
                 out[i] = source_label(t, b)
         return out
 
-    def _watermarks(self, connection, columns: Sequence[str]) -> Optional[int]:
+    def _watermarks(self, connection: sqlite3.Connection, columns: Sequence[str]) -> Optional[int]:
         """The lowest row all ``columns`` are rolled up to, or None when reading the rows is the way."""
         names = self._rollup_names()
         found = {
@@ -413,23 +453,30 @@ class PlotQueries:
         }
         if any(c not in found for c in columns):
             return None
-        mark = min(found.values())
+        mark: int = min(found.values())
         (last,) = connection.execute("SELECT coalesce(max(row), 0) FROM {}".format(MTIME_TABLE)).fetchone()
         if last - mark > self.tail_limit_rows:
             return None
         return mark
 
-    def _rollup_answer(self, connection, job: "_PlotJob", mark: int) -> Dict[Tuple[int, SourceId], list]:
-        """Every bucket from the rollups, the rows of the ragged ends and the rows beyond ``mark``."""
+    def _rollup_answer(self, connection: sqlite3.Connection, job: "_PlotJob", mark: int) -> Dict[Tuple[int, SourceId], Pairs]:
+        """
+        Every bucket from the rollups, the rows of the ragged ends and the
+        rows beyond ``mark``.  With the whole range's periods known
+        (:attr:`_PlotJob.whole`) and equal steps, SQLite groups the periods
+        into buckets: one statement per span, a few rows per bucket and
+        source, however long the range.
+        """
         columns, bounds = job.columns, job.bounds
         since, until = bounds[0], bounds[-1]
         source_sql, source_ids = self._source_clause(job.sources, "source")
-        # the busiest sources: rollup counts of the range (minutes or hours) plus the tail
-        span = rollup.HOUR if until - since >= 6 * 3600 else rollup.MINUTE
+        cols_sql = ", ".join("?" * len(columns))
+        # the busiest sources: rollup counts of the range (coarse periods, enough to rank) plus the tail
+        span = rollup.counting_span(since, until)
         counts: Dict[SourceId, int] = {}
         for source, n in connection.execute(
             "SELECT source, sum(n) FROM {} WHERE col IN ({}) AND span = ? AND start >= ? AND start < ?{} GROUP BY source".format(
-                ROLLUP_TABLE, ", ".join("?" * len(columns)), source_sql
+                ROLLUP_TABLE, cols_sql, source_sql
             ),
             list(columns) + [span, since // span * span, until] + source_ids,
         ):
@@ -449,40 +496,52 @@ class PlotQueries:
         if not chosen:
             return {}
         keep_sql, keep_ids = self._source_clause(chosen, "source")
-        summary = (
-            "SELECT col, source, min(lo), max(hi) FROM {} WHERE col IN ({}) AND span = ? AND start >= ? AND start < ?{} "
-            "GROUP BY col, source".format(ROLLUP_TABLE, ", ".join("?" * len(columns)), keep_sql)
-        )
         position = {c: k for k, c in enumerate(columns)}
-        found: Dict[Tuple[int, SourceId], list] = {}
+        found: Dict[Tuple[int, SourceId], Pairs] = {}
         nothing = [(None, None)] * len(columns)
         exact = self._bucket_sql(columns, chosen)
         _, exact_ids = self._source_clause(chosen, "m.src")
+        last = len(bounds) - 2
 
-        def add(i: int, source: SourceId, k: int, lo, hi) -> None:
+        def add(i: int, source: SourceId, k: int, lo: Any, hi: Any) -> None:
             pairs = found.setdefault((i, source), list(nothing))
             pairs[k] = rollup.merge(pairs[k], lo, hi)
 
+        def bucket(t: float) -> int:
+            return min(max(bisect.bisect_right(bounds, t) - 1, 0), last)
+
         whole = job.whole
         if whole is not None:
-            # inner edges on whole periods: one query per span for the whole range, each period into its bucket
-            last = len(bounds) - 2
-            for span_, first, end in whole.periods:
-                for column, source, start, lo, hi in connection.execute(
-                    "SELECT col, source, start, lo, hi FROM {} WHERE col IN ({}) AND span = ? AND start >= ? AND start < ?{}".format(
-                        ROLLUP_TABLE, ", ".join("?" * len(columns)), keep_sql),
-                    list(columns) + [span_, first, end] + keep_ids,
+            # inner edges on whole periods: each span read once for the whole range, each period inside one bucket
+            steps = rollup.equal_steps(bounds)
+            if steps is None:
+                index_sql, index_args = "start", []  # grouped by period; bucketed below
+            else:
+                # the bucket of a period start, in SQL: 0 before the first inner bound, then one per step
+                first, step = steps
+                index_sql, index_args = "CASE WHEN start < ? THEN 0 ELSE min(?, 1 + (start - ?) / ?) END", [
+                    first, last, first, step]
+            for span_, low, end in whole.periods:
+                for column, source, i, lo, hi in connection.execute(
+                    "SELECT col, source, {i} AS i, min(lo), max(hi) FROM {t} WHERE col IN ({c}) AND span = ? "
+                    "AND start >= ? AND start < ?{f} GROUP BY col, source, i".format(
+                        i=index_sql, t=ROLLUP_TABLE, c=cols_sql, f=keep_sql),
+                    index_args + list(columns) + [span_, low, end] + keep_ids,
                 ):
-                    add(min(bisect.bisect_right(bounds, start) - 1, last), source, position[column], lo, hi)
+                    add(i if steps is not None else bucket(i), source, position[column], lo, hi)
             for a, b in whole.exact:
-                i = min(bisect.bisect_right(bounds, a) - 1, last)
+                i = bucket(a)
                 for source, _n, *values in connection.execute(exact, [a, b] + exact_ids):
                     for k in range(len(columns)):
                         add(i, source, k, values[2 * k], values[2 * k + 1])
         else:
-            for i, piece in enumerate(job.pieces):
-                for span_, first, end in piece.periods:
-                    for column, source, lo, hi in connection.execute(summary, list(columns) + [span_, first, end] + keep_ids):
+            summary = (
+                "SELECT col, source, min(lo), max(hi) FROM {} WHERE col IN ({}) AND span = ? AND start >= ? AND start < ?{} "
+                "GROUP BY col, source".format(ROLLUP_TABLE, cols_sql, keep_sql)
+            )
+            for i, piece in enumerate(job.pieces or []):
+                for span_, low, end in piece.periods:
+                    for column, source, lo, hi in connection.execute(summary, list(columns) + [span_, low, end] + keep_ids):
                         add(i, source, position[column], lo, hi)
                 for a, b in piece.exact:
                     for source, _n, *values in connection.execute(exact, [a, b] + exact_ids):
@@ -491,13 +550,12 @@ class PlotQueries:
         for when, source, *values in tail:
             if source not in chosen:
                 continue
-            i = min(bisect.bisect_right(bounds, when) - 1, len(bounds) - 2)
-            pairs = found.setdefault((i, source), list(nothing))
+            pairs = found.setdefault((bucket(when), source), list(nothing))
             for k, value in enumerate(values):
                 pairs[k] = rollup.merge(pairs[k], value, value)
         return found
 
-    def _choose(self, connection, job: "_PlotJob", counts: Dict[SourceId, int]) -> Dict[SourceId, str]:
+    def _choose(self, connection: sqlite3.Connection, job: "_PlotJob", counts: Dict[SourceId, int]) -> Dict[SourceId, str]:
         """The ids of the busiest ``max_series`` labels (a label may span transports); sets ``job.left_out``."""
         labels = job.sources if job.sources is not None else self._labels(connection, counts)
         per_label: Dict[str, int] = {}
@@ -525,7 +583,7 @@ class PlotQueries:
             )
         )
 
-    def _exact_step(self, connection, job: "_PlotJob"):
+    def _exact_step(self, connection: sqlite3.Connection, job: "_PlotJob") -> Any:
         """The next buckets from the rows, about :attr:`exact_chunk_rows` rows per interaction."""
         columns, bounds = job.columns, job.bounds
         sql = self._bucket_sql(columns, job.sources)
@@ -545,14 +603,14 @@ class PlotQueries:
         chosen = self._choose(connection, job, job.counts)
         return {key: pairs for key, pairs in job.found.items() if key[1] in chosen}
 
-    def _plot_data(self, found: Dict[Tuple[int, SourceId], list], job: "_PlotJob") -> Deferred:
+    def _plot_data(self, found: Dict[Tuple[int, SourceId], Pairs], job: "_PlotJob") -> "Deferred[PlotData]":
         """Group the answer by series label (reads the labels of the ids on a read connection)."""
         ids = {source for _, source in found}
 
-        def label(connection):
+        def label(connection: sqlite3.Connection) -> Dict[SourceId, str]:
             return job.sources if job.sources is not None else self._labels(connection, ids)
 
-        def build(labels):
+        def build(labels: Dict[SourceId, str]) -> PlotData:
             data = PlotData(job.columns)
             data.left_out = job.left_out
             totals: Dict[str, int] = {}
@@ -570,15 +628,15 @@ class PlotQueries:
             return data
 
         if not found:
-            return build({})
+            return succeed(build({}))
         return self._read(label).addCallback(build)
 
     # -- the dashboard's other reads ------------------------------------------
 
-    def time_extent(self, filters: Sequence[Tuple[str, Any]] = ()) -> Deferred:
+    def time_extent(self, filters: Sequence[Tuple[str, Any]] = ()) -> "Deferred[Optional[Tuple[float, float]]]":
         """``(earliest, latest)`` measurement time of the rows the filters select, or None."""
 
-        def run(connection):
+        def run(connection: sqlite3.Connection) -> Any:
             sources = self._sources(connection, filters)
             if sources is not None and not sources:
                 return None
@@ -590,10 +648,10 @@ class PlotQueries:
 
         return self._read(run)
 
-    def unusable_times(self, since: float, until: float, filters: Sequence[Tuple[str, Any]] = ()) -> Deferred:
+    def unusable_times(self, since: float, until: float, filters: Sequence[Tuple[str, Any]] = ()) -> "Deferred[int]":
         """Rows in the range placed by upload time because their time was unusable, plus rows with no time at all."""
 
-        def run(connection):
+        def run(connection: sqlite3.Connection) -> Any:
             sources = self._sources(connection, filters)
             if sources is not None and not sources:
                 return 0
@@ -608,7 +666,9 @@ class PlotQueries:
 
         return self._read(run)
 
-    def latest_by_source(self, columns: Sequence[str], filters: Sequence[Tuple[str, Any]] = (), limit: int = 6) -> Deferred:
+    def latest_by_source(
+        self, columns: Sequence[str], filters: Sequence[Tuple[str, Any]] = (), limit: int = 6
+    ) -> "Deferred[List[Tuple[str, float, Dict[str, Any]]]]":
         """
         ``[(label, measurement time, {column: value})]`` for the ``limit``
         most recently heard sources the filters select: each column's newest
@@ -616,7 +676,7 @@ class PlotQueries:
         """
         cols = ", ".join("d." + quote_identifier(c) for c in columns) or "NULL"
 
-        def run(connection):
+        def run(connection: sqlite3.Connection) -> Any:
             sources = self._sources(connection, filters)
             if sources is None:
                 sources = dict(
@@ -650,7 +710,7 @@ class PlotQueries:
 
         return self._read(run)
 
-    def row_count(self) -> Deferred:
+    def row_count(self) -> "Deferred[int]":
         """
         Number of rows in the data table, for the dashboard: counted once,
         then only the rows after the last rowid seen are counted (``count(*)``
@@ -660,7 +720,7 @@ class PlotQueries:
         """
         rowid = self._rowid()
 
-        def run(connection):
+        def run(connection: sqlite3.Connection) -> Any:
             (top,) = connection.execute("SELECT coalesce(max({}), 0) FROM {}".format(rowid, self.table)).fetchone()
             seen, counted = self._row_count
             if top < seen:
@@ -675,7 +735,7 @@ class PlotQueries:
 
         return self._read(run)
 
-    def latest_values(self, columns: Sequence[str]) -> Deferred:
+    def latest_values(self, columns: Sequence[str]) -> "Deferred[Dict[str, Tuple[Any, Any]]]":
         """``{column: (value, upload time)}``: each column's newest numeric value by upload time (any source)."""
         time_col = quote_identifier(self.settings.UPLOAD_TIME_COL)
         statements = {
@@ -684,7 +744,7 @@ class PlotQueries:
             for column in columns
         }
 
-        def run(connection):
+        def run(connection: sqlite3.Connection) -> Any:
             out = {}
             for column, sql in statements.items():
                 row = connection.execute(sql).fetchone()
@@ -702,7 +762,7 @@ class PlotQueries:
         box_column: Optional[str],
         after_rowid: int = 0,
         trim: Optional[Callable[[Dict[Tuple[Any, Any], List[Any]]], None]] = None,
-    ) -> Deferred:
+    ) -> "Deferred[Any]":
         """
         Per source of the rows after ``after_rowid``: fires with
         ``([(transport, box, last upload time, rows, uploads)], largest rowid seen)``
@@ -727,12 +787,13 @@ class PlotQueries:
             rowid=rowid,
         )
         found: Dict[Tuple[Any, Any], List[Any]] = {}
-        reached = [after_rowid, None]  # rows read up to, and the last rowid when the first step ran
+        reached: List[Optional[int]] = [after_rowid, None]  # rows read up to, and the last rowid when the first step ran
 
-        def step(connection):
+        def step(connection: sqlite3.Connection) -> Any:
             if reached[1] is None:
                 (reached[1],) = connection.execute("SELECT coalesce(max({}), 0) FROM {}".format(rowid, self.table)).fetchone()
             low, top = reached
+            assert low is not None and top is not None
             high = min(top, low + self.activity_chunk_rows)
             if high > low:
                 for n, (transport, box_value, last, count, uploads) in enumerate(connection.execute(sql, (low, high)), 1):
@@ -745,14 +806,14 @@ class PlotQueries:
                 if trim is not None:
                     trim(found)
                 reached[0] = high
-            if reached[0] < top:
+            if reached[0] is not None and reached[0] < top:
                 return _MORE
             return [(k[0], k[1], last, count, uploads) for k, (last, count, uploads) in found.items()], max(top, after_rowid)
 
         return self._in_steps(self.read_pool, step)
 
 
-def _value_forms(value: Any) -> List[Any]:
+def value_forms(value: Any) -> List[Any]:
     """A filter value as text and as the number it reads as: matches however the column stored it."""
     text = str(value)
     forms = [value, text]
@@ -785,11 +846,11 @@ class _PlotJob:
         self.bounds = bounds
         self.filters = filters
         self.max_series = max_series
-        self.pieces: Optional[list] = None  # co2logd.rollup.plan_seconds(bounds) when rollups may answer
+        self.pieces: Optional[List[Any]] = None  # co2logd.rollup.plan_seconds(bounds) when rollups may answer
         self.whole: Optional[rollup.Piece] = None  # or the whole range at once (co2logd.rollup.whole_range_piece)
         self.mode: Optional[str] = None  # "exact" or "rollup", chosen in the first interaction
         self.sources: Optional[Dict[SourceId, str]] = None  # the filters' sources (None: all)
         self.left_out = 0
         self.next_bucket = 0
         self.counts: Dict[SourceId, int] = {}
-        self.found: Dict[Tuple[int, SourceId], list] = {}
+        self.found: Dict[Tuple[int, SourceId], Pairs] = {}

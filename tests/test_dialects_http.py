@@ -144,7 +144,7 @@ class InfluxWriteTests(DialectSite, unittest.TestCase):
     @defer.inlineCallbacks
     def test_busy_is_503_with_retry_after(self):
         """A full write queue: 503 unavailable with Retry-After."""
-        self.patch(self.store, "_queued_rows", self.store.queue_limit)
+        self.patch(self.store.writer, "_queued_rows", self.store.writer.queue_limit)
         status, headers, content = yield self.send("/api/v2/write", b"m f=1", {"Authorization": "Token " + TOKEN})
         self.assertEqual((status, json.loads(content)["code"]), (503, "unavailable"))
         self.assertTrue(headers.getRawHeaders("retry-after"))

@@ -42,6 +42,13 @@ How the year gets into the database, fast and as the daemon stores it:
 6. The renders of 4 again, with the backfill in.
 
 ``--db PATH`` puts the database there (another disk, say) and keeps it.
+
+``--baseline REV`` runs all of it first with the daemon of git revision REV
+(exported with ``git archive``), then with this checkout, on data made the
+same way, and prints each figure of this checkout as a ratio of the
+baseline's:
+
+    python benchmarks/plot_render.py --days 8 --backfill-rows 259200 --repeat 3 --baseline 889828c
 """
 
 from __future__ import annotations
@@ -55,6 +62,7 @@ import multiprocessing
 import os
 import shutil
 import sqlite3
+import subprocess
 import sys
 import tempfile
 import time
@@ -109,9 +117,18 @@ def timed_get(port: int, path: str) -> Tuple[float, bytes]:
     return time.perf_counter() - start, body
 
 
-def start_daemon(work: str, db: str) -> Server:
+def start_daemon(work: str, db: str, code: str = REPO) -> Server:
+    """The daemon of the source tree ``code`` (this checkout, or a baseline's export)."""
     argv = [sys.executable, "-m", "co2logd", "--http", "tcp:0:interface=127.0.0.1", "--db", db]
-    return Server("co2logd", argv, work, {"PYTHONPATH": REPO}, os.path.join(work, "co2logd.log"))
+    return Server("co2logd", argv, work, {"PYTHONPATH": code}, os.path.join(work, "co2logd.log"))
+
+
+def export(rev: str) -> str:
+    """The source tree of git revision ``rev`` of this repository, in a new temporary directory."""
+    target = tempfile.mkdtemp(prefix="co2logd-baseline-")
+    archive = subprocess.run(["git", "-C", REPO, "archive", rev], check=True, capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", target], input=archive, check=True)
+    return target
 
 
 def upload_day(server: Server, day_start: int, sources: int) -> None:
@@ -312,13 +329,14 @@ def year_view(port: int) -> str:
 def renders(port: int, repeat: int, label: str) -> Dict[str, float]:
     year = year_view(port)
     out = {}
-    for name, path in (("dashboard, default view (/)", "/"), ("dashboard, the year ({})".format(year), year),
+    for name, path in (("dashboard, default view (/)", "/"), ("dashboard, the year", year),
                        ("GET /plot?cols=co2,temperature&since=366d", "/plot?cols=co2,temperature&since=366d")):
         # a parameter of its own per request: a dashboard that shares renders of identical views
         # (DASHBOARD_CACHE_SECONDS) must render each of these afresh
         timings = sorted(timed_get(port, "{}{}_bench={}".format(path, "&" if "?" in path else "?", k))[0] for k in range(repeat))
         out[name] = timings[0]
-        print("  {} {:<58} best {:.3f} s, median {:.3f} s".format(label, name, timings[0], timings[len(timings) // 2]))
+        shown = name if path in name else "{} ({})".format(name, path)
+        print("  {} {:<58} best {:.3f} s, median {:.3f} s".format(label, shown, timings[0], timings[len(timings) // 2]))
     return out
 
 
@@ -338,23 +356,49 @@ def main(argv=None) -> int:
     parser.add_argument("--every", type=float, default=0.02, help="seconds between the single-row uploads during the backfill (default 0.02)")
     parser.add_argument("--repeat", type=int, default=5, help="requests per timed render (default 5)")
     parser.add_argument("--fill-timeout", type=float, default=900, help="most seconds to wait for the rollups (default 900)")
-    parser.add_argument("--db", help="put the database here and keep it")
+    parser.add_argument("--db", help="put the database here and keep it (with --baseline: the baseline's is PATH.baseline)")
+    parser.add_argument("--baseline", metavar="REV",
+                        help="first run the same with git revision REV of this repository (say the commit before a change), "
+                             "then print this checkout's figures as ratios of the baseline's")
     args = parser.parse_args(argv)
-
     backfill_days = max(1, math.ceil(args.backfill_rows / DAY))
     if args.days < backfill_days + 3:
         raise SystemExit("--days must exceed the backfill's {} days by 3".format(backfill_days))
+    runs = []
+    if args.baseline:
+        code = export(args.baseline)
+        try:
+            print("== baseline: {} ==".format(args.baseline))
+            runs.append(("baseline " + args.baseline, run(args, code, args.db and args.db + ".baseline")))
+        finally:
+            shutil.rmtree(code, ignore_errors=True)
+        print("== this checkout ==")
+    runs.append(("this checkout", run(args, REPO, args.db)))
+    if len(runs) == 2:
+        (base_name, base), (_, this) = runs
+        print()
+        print("this checkout / {} (below 1: faster):".format(base_name))
+        for key in this:
+            if key in base and base[key]:
+                print("  {:<66} {:>9.3f} / {:>9.3f} = {:.2f}".format(key, this[key], base[key], this[key] / base[key]))
+    return 0
+
+
+def run(args, code: str, keep: Optional[str]) -> Dict[str, float]:
+    """One whole run with the daemon of source tree ``code``; the figures by name."""
+    figures: Dict[str, float] = {}
+    backfill_days = max(1, math.ceil(args.backfill_rows / DAY))
     end = int(time.time()) // DAY * DAY
     first = end - args.days * DAY
     bulk_until = args.days - backfill_days  # days [0, bulk_until) before the timed backfill
     work = tempfile.mkdtemp(prefix="co2logd-plot-")
-    db = args.db or os.path.join(work, "co2.sqlite")
+    db = keep or os.path.join(work, "co2.sqlite")
     started = time.monotonic()
     try:
         for path in (db, db + "-wal", db + "-shm"):
             if os.path.exists(path):
                 os.remove(path)
-        server = start_daemon(work, db)
+        server = start_daemon(work, db, code)
         try:
             upload_day(server, first, args.sources)
             day0 = (0, max_rowid(db))
@@ -367,15 +411,17 @@ def main(argv=None) -> int:
         print("[{:4.0f} s] days 3-{} copied in SQL: {:,} rows, {:.2f} GB".format(
             time.monotonic() - started, bulk_until, max_rowid(db), os.path.getsize(db) / 1e9))
 
-        server = start_daemon(work, db)
+        server = start_daemon(work, db, code)
         try:
             waited, left = wait_rolled_up(server, db, args.fill_timeout, "/?since=366d")
             print("[{:4.0f} s] rollups filled by the daemon in {:.0f} s{}".format(
                 time.monotonic() - started, waited,
                 "" if left == 0 else " (backlog unknown: waited for the file to stay unchanged 3 s)" if left is None
                 else " (NOT caught up: {:,} rows left)".format(left)))
+            figures["rollup fill after the bulk copy (s)"] = waited
             print("renders over {} days ({:,} rows), rollups filled:".format(bulk_until, max_rowid(db)))
             before = renders(server.port, args.repeat, "")
+            figures.update(("before the backfill: {} (s)".format(k), v) for k, v in before.items())
 
             ctx = multiprocessing.get_context("fork")
             stop, results = ctx.Event(), ctx.Queue()
@@ -401,9 +447,14 @@ def main(argv=None) -> int:
                       "" if left == 0 else " (backlog unknown)" if left is None else " (NOT caught up: {:,} left)".format(left)))
             print("  single-row uploads every {:.0f} ms meanwhile: {}{}".format(
                 args.every * 1000, spread(got["latencies"]), ", {} failed".format(got["failed"]) if got["failed"] else ""))
-            p99 = loadgen._percentile(sorted(got["latencies"]), 0.99) * 1000
+            ordered = sorted(got["latencies"])
+            p99 = loadgen._percentile(ordered, 0.99) * 1000
+            figures["backfill sent (s)"] = sending
+            figures["single-row uploads during the backfill: median (ms)"] = ordered[len(ordered) // 2] * 1000 if ordered else 0.0
+            figures["single-row uploads during the backfill: p99 (ms)"] = p99
             print("renders with the backfill in ({:,} rows):".format(max_rowid(db)))
             after = renders(server.port, args.repeat, "")
+            figures.update(("with the backfill in: {} (s)".format(k), v) for k, v in after.items())
         finally:
             server.stop()
         dashboard = max(v for k, v in after.items() if k.startswith("dashboard"))
@@ -417,9 +468,9 @@ def main(argv=None) -> int:
             dashboard / max(v for k, v in before.items() if k.startswith("dashboard"))))
         print("total {:.0f} s".format(time.monotonic() - started))
     finally:
-        if not args.db:
+        if not keep:
             shutil.rmtree(work, ignore_errors=True)
-    return 0
+    return figures
 
 
 if __name__ == "__main__":

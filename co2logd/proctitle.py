@@ -2,8 +2,8 @@
 Keep a password given on the command line out of the process title.
 
 ``ps`` and ``/proc/PID/cmdline`` show the process's original argument
-strings, so ``--db postgresql://user:secret@host/db`` would show the
-password to every local user.  :func:`hide_passwords` overwrites the password
+strings, so ``--db postgresql://user:secret@host/db`` (or ``--mqtt
+mqtt://user:secret@broker``) would show the password to every local user.  :func:`hide_passwords` overwrites the password
 in those strings with ``*`` in place (same length, so nothing moves).  On
 Linux the argument area is found through ``/proc/self/stat`` (fields
 ``arg_start`` and ``arg_end``); elsewhere, or when that fails, nothing changes
@@ -17,7 +17,7 @@ import re
 from typing import Iterable
 
 _PASSWORDS = (
-    re.compile(rb"(?:postgres|postgresql)://[^/?#@:\x00]*:([^/?#\x00]*)@"),
+    re.compile(rb"(?:postgres|postgresql|mqtt|mqtts)://[^/?#@:\x00]*:([^/?#\x00]*)@"),
     re.compile(rb"[?&]password=([^&#\x00]*)", re.IGNORECASE),
 )
 
@@ -34,7 +34,7 @@ def _argument_area():
 
 def hide_passwords(arguments: Iterable[str] = ()) -> bool:
     """
-    Overwrite every PostgreSQL URL password in the process's command line with
+    Overwrite every PostgreSQL or MQTT URL password in the process's command line with
     ``*``; True when the command line was read (and now holds none).
     ``arguments`` is unused but documents the intent at the call site.
     """

@@ -123,7 +123,10 @@ class Options(usage.Options):
         for spec in self["serial"]:
             _check_spec("co2logd.transports.serial", "parse_serial_spec", spec, "--serial")
         if self["mqtt"] is not None:
+            from co2logd.proctitle import hide_passwords
             from co2logd.transports.mqtt_payloads import parse_broker_url
+
+            hide_passwords()  # ps must not show the broker's password
 
             try:
                 parse_broker_url(self["mqtt"])

@@ -288,3 +288,28 @@ class OptionTests(unittest.TestCase):
             with self.assertRaises(usage.UsageError) as caught:
                 Options().parseOptions(argv)
             self.assertNotIn("hunter2", str(caught.exception))
+
+
+class ProcessTitleTests(unittest.TestCase):
+    """--mqtt's password stays out of what ps shows."""
+
+    def test_password_starred_out(self):
+        """After option parsing, /proc/self/cmdline has the broker password replaced by stars."""
+        import os
+        import subprocess
+        import sys
+
+        from tests.helpers import REPO
+
+        code = (
+            "import sys; from co2logd.tap import Options; o = Options(); o.parseOptions(sys.argv[1:]); "
+            "sys.stdout.write(open('/proc/self/cmdline').read())"
+        )
+        result = subprocess.run(
+            [sys.executable, "-c", code, "--http", "none", "--mqtt", "mqtt://co2:hunter22@127.0.0.1:1883"],
+            env=dict(os.environ, PYTHONPATH=REPO), capture_output=True, timeout=60,
+        )
+        self.assertEqual(result.returncode, 0, result.stderr)
+        cmdline = result.stdout.decode()
+        self.assertNotIn("hunter22", cmdline)
+        self.assertIn("mqtt://co2:********@127.0.0.1:1883", cmdline)

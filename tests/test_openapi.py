@@ -35,8 +35,13 @@ CHECKS = ",".join(
         "unsupported_method",
     ]
 )
-# per operation; CI's default keeps the run short, CO2LOGD_SCHEMATHESIS_EXAMPLES=200 searches harder
+# The default run: the documented examples and the coverage phase (every
+# parameter's boundary and invalid values, deterministic), 10 cases per
+# operation.  The random phases take most of a minute; ask for them with
+# CO2LOGD_SCHEMATHESIS_PHASES=examples,coverage,fuzzing,stateful (and more
+# cases with CO2LOGD_SCHEMATHESIS_EXAMPLES=200).
 EXAMPLES = os.environ.get("CO2LOGD_SCHEMATHESIS_EXAMPLES", "10")
+PHASES = os.environ.get("CO2LOGD_SCHEMATHESIS_PHASES", "examples,coverage")
 
 
 class DocumentTests(SiteMixin, unittest.TestCase):
@@ -85,7 +90,7 @@ def run_schemathesis(cwd: str) -> "tuple[int, str, str]":
             urllib.request.urlopen(request, timeout=10).read()
         result = subprocess.run(
             [sys.executable, "-m", "schemathesis.cli", "run", url + "/openapi.yaml",
-             "--checks", CHECKS, "--max-examples", EXAMPLES, "--generation-database", "none",
+             "--checks", CHECKS, "--max-examples", EXAMPLES, "--phases", PHASES, "--generation-database", "none",
              "--no-color", "--request-timeout", "10"],
             cwd=cwd, env=environment, capture_output=True, timeout=150,
         )

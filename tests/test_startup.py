@@ -283,8 +283,10 @@ class CommandLineTests(unittest.TestCase):
         """twistd co2logd --version and python -m co2logd --version print co2logd's version."""
         from co2logd import __version__
 
-        for argv in (TWISTD + ["co2logd", "--version"], PYTHON_M + ["--version"]):
-            result = yield threads.deferToThread(run, argv)
+        results = yield defer.gatherResults(
+            [threads.deferToThread(run, argv) for argv in (TWISTD + ["co2logd", "--version"], PYTHON_M + ["--version"])]
+        )
+        for result in results:
             self.assertEqual(result.returncode, 0, result.stderr)
             self.assertTrue(
                 result.stdout.decode().startswith("co2logd {} (Twisted ".format(__version__)), result.stdout
@@ -293,14 +295,15 @@ class CommandLineTests(unittest.TestCase):
     @defer.inlineCallbacks
     def test_help_names_co2logd(self):
         """python -m co2logd --help shows its own usage line and never says twistd."""
-        result = yield threads.deferToThread(run, PYTHON_M + ["--help"])
-        out = result.stdout.decode()
-        self.assertEqual(result.returncode, 0)
+        own, twistd = yield defer.gatherResults(
+            [threads.deferToThread(run, PYTHON_M + ["--help"]), threads.deferToThread(run, TWISTD + ["co2logd", "--help"])]
+        )
+        out = own.stdout.decode()
+        self.assertEqual(own.returncode, 0)
         self.assertTrue(out.startswith("Usage: python -m co2logd [--http ENDPOINT]"), out)
         self.assertNotIn("twistd", out)
         self.assertIn("--serial-required=", out)
-        result = yield threads.deferToThread(run, TWISTD + ["co2logd", "--help"])
-        self.assertIn("co2logd [--http ENDPOINT]", result.stdout.decode())
+        self.assertIn("co2logd [--http ENDPOINT]", twistd.stdout.decode())
 
 
 def upload(port: int) -> dict:

@@ -184,10 +184,14 @@ class Store(DatabaseWatch, Service):
         (before,) = cursor.execute("SELECT coalesce(max({}), 0) FROM {}".format(self.rowid, self.table)).fetchone()
         return before, self.rollups.filled_to(cursor)
 
-    def group_written(self, cursor: sqlite3.Cursor, began: Tuple[int, int], columns: Dict[str, str]) -> None:
-        """Index the group's rows by measurement time and fold them into the current rollups."""
+    def group_written(self, cursor: sqlite3.Cursor, began: Tuple[int, int], columns: Dict[str, str]) -> Optional[int]:
+        """Index the group's rows by measurement time and fold them into the current rollups (small groups)."""
         before, filled = began
-        self.rollups.index_new_rows(cursor, before, filled, columns)
+        return self.rollups.index_new_rows(cursor, before, filled, columns)
+
+    def indexed_through(self, row: int) -> "Deferred[None]":
+        """Fire once the rows up to ``row`` are indexed by measurement time (short transactions)."""
+        return self.rollups.indexed_through(row)
 
     def before_commit(self, connection: sqlite3.Connection) -> None:
         """Raise DatabaseLost when the database file is no longer ours."""

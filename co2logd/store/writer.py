@@ -29,7 +29,7 @@ from twisted.python.failure import Failure
 
 
 from co2logd.store.names import quote_identifier
-from co2logd.store import freshness, outbox
+from co2logd.store import freshness, outbox, staging
 from co2logd.store.interfaces import DatabaseLost, StoreBusy, StoreError, WriteObserver, WriteRequest
 from co2logd.store.sqlite import declared_type, sql_value
 
@@ -49,8 +49,15 @@ class WriterHost(Protocol):
     def group_began(self, cursor: sqlite3.Cursor) -> Any:
         """In the transaction, before the uploads: what :meth:`group_written` needs."""
 
-    def group_written(self, cursor: sqlite3.Cursor, began: Any, columns: Dict[str, str]) -> None:
-        """In the transaction, after the uploads (a savepoint of its own: may fail alone)."""
+    def group_written(self, cursor: sqlite3.Cursor, began: Any, columns: Dict[str, str]) -> Optional[int]:
+        """
+        In the transaction, after the uploads (a savepoint of its own: may
+        fail alone).  A rowid means: rows up to it are indexed after the
+        commit (:meth:`indexed_through`), and big uploads answered then.
+        """
+
+    def indexed_through(self, row: int) -> "Deferred[None]":
+        """After a commit: fire once the rows up to ``row`` are indexed (failures logged, not raised)."""
 
     def before_commit(self, connection: sqlite3.Connection) -> None:
         """Raise to roll the whole group back (the database file is no longer ours)."""
@@ -120,11 +127,16 @@ def max_variables(connection: sqlite3.Connection) -> int:
 class _Upload:
     """One caller's write waiting in the queue, and the Deferred it gets."""
 
-    __slots__ = ("request", "deferred")
+    __slots__ = ("request", "deferred", "stage")
 
     def __init__(self, request: WriteRequest):
         self.request = request
         self.deferred: "Deferred[int]" = Deferred()
+        self.stage: Optional[staging.Stage] = None  # a big upload's staged rows (co2logd.store.staging)
+
+
+def _answer(_: None, deferred: "Deferred[int]", result: int) -> None:
+    deferred.callback(result)
 
 
 class GroupWriter:
@@ -146,6 +158,8 @@ class GroupWriter:
         self._observers: List[WriteObserver] = []
         self._queue: List[_Upload] = []
         self._queued_rows = 0
+        self._staging_rows = 0  # rows of big uploads being staged, not yet queued
+        self._staging = 0  # big uploads being staged
         self._writing = False
         self._stopping = False
         self._drained: List["Deferred[None]"] = []
@@ -155,7 +169,7 @@ class GroupWriter:
     @property
     def busy(self) -> bool:
         """True while the writer is behind: new uploads should be refused (503) until it catches up."""
-        return self._queued_rows >= self.queue_limit
+        return self._queued_rows + self._staging_rows >= self.queue_limit
 
     def add_observer(self, observer: WriteObserver) -> None:
         """Call ``observer(seconds, rows or None)`` on the reactor after every write is answered."""
@@ -168,21 +182,66 @@ class GroupWriter:
             return self._observed(started, fail(StoreError("The store is stopping: the write was not queued")))
         if self.host.lost is not None:
             return self._observed(started, fail(DatabaseLost(self.host.lost)))
-        if self._queued_rows >= self.queue_limit:
+        if self.busy:
             self.stats["busy"] += 1
-            return self._observed(started, fail(StoreBusy("{} rows are waiting for the database".format(self._queued_rows))))
+            return self._observed(started, fail(StoreBusy("{} rows are waiting for the database".format(
+                self._queued_rows + self._staging_rows))))
         upload = _Upload(request)
+        if len(request.rows) > staging.STAGE_ABOVE_ROWS and request.columns:
+            self._stage(upload)  # a big upload: copied in short steps first, then queued
+        else:
+            self._enqueue(upload)
+        return self._observed(started, upload.deferred)
+
+    def _enqueue(self, upload: _Upload) -> None:
         self._queue.append(upload)
-        self._queued_rows += len(request.rows) or 1
+        self._queued_rows += len(upload.request.rows) or 1
         if not self._writing:
             self._flush()
-        return self._observed(started, upload.deferred)
+
+    def _stage(self, upload: _Upload) -> None:
+        """Copy a big upload's rows into a TEMP table, one short interaction per chunk, then queue it."""
+        rows = upload.request.rows
+        upload.stage = stage = staging.Stage(len(upload.request.columns))
+        self._staging_rows += len(rows)
+        self._staging += 1
+
+        def done() -> None:
+            self._staging_rows -= len(rows)
+            self._staging -= 1
+
+        def step(_: Any = None) -> None:
+            d = self.pool.runWithConnection(stage.step, rows, staging.STAGE_CHUNK_ROWS)
+            d.addCallbacks(stepped, failed)
+
+        def stepped(more: bool) -> None:
+            if more:
+                step()  # adbapi fires from the reactor loop: no recursion builds up
+            else:
+                done()
+                self._enqueue(upload)
+
+        def failed(failure: Failure) -> None:
+            done()
+            self.pool.runWithConnection(stage.drop).addErrback(lambda _: None)
+            upload.deferred.errback(failure)
+            self._maybe_drained()
+
+        step()
+
+    def _maybe_drained(self) -> None:
+        """Fire the waits of :meth:`stop` once nothing is written, queued or staged."""
+        if self._writing or self._queue or self._staging:
+            return
+        waiting, self._drained = self._drained, []
+        for d in waiting:
+            d.callback(None)
 
     def stop(self) -> "Deferred[None]":
         """Refuse writes from now on; fire once the group in flight (if any) is committed or failed."""
         self._stopping = True
         done: "Deferred[None]" = Deferred()
-        if self._writing:
+        if self._writing or self._staging:  # a big upload being staged was accepted: it is written first
             self._drained.append(done)
         else:
             done.callback(None)
@@ -235,14 +294,18 @@ class GroupWriter:
             else:
                 log.failure("A write transaction of {uploads} uploads failed", outcome, uploads=len(group))
             results: List[Any] = [outcome] * len(group)
+            unindexed = None
         else:
-            results, added = outcome
+            results, added, unindexed = outcome
             if added:
                 self.host.columns = dict(self.host.columns, **added)
             stats = self.stats
             stats["transactions"] += 1
             stats["uploads"] += len(group)
             stats["largest_group"] = max(stats["largest_group"], len(group))
+        # a big upload is answered once its rows are also indexed (short transactions after the
+        # commit), so a plot loaded after the receipt shows them; small ones at once
+        indexing = self.host.indexed_through(unindexed) if unindexed else None
         # callers that write again from their callbacks join the next group
         for upload, result in zip(group, results):
             if isinstance(result, Failure):
@@ -251,33 +314,39 @@ class GroupWriter:
                 step = upload.request.replay
                 if step is not None:
                     self._replay_committed(step.key, step.number)
-                upload.deferred.callback(result)
+                if indexing is not None and len(upload.request.rows) > staging.STAGE_ABOVE_ROWS:
+                    indexing.addCallback(_answer, upload.deferred, result)
+                else:
+                    upload.deferred.callback(result)
         self._writing = False
         if self._queue:
             self._flush()
         else:
-            waiting, self._drained = self._drained, []
-            for d in waiting:
-                d.callback(None)
+            self._maybe_drained()
 
     # -- in the pool's thread ------------------------------------------------------
 
     def _write_group(
         self, connection: sqlite3.Connection, group: List[_Upload], known: Mapping[str, str]
-    ) -> Tuple[List[Any], Dict[str, str]]:
-        """One transaction, a savepoint per upload: (row count or Failure per upload, columns added and committed)."""
+    ) -> Tuple[List[Any], Dict[str, str], Optional[int]]:
+        """
+        One transaction, a savepoint per upload: (row count or Failure per
+        upload, columns added and committed, the rowid up to which rows are
+        left to be indexed after the commit or None).
+        """
         if self._inserter is None:
             self._inserter = RowInserter(self.host.table, max_variables(connection))
         cursor = connection.cursor()
         results: List[Any] = []
         added: Dict[str, str] = {}
+        unindexed: Optional[int] = None
         try:
             cursor.execute("BEGIN IMMEDIATE")
             began = self.host.group_began(cursor)
             for upload in group:
                 cursor.execute("SAVEPOINT upload")
                 try:
-                    mine = self._write_one(cursor, upload.request, known, added)
+                    mine = self._write_one(cursor, upload.request, known, added, upload.stage)
                 except Exception:
                     failure = Failure()
                     if not connection.in_transaction:
@@ -291,7 +360,7 @@ class GroupWriter:
                     results.append(len(upload.request.rows))
             cursor.execute("SAVEPOINT indexes")
             try:
-                self.host.group_written(cursor, began, dict(known, **added))
+                unindexed = self.host.group_written(cursor, began, dict(known, **added))
             except sqlite3.Error:
                 if not connection.in_transaction:
                     raise
@@ -307,10 +376,14 @@ class GroupWriter:
             raise
         finally:
             cursor.close()
-        return results, added
+            for upload in group:
+                if upload.stage is not None:  # published or failed: its staged rows are done with
+                    upload.stage.drop(connection)
+        return results, added, unindexed
 
     def _write_one(
-        self, cursor: sqlite3.Cursor, request: WriteRequest, known: Mapping[str, str], added: Mapping[str, str]
+        self, cursor: sqlite3.Cursor, request: WriteRequest, known: Mapping[str, str], added: Mapping[str, str],
+        stage: Optional[staging.Stage] = None,
     ) -> Dict[str, str]:
         if request.idempotency is not None:  # the key first: a repeat racing the first copy is a repeat, not a replay
             freshness.take_key(cursor, request.idempotency)
@@ -323,7 +396,9 @@ class GroupWriter:
             declared = declared_type(python_type)
             cursor.execute("ALTER TABLE {} ADD COLUMN {} {}".format(self.host.table, quote_identifier(name), declared))
             mine[name] = declared
-        if request.rows:
+        if stage is not None:  # a big upload's rows, staged in short steps: one INSERT … SELECT
+            stage.publish(cursor, self.host.table, request.fixed, request.columns)
+        elif request.rows:
             assert self._inserter is not None
             self._inserter.insert(cursor, request.fixed, request.columns, request.rows)
         if request.outbox:

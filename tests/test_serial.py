@@ -15,6 +15,7 @@ from twisted.internet import defer, reactor, task
 from twisted.trial import unittest
 
 from co2logd.settings import Settings
+from co2logd.transports import serial as serial_module
 from co2logd.transports.serial import (
     SerialDeviceError,
     SerialIngestProtocol,
@@ -258,13 +259,13 @@ class SerialLineTests(PtyMixin, TransportHarness, unittest.TestCase):
         """A gateway passing on a packet twice stores it once; nodes count separately."""
         yield self.start(SERIAL_GATEWAY_PATTERN=r"^(?P<box>\d+) ", SEQUENCE_FIELD="seq")
         self.write(b'12 {"seq":1,"co2":1}\n')
-        self.assertEqual((yield self.outcome()), {"saved-in-db": 1})
+        self.assertEqual((yield self.outcome()), {"saved-in-db": 1, "seq": 1})
         self.write(b'12 {"seq":1,"co2":1}\n')
-        self.assertEqual((yield self.outcome()), {"saved-in-db": 0, "duplicate": True})
+        self.assertEqual((yield self.outcome()), {"saved-in-db": 0, "duplicate": True, "seq": 1})
         self.write(b'13 seq:1,co2:2\n')
-        self.assertEqual((yield self.outcome()), {"saved-in-db": 1})
+        self.assertEqual((yield self.outcome()), {"saved-in-db": 1, "seq": 1})
         self.write(b'12 seq=3,co2=3\n')
-        self.assertEqual((yield self.outcome()), {"saved-in-db": 1})
+        self.assertEqual((yield self.outcome()), {"saved-in-db": 1, "seq": 3})
         nodes = self.ingest.sequences.as_dict()
         self.assertEqual(nodes[str(("serial:" + self.link + " box=12", None))], {"last": 3, "stored": 2, "duplicates": 1, "lost": 1, "restarts": 0})
         rows = yield self.rows()
@@ -522,6 +523,6 @@ class SerialProtocolUnitTests(unittest.TestCase):
     def test_a_bug_in_a_line_does_not_stop_the_protocol(self):
         """An unexpected exception is logged and the next line is read."""
         protocol, ingest = self.protocol()
-        protocol._body = lambda line, state: 1 / 0
+        self.patch(serial_module, "read_line", lambda line, state: 1 / 0)
         protocol.lineReceived(b'{"a":1}')
         self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)

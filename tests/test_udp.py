@@ -16,7 +16,7 @@ from twisted.logger import globalLogPublisher
 from twisted.trial import unittest
 
 from co2logd.settings import Settings
-from co2logd.transports.counters import RejectLog
+from co2logd.transports.listener import RejectLog
 from co2logd.transports.udp import UDPIngestProtocol, parse_udp_spec, udp_service
 from tests.transport_behaviour import TransportBehaviourMixin, TransportHarness, md5_salted, outcome_of
 

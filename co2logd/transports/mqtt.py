@@ -37,7 +37,7 @@ from twisted.logger import Logger
 from co2logd.errors import IngestError
 from co2logd.ingest import Upload
 from co2logd.logs import gate
-from co2logd.transports.counters import Counters, InFlight, RejectLog
+from co2logd.transports.listener import Counters, InFlight, RejectLog
 from co2logd.transports.mqtt_payloads import (
     ESPHOME,
     BrokerURL,

@@ -47,12 +47,9 @@ retransmitted packets.
 from __future__ import annotations
 
 import collections
-import csv
-import io
 import os
 import re
 from typing import Any, Callable, Dict, List, Optional, Tuple
-from urllib.parse import urlencode
 
 from twisted.application.service import Service
 from twisted.internet import defer
@@ -60,23 +57,16 @@ from twisted.logger import Logger
 from twisted.protocols.basic import LineReceiver
 
 from co2logd.errors import IngestError, bad_request
-from co2logd.ingest import Receipt, Upload
+from co2logd.ingest import Upload
 from co2logd.logs import gate
-from co2logd.payloads import text_value
-from co2logd.transports.counters import Counters, InFlight, RejectLog
-from co2logd.transports.framing import MAX_HEADER_LINES, error_reply, header_value, parse_header_line
+from co2logd.transports.listener import Listener
+from co2logd.transports.serial_lines import Node, NodeState, node_name, read_line, split_gateway
 
 log = Logger(observer=gate)
 
 DEFAULT_BAUD = 9600
 RECONNECT_FIRST_DELAY = 1.0
 MAX_NODES = 256
-
-NAME = rb"[A-Za-z_][A-Za-z0-9_]*"
-CSV_HEADER = re.compile(rb"\s*" + NAME + rb"\s*(,\s*" + NAME + rb"\s*)+\Z")
-PAIR = rb"\s*" + NAME + rb"\s*[:=]\s*[^,:=&]*"
-KEY_VALUE = re.compile(PAIR + rb"(," + PAIR + rb")*\Z")
-KEY_VALUE_ITEM = re.compile(rb"\s*(" + NAME + rb")\s*[:=]\s*([^,:=&]*?)\s*(?:,|\Z)")
 
 
 def parse_serial_spec(text: str) -> Tuple[str, int]:
@@ -103,30 +93,6 @@ class SerialDeviceError(Exception):
     """A serial device that cannot be opened at start-up; the message is one line."""
 
 
-class NodeState:
-    """Per-node line state: headers waiting for a body line, the current CSV header."""
-
-    __slots__ = ("headers", "csv_header", "csv_cells", "csv_header_line")
-
-    def __init__(self) -> None:
-        self.headers: List[Tuple[str, str]] = []
-        self.csv_header: Optional[bytes] = None
-        self.csv_cells = 0
-        self.csv_header_line = b""  # as printed: a row's checksum covers it
-
-
-def _cells(line: bytes) -> List[str]:
-    """A CSV line's cells, trimmed."""
-    rows = list(csv.reader(io.StringIO(line.decode("utf-8"))))
-    return [cell.strip() for cell in rows[0]] if rows else []
-
-
-def _csv_line(cells: List[str]) -> bytes:
-    out = io.StringIO()
-    csv.writer(out, lineterminator="").writerow(cells)
-    return out.getvalue().encode("utf-8")
-
-
 class SerialIngestProtocol(LineReceiver):
     """
     Turns serial lines into uploads for the ingest service.
@@ -146,17 +112,16 @@ class SerialIngestProtocol(LineReceiver):
         self.label = "serial:" + device
         self.MAX_LENGTH = settings.SERIAL_MAX_LINE
         self.gateway = settings.SERIAL_GATEWAY_PATTERN
-        self.counters = Counters()
+        self.listener = Listener(ingest, clock, log, settings.TRANSPORT_LOG_INTERVAL, "serial")
+        self.counters = self.listener.counters
         self.ignored: collections.Counter = collections.Counter()
-        self.reject_log = RejectLog(log, clock, settings.TRANSPORT_LOG_INTERVAL)
-        self.nodes: "collections.OrderedDict[Any, NodeState]" = collections.OrderedDict()
+        self.nodes: "collections.OrderedDict[Node, NodeState]" = collections.OrderedDict()
         self.last_data = clock.seconds()
-        self.in_flight = InFlight()
         self._discarding = False
         self._refeed: Optional[bytes] = None
         self.on_lost: Optional[Callable[[Any], None]] = None
-        # callables given (node, reply) for every upload's outcome, for tests and metrics
-        self.observers: List[Callable[[str, Dict[str, Any]], None]] = []
+        # callables given (source, reply) for every upload's outcome, for tests and metrics
+        self.observers: List[Callable[[Any, Dict[str, Any]], None]] = self.listener.observers
 
     # -- connection ---------------------------------------------------------------
 
@@ -210,118 +175,40 @@ class SerialIngestProtocol(LineReceiver):
             return  # an empty line ends a header block; headers wait for the body line anyway
         if line.startswith(b"#"):
             return self._comment(self.device, line)
-        node, extra = None, {}
+        node: Node = None
+        extra: Dict[str, Any] = {}
         if self.gateway is not None:
-            match = self.gateway.match(line.decode("latin-1"))  # latin-1: one char per byte
-            if match is None:
-                return self._rejected(self.device, bad_request(
-                    "The line does not start with the gateway prefix (SERIAL_GATEWAY_PATTERN)", "no-gateway-prefix"
-                ))
-            extra = {k: text_value(v) for k, v in match.groupdict().items() if v is not None}
-            node = tuple(sorted(extra.items()))
-            line = line[match.end():].strip()
+            try:
+                extra, node, line = split_gateway(self.gateway, line)
+            except IngestError as e:
+                return self._rejected(self.device, e)
             if not line:
                 return None
             if line.startswith(b"#"):
-                return self._comment(self._source(node), line)
-        source = self._source(node)
+                return self._comment(node_name(self.device, node), line)
+        source = node_name(self.device, node)
         state = self._state(node)
-        self.counters.source(source).messages += 1
-        header = parse_header_line(line)
-        if header is not None and "-" in header[0]:
-            if len(state.headers) >= MAX_HEADER_LINES:
-                state.headers = []
-                return self._rejected(source, bad_request("More than {} header lines".format(MAX_HEADER_LINES), "header"))
-            state.headers.append(header)
-            return None
+        self.listener.received(source)
         try:
-            declared = header_value(state.headers, "content-type")
-            upload = (line, declared) if declared is not None else self._body(line, state)
-        except (IngestError, UnicodeDecodeError, csv.Error) as e:
-            state.headers = []
-            if not isinstance(e, IngestError):
-                e = bad_request("The line is not valid text ({})".format(e), "unparseable")
+            found = read_line(line, state)
+        except IngestError as e:
             return self._rejected(source, e)
-        if upload is None:
-            return None  # a CSV header line
-        body, content_type = upload
-        headers, state.headers = state.headers, []
-        if declared is None and content_type == "text/csv":
-            # a CSV row: the device signs its header line with it, so a forged
-            # header cannot give a signed row other column names
-            line = state.csv_header_line + b"\n" + line
-        self._ingest(source, Upload(
-            body, content_type, headers, self.label,
-            signed=line if body != line else None, extra_columns=extra, node="serial:" + source,
-        ))
+        if found is not None:
+            upload = Upload(
+                found.body, found.content_type, found.headers, self.label,
+                signed=found.signed, extra_columns=extra, node="serial:" + source,
+            )
+            self.listener.submit(upload, source, source)
         return None
-
-    def _body(self, line: bytes, state: NodeState) -> Optional[Tuple[bytes, Optional[str]]]:
-        """(body, content type) for the ingest service, or None for a CSV header line."""
-        if line[:1] in (b"{", b"["):
-            return line, "application/json"
-        if CSV_HEADER.match(line):
-            cells = _cells(line)
-            state.csv_header = _csv_line(cells)
-            state.csv_cells = len(cells)
-            state.csv_header_line = line
-            return None
-        if KEY_VALUE.match(line) and (b"," in line or b":" in line):
-            pairs = [(m.group(1).decode("ascii"), m.group(2).decode("utf-8")) for m in KEY_VALUE_ITEM.finditer(line)]
-            return urlencode(pairs).encode("ascii"), "application/x-www-form-urlencoded"
-        if b"=" in line and b"," not in line:
-            return line, "application/x-www-form-urlencoded"
-        if state.csv_header is not None and b"," in line:
-            cells = _cells(line)
-            if len(cells) != state.csv_cells:
-                raise bad_request(
-                    "The CSV row has {} cells, the CSV header line has {}".format(len(cells), state.csv_cells),
-                    "csv-columns",
-                )
-            return state.csv_header + b"\n" + _csv_line(cells), "text/csv"
-        raise bad_request(
-            "The line is not JSON, a CSV header or row, key:value pairs or form data", "unparseable"
-        )
-
-    def _ingest(self, source: str, upload: Upload) -> None:
-        d = defer.maybeDeferred(self.ingest.ingest, upload)
-        d.addCallbacks(self._stored, self._failed, callbackArgs=(source,), errbackArgs=(source,))
-        self.in_flight.track(d)
-        d.addErrback(lambda f: log.failure("Unexpected error after a serial upload", f))
-
-    def _stored(self, receipt: Receipt, source: str) -> None:
-        if receipt.duplicate is not None:  # a radio gateway passing on a retransmitted packet
-            self._notify(source, {"saved-in-db": 0, "duplicate": True})
-            return
-        self.counters.source(source).rows += receipt.rows
-        self._notify(source, receipt.as_dict())
-
-    def _failed(self, failure, source) -> None:
-        error = failure.value
-        if not isinstance(error, IngestError):
-            log.failure("Ingest failed on a line from {device}", failure, device=self.device)
-            error = IngestError(500, "internal", "The server failed on this line; nothing was saved")
-        self._rejected(source, error)
 
     def _comment(self, source: str, line: bytes) -> None:
         self.ignored["comment"] += 1
         log.debug("{device} says: {line}", device=source, line=line.decode("utf-8", "replace"))
 
     def _rejected(self, source: str, error: IngestError) -> None:
-        self.counters.source(source).rejects[error.reason] += 1
-        self.reject_log.reject(source, error.reason, error.message, "serial")
-        self._notify(source, error_reply(error))
+        self.listener.refuse(error, source, source)
 
-    def _notify(self, source: str, reply: Dict[str, Any]) -> None:
-        for observer in self.observers:
-            observer(source, reply)
-
-    def _source(self, node) -> str:
-        if node is None:
-            return self.device
-        return "{} {}".format(self.device, " ".join("{}={}".format(k, v) for k, v in node))
-
-    def _state(self, node) -> NodeState:
+    def _state(self, node: Node) -> NodeState:
         state = self.nodes.get(node)
         if state is None:
             if len(self.nodes) >= MAX_NODES:
@@ -334,11 +221,11 @@ class SerialIngestProtocol(LineReceiver):
     @property
     def pending(self) -> int:
         """Uploads waiting for the database."""
-        return self.in_flight.count
+        return self.listener.pending
 
     def idle(self) -> defer.Deferred:
         """Fires once no upload is waiting for the database."""
-        return self.in_flight.idle()
+        return self.listener.idle()
 
 
 def open_serial_port(protocol, device: str, reactor, baudrate: int):

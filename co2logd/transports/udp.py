@@ -23,12 +23,11 @@ from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 
 from co2logd.errors import IngestError
-from co2logd.ingest import Receipt, Upload
-from co2logd.ingest.sequence import IN_FLIGHT
+from co2logd.ingest import Upload
 from co2logd.logs import gate
 from co2logd.net import host_port
-from co2logd.transports.counters import Counters, InFlight, RejectLog
-from co2logd.transports.framing import error_reply, split_message
+from co2logd.transports.framing import split_message
+from co2logd.transports.listener import Listener
 
 log = Logger(observer=gate)
 
@@ -75,11 +74,10 @@ class UDPIngestProtocol(DatagramProtocol):
         self.ingest = ingest
         self.settings = settings
         self.clock = clock
-        self.counters = Counters()
-        self.reject_log = RejectLog(log, clock, settings.TRANSPORT_LOG_INTERVAL)
-        self.in_flight = InFlight()
-        # callables given every outcome (the reply an ack would carry), for tests and metrics
-        self.observers: list = []
+        self.listener = Listener(ingest, clock, log, settings.TRANSPORT_LOG_INTERVAL, "udp", answer=self._ack)
+        self.counters = self.listener.counters
+        # callables given (addr, reply) for every outcome (the reply an ack would carry), for tests and metrics
+        self.observers = self.listener.observers
 
     def datagramReceived(self, datagram: bytes, addr: Any) -> None:
         """Hand one datagram to ingest; never let anything escape to the reactor."""
@@ -90,68 +88,37 @@ class UDPIngestProtocol(DatagramProtocol):
 
     def _received(self, datagram: bytes, addr: Any) -> None:
         host = addr[0]
-        counters = self.counters.source(host)
-        counters.messages += 1
+        listener = self.listener
+        listener.received(host)
         settings = self.settings
         if len(datagram) > settings.UDP_MAX_DATAGRAM:
-            return self._refused(
+            return listener.refuse(
                 IngestError(
                     413,
                     "too-large",
                     "The datagram is larger than {} bytes (UDP_MAX_DATAGRAM)".format(settings.UDP_MAX_DATAGRAM),
                 ),
+                host,
                 addr,
             )
-        if self.pending >= settings.UDP_MAX_PENDING:
-            return self._refused(
-                IngestError(503, "busy", "Too many uploads are waiting for the database; try again"), addr
+        if listener.pending >= settings.UDP_MAX_PENDING:
+            return listener.refuse(
+                IngestError(503, "busy", "Too many uploads are waiting for the database; try again"), host, addr
             )
         try:
             upload = self.frame(datagram, host)
         except IngestError as e:
-            return self._refused(e, addr)
-        d = defer.maybeDeferred(self.ingest.ingest, upload)
-        d.addCallbacks(self._stored, self._failed, callbackArgs=(addr,), errbackArgs=(addr,))
-        self.in_flight.track(d)
-        d.addErrback(lambda f: log.failure("Unexpected error acknowledging a datagram", f))
+            return listener.refuse(e, host, addr)
+        listener.submit(upload, host, addr)
         return None
 
     def frame(self, datagram: bytes, host: str) -> Upload:
         """The datagram as an Upload (header block and body); a 400 IngestError when it cannot be framed."""
         frame = split_message(datagram)
-        return Upload(frame.body, frame.content_type, frame.headers, "udp:" + host, node="udp:" + host)
-
-    def _stored(self, receipt: Receipt, addr: Any) -> None:
-        if receipt.duplicate is not None:
-            log.debug("Duplicate upload {seq} from {source}", seq=receipt.seq, source=host_port(addr))
-            if receipt.duplicate != IN_FLIGHT:  # the first copy's ack is still to come
-                self._ack(addr, {"saved-in-db": 0, "duplicate": True, "seq": receipt.seq})
-            return
-        self.counters.source(addr[0]).rows += receipt.rows
-        reply: Dict[str, Any] = receipt.as_dict()
-        if receipt.seq is not None:
-            reply["seq"] = receipt.seq
-        self._ack(addr, reply)
-
-    def _failed(self, failure, addr) -> None:
-        error = failure.value
-        if not isinstance(error, IngestError):
-            log.failure("Ingest failed on a datagram from {source}", failure, source=host_port(addr))
-            error = IngestError(500, "internal", "The server failed on this upload; nothing was saved")
-        self._refused(error, addr, error.seq)
-
-    def _refused(self, error: IngestError, addr: Any, seq: Optional[int] = None) -> None:
-        host = addr[0]
-        self.counters.source(host).rejects[error.reason] += 1
-        self.reject_log.reject(host, error.reason, error.message, "udp")
-        reply = error_reply(error)
-        if seq is not None:
-            reply["seq"] = seq
-        self._ack(addr, reply)
+        label = "udp:" + host
+        return Upload(frame.body, frame.content_type, frame.headers, label, node=label)
 
     def _ack(self, addr: Any, reply: Dict[str, Any]) -> None:
-        for observer in self.observers:
-            observer(addr, reply)
         if not self.settings.UDP_ACK or self.transport is None:
             return
         try:
@@ -162,11 +129,11 @@ class UDPIngestProtocol(DatagramProtocol):
     @property
     def pending(self) -> int:
         """Uploads waiting for the database."""
-        return self.in_flight.count
+        return self.listener.pending
 
     def idle(self) -> defer.Deferred:
         """Fires once no upload is waiting for the database."""
-        return self.in_flight.idle()
+        return self.listener.idle()
 
     def stats(self) -> Dict[str, Any]:
         """Counters per source, for /metrics (sequence numbers per node are the ingest service's)."""

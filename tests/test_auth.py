@@ -2,8 +2,8 @@
 
 from twisted.trial import unittest
 
-from co2logd.auth import Authenticator, salted_checksum, salted_matches
 from co2logd.errors import IngestError
+from co2logd.ingest.auth import Authenticator, DownloadAuthenticator, salted_checksum, salted_matches
 from co2logd.settings import KEYS
 from tests.helpers import README_JSON, README_MD5, README_SALT, make_settings
 
@@ -87,3 +87,18 @@ class AuthenticatorTests(unittest.TestCase):
         broken = Authenticator.from_settings(make_settings(CHECKSUM_SALTS=[README_SALT], AUTH_CHECKER=lambda m: 1 / 0))
         self.assertRaises(IngestError, broken.check, README_JSON, {"Content-MD5-Salted": README_MD5}, True)
         self.flushLoggedErrors(ZeroDivisionError)
+
+
+class DownloadAuthenticatorTests(unittest.TestCase):
+    """Signed downloads: the path and query, with the replay claim line when protection is on."""
+
+    def test_claim_line_is_signed_with_the_path(self):
+        """With REPLAY_PROTECTION the checksum covers ``counter:N``, a newline and the path; the path alone is refused."""
+        signed = DownloadAuthenticator.from_settings(make_settings(CHECKSUM_SALTS=["s"], REPLAY_PROTECTION="optional"))
+        path = b"/download?format=csv"
+        good = [("Content-Counter", "5"), ("Content-MD5-Salted", salted_checksum(b"counter:5\n" + path, "s", "md5"))]
+        self.assertEqual(signed.check(path, good), {"md5": "s"})
+        bad = [("Content-Counter", "5"), ("Content-MD5-Salted", salted_checksum(path, "s", "md5"))]
+        with self.assertRaises(IngestError) as caught:
+            signed.check(path, bad)
+        self.assertEqual(caught.exception.reason, "auth-invalid")

@@ -23,7 +23,8 @@ from twisted.internet import defer
 from twisted.web.http_headers import Headers
 from twisted.trial import unittest
 
-from co2logd import auth, payloads
+from co2logd import payloads
+from co2logd.ingest import auth
 from co2logd.errors import IngestError
 from co2logd.settings import Settings
 from tests.helpers import README_JSON, README_SALT, SiteMixin, make_settings, rows_in

@@ -19,7 +19,7 @@ from twisted.internet import task
 from twisted.trial import unittest
 
 from co2logd import payloads
-from co2logd.auth import GUARANTEED, Authenticator, salted_checksum
+from co2logd.ingest.auth import GUARANTEED, Authenticator, salted_checksum
 from co2logd.errors import IngestError
 from co2logd.settings import Settings
 from co2logd.settings.legacy_hooks import default_auth_checker

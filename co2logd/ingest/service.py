@@ -35,12 +35,11 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from co2logd import payloads
-from co2logd.auth import Authenticator, Headers, header_items
 from co2logd.errors import IngestError, bad_request
-from co2logd.idempotency import KEY as IDEMPOTENCY_KEY
-from co2logd.idempotency import Idempotency, IdempotentUpload
+from co2logd.ingest.auth import Authenticator, Headers, header_items
+from co2logd.ingest.freshness import KEY as IDEMPOTENCY_KEY
+from co2logd.ingest.freshness import Claim, Idempotency, IdempotentUpload, ReplayPolicy, replay_error
 from co2logd.ingest.sequence import NEW, Clock, SequenceTracker, numbered_node
-from co2logd.replay import Claim, ReplayPolicy, replay_error
 from co2logd.store import DatabaseLost, DuplicateUpload, ReplayAdvance, ReplayRefused, StoreBusy, WriteRequest
 from co2logd.store.names import is_reserved, is_safe_identifier
 from co2logd.store.watch import is_disk_error
@@ -418,18 +417,6 @@ class IngestService(Service):
     def _refuse(self, kind: str, error: IngestError) -> "defer.Deferred[Any]":
         self.counters["rejects"][(kind, error.reason)] += 1
         return defer.fail(error)
-
-    def check_auth(self, payload: bytes, headers: Headers, required: bool) -> Dict[str, Optional[str]]:
-        """
-        Salted-checksum matches for a payload (also used for downloads); with
-        replay protection on, over the Content-Counter/-Timestamp line and the payload.
-        """
-        if self.replay.enabled:
-            headers = list(header_items(headers))
-            claim = self.replay.claim(headers)
-            if claim is not None:
-                payload = claim.signed(payload)
-        return self.authenticator.check(payload, headers, required)
 
     def startService(self) -> None:
         """Expire old idempotency keys now and then."""

@@ -1,8 +1,8 @@
 """
 The SQL of replay protection and idempotency keys.
 
-The policy (claims, windows, 403/409) is in :mod:`co2logd.replay` and
-:mod:`co2logd.idempotency`; they hand the store plain values
+The policy (claims, windows, 403/409) is in :mod:`co2logd.ingest.freshness`;
+it hands the store plain values
 (:class:`~co2logd.store.ReplayAdvance`, :class:`~co2logd.store.IdempotencyClaim`)
 that the writer applies here, in the upload's savepoint, before its rows.
 """

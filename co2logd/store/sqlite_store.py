@@ -32,14 +32,14 @@ from co2logd.store.rollups import PlotData, Rollups
 from co2logd.store.interfaces import Filter, IRowStream, IStore, Query, StoreError, WriteObserver, WriteRequest
 from co2logd.store.schema import prepare_database
 from co2logd.store.sqlite import configure_connection, configure_reader
-from co2logd.store.watch import DatabaseWatch
+from co2logd.store.watch import Watch
 from co2logd.store.writer import GroupWriter
 
 log = Logger()
 
 
 @implementer(IStore)
-class Store(DatabaseWatch, Service):
+class Store(Service):
     """
     Writes and reads the data table through one adbapi connection (the
     writer's); the dashboard and plots read on read-only connections.
@@ -64,7 +64,7 @@ class Store(DatabaseWatch, Service):
         clock: Optional[IReactorTime] = None,
     ):
         self.path = path
-        self._watch_init(clock)
+        self.watch = Watch(path, settings, clock)
         self.settings = settings
         self.columns: Dict[str, str] = dict(columns)
         self.table = quote_identifier(settings.DATA_TABLE_NAME)
@@ -83,7 +83,7 @@ class Store(DatabaseWatch, Service):
 
         def opened(connection: sqlite3.Connection) -> None:
             configure_connection(connection, synchronous)
-            self._remember_files()  # the files this connection writes (watch.py)
+            self.watch.remember_files()  # the files this connection writes
 
         self.pool = pool_factory(
             "sqlite3",
@@ -104,6 +104,7 @@ class Store(DatabaseWatch, Service):
             cp_openfun=configure_reader,
             cp_noisy=False,
         )
+        self.watch.pool = self.pool
         self.writer = GroupWriter(self.pool, self, settings.WRITE_QUEUE_MAX_ROWS)
         self.rollups = Rollups(self)
 
@@ -117,7 +118,7 @@ class Store(DatabaseWatch, Service):
     def startService(self) -> None:
         """Start the heartbeat (when the store has a clock) and the maintenance timer (side table and rollups, see :meth:`maintain`)."""
         Service.startService(self)
-        self._start_heartbeat()
+        self.watch.start_heartbeat()
         self._maintenance = LoopingCall(self.rollups.maintain)
         self._maintenance.clock = self._maintenance_clock
         self._maintenance.start(self.rollups.maintenance_interval, now=True).addErrback(
@@ -128,7 +129,7 @@ class Store(DatabaseWatch, Service):
         """Refuse writes from now on; close the pools once the group in flight has been committed (or has failed)."""
         Service.stopService(self)
         drained = self.writer.stop()
-        self._stop_heartbeat()
+        self.watch.stop_heartbeat()
         if self._maintenance is not None and self._maintenance.running:
             self._maintenance.stop()
         maintaining = self.rollups.maintaining
@@ -195,11 +196,26 @@ class Store(DatabaseWatch, Service):
 
     def before_commit(self, connection: sqlite3.Connection) -> None:
         """Raise DatabaseLost when the database file is no longer ours."""
-        self._check_files(connection)
+        self.watch.check_files(connection)
 
     def after_group(self, outcome: Any, results: List[Any]) -> None:
         """Remember a lost database or a disk error for /health."""
-        self._note_write(outcome, results)
+        self.watch.note_write(outcome, results)
+
+    # -- the database file (co2logd.store.watch) ---------------------------------
+
+    @property
+    def lost(self) -> Optional[str]:
+        """Why writes are refused for good (the database file was deleted or replaced), or None."""
+        return self.watch.lost
+
+    def disk_report(self, now: float) -> Tuple[Dict[str, Any], List[str]]:
+        """/health's ``database`` entry and the reasons it gives for a 503 (no I/O)."""
+        return self.watch.disk_report(now)
+
+    def heartbeat(self) -> "Deferred[None]":
+        """Write the heartbeat now (see :meth:`co2logd.store.watch.Watch.heartbeat`)."""
+        return self.watch.heartbeat()
 
     # -- replay counters and idempotency keys ---------------------------------
 

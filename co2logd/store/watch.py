@@ -1,7 +1,7 @@
 """
 Is the database still there, and does a write still reach the disk?
 
-A mixin of :class:`co2logd.store.Store`:
+A part of :class:`co2logd.store.Store` (:class:`Watch`):
 
 * When the writer's connection opens, the ``(st_dev, st_ino)`` of the
   database file and of its ``-wal`` are remembered.  Before every COMMIT
@@ -32,6 +32,7 @@ import os
 import sqlite3
 from typing import Any, Dict, List, Optional, Protocol, Tuple, cast
 
+from twisted.enterprise import adbapi
 from twisted.internet import task
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
@@ -79,14 +80,18 @@ def file_id(path: str) -> FileId:
     return st.st_dev, st.st_ino
 
 
-class DatabaseWatch:
-    """The file identity checks, the rescue, the heartbeat and the disk state (mixed into Store)."""
+class Watch:
+    """
+    The file identity checks, the rescue, the heartbeat and the disk state
+    of one database file; ``pool`` is the writer's (set by the store once
+    it is made: the pool's open hook calls :meth:`remember_files`).
+    """
 
-    path: str
-    settings: Any
-    pool: Any
+    pool: adbapi.ConnectionPool
 
-    def _watch_init(self, clock: Optional[Clock]) -> None:
+    def __init__(self, path: str, settings: Any, clock: Optional[Clock]):
+        self.path = path
+        self.settings = settings
         self.clock = clock
         #: why writes are refused for good (until restart), or None
         self.lost: Optional[str] = None
@@ -99,7 +104,7 @@ class DatabaseWatch:
 
     # -- in the writer's thread ----------------------------------------------
 
-    def _remember_files(self) -> None:
+    def remember_files(self) -> None:
         """Called when the writer's connection has opened (and made its -wal): these files are ours."""
         self._files = {"database": file_id(self.path), "WAL": file_id(self.path + "-wal")}
 
@@ -116,7 +121,7 @@ class DatabaseWatch:
                 )
         return None
 
-    def _check_files(self, connection: sqlite3.Connection) -> None:
+    def check_files(self, connection: sqlite3.Connection) -> None:
         """Raise DatabaseLost (after rescuing what was stored, once) when a file is no longer ours; rolls back first."""
         lost = self._lost_in_thread
         if lost is None:
@@ -169,13 +174,13 @@ class DatabaseWatch:
 
     def _beat(self, connection: sqlite3.Connection, now: float) -> Dict[str, Any]:
         """One heartbeat: a committed one-row write, the file check before COMMIT, the free space."""
-        self._check_files(connection)
+        self.check_files(connection)
         connection.execute("BEGIN IMMEDIATE")
         try:
             connection.execute(
                 "INSERT OR REPLACE INTO {} (id, beat_at) VALUES (1, ?)".format(HEARTBEAT_TABLE), (now,)
             )
-            self._check_files(connection)
+            self.check_files(connection)
             connection.execute("COMMIT")
         except BaseException:
             if connection.in_transaction:
@@ -186,7 +191,7 @@ class DatabaseWatch:
 
     # -- on the reactor --------------------------------------------------------
 
-    def _start_heartbeat(self) -> None:
+    def start_heartbeat(self) -> None:
         interval = self.settings.HEALTH_HEARTBEAT_SECONDS
         if self.clock is None or not interval:
             return
@@ -194,7 +199,7 @@ class DatabaseWatch:
         self._heartbeat.clock = cast(IReactorTime, self.clock)
         self._heartbeat.start(interval, now=True)
 
-    def _stop_heartbeat(self) -> None:
+    def stop_heartbeat(self) -> None:
         if self._heartbeat is not None and self._heartbeat.running:
             self._heartbeat.stop()
 
@@ -223,7 +228,7 @@ class DatabaseWatch:
         d: "Deferred[None]" = self.pool.runWithConnection(self._beat, now).addCallbacks(done, failed)
         return d
 
-    def _note_write(self, outcome: Any, results: List[Any]) -> None:
+    def note_write(self, outcome: Any, results: List[Any]) -> None:
         """After a write transaction: lose the database, or remember (or forget) a disk error."""
         failures = [outcome] if isinstance(outcome, Failure) else [r for r in results if isinstance(r, Failure)]
         for failure in failures:

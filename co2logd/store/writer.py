@@ -44,7 +44,10 @@ class WriterHost(Protocol):
 
     table: str
     columns: Dict[str, str]
-    lost: Optional[str]
+
+    @property
+    def lost(self) -> Optional[str]:
+        """Why writes are refused for good, or None."""
 
     def group_began(self, cursor: sqlite3.Cursor) -> Any:
         """In the transaction, before the uploads: what :meth:`group_written` needs."""

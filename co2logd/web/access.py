@@ -34,7 +34,7 @@ from urllib.parse import parse_qsl, urlencode
 from twisted.logger import Logger
 from twisted.web.resource import IResource, Resource
 
-from co2logd.auth import hint
+from co2logd.ingest.auth import DownloadAuthenticator, hint
 from co2logd.errors import IngestError
 from co2logd.web.common import allowed_methods, error_reply, header_pairs
 from co2logd.web.download import full_path
@@ -84,16 +84,17 @@ class Refusal:
 
 class DataAccess:
     """
-    The policy: is this request allowed to see the data?  ``ingest`` checks
-    signed requests (its ``check_auth``, replay claims included).
+    The policy: is this request allowed to see the data?  Signed requests
+    are checked by a :class:`~co2logd.ingest.auth.DownloadAuthenticator`
+    (replay claims included).
     """
 
-    def __init__(self, settings, ingest, clock):
+    def __init__(self, settings, clock):
         self.required = bool(settings.DOWNLOAD_REQUIRES_AUTH)
         self.token: Optional[bytes] = settings.DASHBOARD_TOKEN.encode("utf-8") if settings.DASHBOARD_TOKEN else None
         self.sessions = Sessions(settings.DASHBOARD_TOKEN, settings.DASHBOARD_SESSION_SECONDS) if self.token else None
         self.lifetime = settings.DASHBOARD_SESSION_SECONDS
-        self.ingest = ingest
+        self.signed = DownloadAuthenticator.from_settings(settings)
         self.clock = clock
 
     def token_matches(self, given: bytes) -> bool:
@@ -113,7 +114,7 @@ class DataAccess:
         if self.sessions is not None and self.sessions.valid(request.getCookie(COOKIE), self.clock.seconds()):
             return None
         try:
-            self.ingest.check_auth(full_path(request), header_pairs(request), True)
+            self.signed.check(full_path(request), header_pairs(request))
             return None
         except IngestError as e:
             if e.reason != "auth-missing":

@@ -1,20 +1,22 @@
 """
-co2logserver's salted checksums.
+co2logserver's salted checksums; the salts never leave this module.
 
 A sender adds headers ``Content-<ALG>-Salted: hex(ALG(payload + salt))``.
 :func:`salted_matches` maps each given algorithm to the salt that matched (or
 None); :class:`Authenticator` applies ``AUTH_CHECKER`` when auth is required.
+:class:`DownloadAuthenticator` checks co2logserver's signed downloads.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-from typing import Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Pattern, Sequence, Tuple, Union
 
 from twisted.logger import Logger
 
 from co2logd.errors import IngestError
+from co2logd.ingest.freshness import ReplayPolicy
 
 log = Logger()
 
@@ -42,7 +44,7 @@ def salted_checksum(payload: bytes, salt: Union[str, bytes], algorithm: str) -> 
     return h.hexdigest() if not algorithm.startswith("shake_") else h.hexdigest(32)  # type: ignore[call-arg]
 
 
-def given_checksums(headers: Headers, header_regex, max_headers: Optional[int] = None) -> List[Tuple[str, str]]:
+def given_checksums(headers: Headers, header_regex: Pattern[str], max_headers: Optional[int] = None) -> List[Tuple[str, str]]:
     """
     (algorithm, lowercase hex) for every well-formed checksum header.
 
@@ -98,7 +100,7 @@ def salted_digests(payload: bytes, salts: Sequence[str], algorithm: str) -> List
 
 
 def salted_matches(
-    payload: bytes, headers: Headers, salts: Sequence[str], header_regex, max_headers: Optional[int] = None
+    payload: bytes, headers: Headers, salts: Sequence[str], header_regex: Pattern[str], max_headers: Optional[int] = None
 ) -> Dict[str, Optional[str]]:
     """
     Algorithm → the salt whose checksum matched, or None (the last header of
@@ -135,14 +137,20 @@ def hint() -> str:
 class Authenticator:
     """Checks salted checksums against the configured salts and ``AUTH_CHECKER``."""
 
-    def __init__(self, salts: Sequence[str], checker, header_regex, max_headers: Optional[int] = None):
+    def __init__(
+        self,
+        salts: Sequence[str],
+        checker: Callable[[Mapping[str, Optional[str]]], Any],
+        header_regex: Pattern[str],
+        max_headers: Optional[int] = None,
+    ):
         self.salts = list(salts)
         self.checker = checker
         self.header_regex = header_regex
         self.max_headers = max_headers
 
     @classmethod
-    def from_settings(cls, settings) -> "Authenticator":
+    def from_settings(cls, settings: Any) -> "Authenticator":
         """Build from :class:`co2logd.settings.Settings`."""
         return cls(
             settings.CHECKSUM_SALTS,
@@ -188,3 +196,28 @@ class Authenticator:
             ",".join(alg for alg, salt in ordered if salt),
             ",".join(alg for alg, salt in ordered if not salt),
         )
+
+
+class DownloadAuthenticator:
+    """
+    co2logserver's signed downloads: a salted checksum of the request's
+    path and query; with replay protection on, of its Content-Counter (or
+    Content-Timestamp) line and the path, as uploads sign theirs.
+    """
+
+    def __init__(self, authenticator: Authenticator, replay: ReplayPolicy):
+        self.authenticator = authenticator
+        self.replay = replay
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> "DownloadAuthenticator":
+        """Build from :class:`co2logd.settings.Settings`."""
+        return cls(Authenticator.from_settings(settings), ReplayPolicy.from_settings(settings))
+
+    def check(self, signed: bytes, headers: Headers) -> Dict[str, Optional[str]]:
+        """The checksum matches for ``signed``; a 403 IngestError unless they grant access (``AUTH_CHECKER``)."""
+        pairs = list(header_items(headers))
+        claim = self.replay.claim(pairs)
+        if claim is not None:
+            signed = claim.signed(signed)
+        return self.authenticator.check(signed, pairs, True)

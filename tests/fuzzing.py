@@ -178,7 +178,7 @@ def uploads(draw) -> Dict[str, Any]:
         if all(32 < ord(c) < 127 for c in claim[1]):
             kind = b"counter:" if claim[0] == "Content-Counter" else b"timestamp:"
             signed = kind + claim[1].encode("ascii") + b"\n" + body
-    auth = draw(st.sampled_from(["good"] * 5 + ["wrong", "none", "token", "wrong-token"]))
+    auth = draw(st.sampled_from(["good"] * 8 + ["token"] * 2 + ["wrong", "none", "wrong-token"]))
     algorithm = draw(st.sampled_from(["md5", "sha256", "sha1"]))
     if auth == "good":
         headers.append(("Content-{}-Salted".format(algorithm.upper()), hashlib.new(algorithm, signed + SALT.encode()).hexdigest()))

@@ -66,7 +66,7 @@ class PostgresUrl:
 def is_postgres(value: str) -> bool:
     """True when ``value`` is meant as a PostgreSQL URL (by its scheme)."""
     match = _SCHEME.match(value)
-    return bool(match) and match.group(1).lower() in SCHEMES
+    return match is not None and match.group(1).lower() in SCHEMES
 
 
 def parse_db(value: str) -> Union[str, PostgresUrl]:
@@ -94,10 +94,10 @@ def parse_db(value: str) -> Union[str, PostgresUrl]:
         )
     try:
         # libpq knows the schemes in lower case only
-        params = conninfo.conninfo_to_dict(match.group(1).lower() + value[len(match.group(1)):])
+        parsed = conninfo.conninfo_to_dict(match.group(1).lower() + value[len(match.group(1)):])
     except psycopg.Error as e:
         raise DatabaseUrlError("DB {}: not a valid PostgreSQL URL: {}".format(redact(value), _clean(str(e), value)))
-    params = {k: str(v) for k, v in params.items() if v is not None}
+    params = {k: str(v) for k, v in parsed.items() if v is not None}
     for port in params.get("port", "").split(","):
         if port and not (port.isdigit() and 0 < int(port) < 65536):
             raise DatabaseUrlError("DB {}: port {!r} is not a number from 1 to 65535".format(redact(value), port))

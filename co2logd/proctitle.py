@@ -22,7 +22,7 @@ _PASSWORDS = (
 )
 
 
-def _argument_area():
+def _argument_area() -> "tuple[int, int]":
     """(start address, length) of this process's argv strings, from /proc/self/stat."""
     with open("/proc/self/stat", "rb") as f:
         stat = f.read()

@@ -177,19 +177,19 @@ def describe_database(db: str) -> str:
 
 
 def open_store(settings, reactor):
-    """The store ``settings.DB`` names, its schema prepared; a :class:`StartupError` with one line if it cannot be."""
+    """The store ``settings.DB`` names (a SQLite file or a PostgreSQL URL), its schema prepared; a :class:`StartupError` with one line if it cannot be."""
     from co2logd.dburl import DatabaseUrlError, parse_db
 
     try:
         target = parse_db(settings.DB)
     except DatabaseUrlError as e:
         raise StartupError("co2logd: {}".format(e))
-    if not isinstance(target, str):
-        raise StartupError(
-            "co2logd: DB {}: the PostgreSQL store is not part of this version yet".format(target)
-        )
     try:
-        return Store.open(settings.DB, settings, clock=reactor)
+        if isinstance(target, str):
+            return Store.open(target, settings, clock=reactor)
+        from co2logd.store.postgres import PostgresStore
+
+        return PostgresStore.open(target, settings, clock=reactor)
     except StoreError as e:
         raise StartupError("co2logd: {}".format(e))
 

@@ -173,3 +173,33 @@ class SignedBytesTests(unittest.SynchronousTestCase):
         """When signed bytes are given, a checksum of the rebuilt body proves nothing."""
         row = self.upload(b"time_s,co2\n1,641", signed=b"time_s, co2\n1,641")
         self.assertEqual((row["matched_checksums"], row["failed_checksums"]), ("", "md5"))
+
+
+class FreshnessStepTests(unittest.SynchronousTestCase):
+    """Replay counters and idempotency keys on the memory store and a clock."""
+
+    def signed(self, body: bytes, counter: int, key: Optional[str] = None) -> Upload:
+        headers = [("Content-Counter", str(counter)), ("Content-MD5-Salted", salted(b"counter:%d\n" % counter + body, "s"))]
+        if key is not None:
+            headers.append(("Idempotency-Key", key))
+        return Upload(body, "application/json", headers)
+
+    def test_a_counter_not_larger_is_a_replay(self):
+        """Once counter 5 is stored, 5 again is refused as a replay and nothing more is written."""
+        ingest, store = make_ingest(CHECKSUM_SALTS=["s"], REPLAY_PROTECTION="required")
+        first = ingest.ingest(self.signed(b'{"co2": 1}', 5))
+        store.commit()
+        self.assertEqual(self.successResultOf(first).rows, 1)
+        error = self.failureResultOf(ingest.ingest(self.signed(b'{"co2": 1}', 5)), IngestError).value
+        self.assertEqual((error.status, error.reason), (403, "replay"))
+        self.assertEqual(len(store.rows), 1)
+
+    def test_a_repeat_with_its_key_gets_the_first_receipt(self):
+        """The same Idempotency-Key and body answer with the stored receipt, even though the counter is used up."""
+        ingest, store = make_ingest(CHECKSUM_SALTS=["s"], REPLAY_PROTECTION="required")
+        first = ingest.ingest(self.signed(b'{"co2": [1, 2]}', 7, key="k1"))
+        store.commit()
+        self.assertEqual(self.successResultOf(first), Receipt(2))
+        again = self.successResultOf(ingest.ingest(self.signed(b'{"co2": [1, 2]}', 7, key="k1")))
+        self.assertEqual((again.rows, again.replayed), (2, True))
+        self.assertEqual((len(store.rows), ingest.counters["repeats"]["http"]), (2, 1))

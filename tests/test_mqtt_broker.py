@@ -272,3 +272,30 @@ class TLSTests(BrokerMixin, unittest.TestCase):
         untrusting = self.start_mqtt(url=url, topics=["co2logd/#"])
         yield wait_until(lambda: untrusting.counters["connect_failures"] > 0, what="a refused certificate")
         self.assertFalse(untrusting.health()["ok"])
+
+
+class TrustedTopicTests(BrokerMixin, unittest.TestCase):
+    """UPLOAD_REQUIRES_AUTH: signed messages anywhere, unsigned ones only on MQTT_TRUSTED_TOPICS."""
+
+    if MISSING:
+        skip = MISSING
+
+    @defer.inlineCallbacks
+    def test_trusted_topics(self):
+        """Tasmota on a trusted topic is stored; ESPHome elsewhere is refused (auth-missing, acknowledged); a signed Tasmota message passes anywhere."""
+        self.start_broker()
+        self.setup_store(UPLOAD_REQUIRES_AUTH=True, CHECKSUM_SALTS=[README_SALT], MQTT_TRUSTED_TOPICS=["tele/+/SENSOR"])
+        service = self.start_mqtt(topics=["tele/#", "+/sensor/+/state"])
+        yield wait_until(lambda: service.is_subscribed, what="the subscription")
+        signed = b'{"X":{"Y":3}}'
+        yield self.publish([
+            ("tele/trusted/SENSOR", b'{"X":{"Y":1}}'),
+            ("node/sensor/co2/state", b"700"),
+            ("node/sensor/co2/state", b"701", {"Content-MD5-Salted": salted(b"701", README_SALT)}),
+        ])
+        yield wait_until(lambda: service.counters["acks"] == 3, what="three PUBACKs", report=service.stats)
+        rows = self.rows()
+        self.assertEqual(sorted((r["box"], r.get("x_y"), r.get("co2")) for r in rows), [("node", None, 701), ("trusted", 1, None)])
+        self.assertEqual(dict(service.counters["refused"]), {"auth-missing": 1})
+        signed_row = next(r for r in rows if r["box"] == "node")
+        self.assertEqual(signed_row["matched_checksums"], "md5")

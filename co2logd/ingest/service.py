@@ -40,7 +40,16 @@ from co2logd.ingest.auth import Authenticator, Headers, header_items
 from co2logd.ingest.freshness import KEY as IDEMPOTENCY_KEY
 from co2logd.ingest.freshness import Claim, Idempotency, IdempotentUpload, ReplayPolicy, replay_error
 from co2logd.ingest.sequence import NEW, Clock, SequenceTracker, numbered_node
-from co2logd.store import DatabaseLost, DuplicateUpload, ReplayAdvance, ReplayRefused, StoreBusy, WriteRequest
+from co2logd.store import (
+    DatabaseLost,
+    DuplicateUpload,
+    ReplayAdvance,
+    ReplayRefused,
+    StoreBusy,
+    StoreUnavailable,
+    ValueRefused,
+    WriteRequest,
+)
 from co2logd.store.names import is_reserved, is_safe_identifier
 from co2logd.store.watch import is_disk_error
 from co2logd.tokens import Presented, UploadTokens
@@ -73,7 +82,9 @@ class Upload:
     ``body`` (a serial CSV row is signed with its header line).
     ``extra_columns`` are set on every row (a node id a radio gateway put in
     front).  ``node`` names who numbers its uploads (``SEQUENCE_FIELD``);
-    None: the upload is not checked for duplicates.
+    None: the upload is not checked for duplicates.  ``vouched_by`` names
+    who authenticated the sender when a transport did (the MQTT broker, for
+    MQTT_TRUSTED_TOPICS): ``UPLOAD_REQUIRES_AUTH`` then asks for no checksum.
     ``table`` is set by a client dialect (:mod:`co2logd.dialects`) that
     parsed the body itself; ``body`` is then only what checksums and
     idempotency keys cover.  ``password`` is an upload token given outside
@@ -92,6 +103,7 @@ class Upload:
     table: Optional[payloads.Table] = dataclasses.field(default=None, repr=False)
     password: Optional[str] = dataclasses.field(default=None, repr=False)
     dedup_key: Optional[str] = None
+    vouched_by: Optional[str] = None
 
     def __post_init__(self) -> None:
         # kept as one immutable tuple of text pairs, whatever the transport gave
@@ -389,8 +401,11 @@ class IngestService(Service):
             return self._refuse(kind, error)
         if isinstance(problem, ReplayRefused) and freshness.claim is not None:
             return self._refuse(kind, replay_error(freshness.claim, "is not larger than the last one stored"))
+        if isinstance(problem, ValueRefused):  # a value PostgreSQL's column cannot hold: the sender must change it
+            return self._refuse(kind, IngestError(400, "value", str(problem)))
         self.counters["rejects"][(kind, "store")] += 1
-        if problem is not None and is_disk_error(problem):  # /health reports it too; the traceback would say nothing more
+        # /health reports these too (disk trouble, PostgreSQL unreachable); a traceback would say nothing more
+        if problem is not None and (is_disk_error(problem) or isinstance(problem, StoreUnavailable)):
             log.error(
                 "Could not store {rows} rows from {transport}: {error}",
                 rows=rows, transport=upload.transport, error=str(failure.value),
@@ -467,7 +482,7 @@ class IngestService(Service):
         matches = self.authenticator.matches(signed, headers)
         if claim is not None and matches and not any(matches.values()):
             self._refuse_renamed_claim(claim, upload.signed_bytes, headers)
-        if settings.UPLOAD_REQUIRES_AUTH and label is None:  # a valid token passes instead of a checksum
+        if settings.UPLOAD_REQUIRES_AUTH and label is None and upload.vouched_by is None:  # a valid token passes instead of a checksum
             self.authenticator.require(matches)
         matched, failed = self.authenticator.columns(matches)
         return Checked(headers, matches, matched, failed, claim, label)

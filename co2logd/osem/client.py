@@ -249,7 +249,13 @@ class OsemClient:
 
     def writes_needed(self, plan: BoxPlan) -> int:
         """How many write requests (POST/PUT) making the box ready takes: 0, 1 or 2."""
+        fresh = self._boxes is None
         box = self.boxes().get(plan.name)
+        if box is None and not fresh:
+            # another gateway on the same database may have created it since
+            # the boxes were fetched (docs/postgresql.md): look again first
+            self.forget()
+            box = self.boxes().get(plan.name)
         if box is None:
             return 2
         if self._apply(box, plan):

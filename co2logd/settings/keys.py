@@ -117,6 +117,7 @@ MQTT: Dict[str, Key] = {
     "MQTT_QOS": Key(1, kinds.mqtt_qos, "QoS of the subscriptions: 1 acknowledges each message after its rows are committed; 0 takes what comes"),
     "MQTT_KEEPALIVE": Key(60, kinds.whole_number(5, 65535, "a whole number of seconds from 5 to 65535"), "MQTT keep-alive in seconds"),
     "MQTT_CA_FILE": Key(None, kinds.optional_text, "CA certificates (PEM file) for mqtts:// (default: the system's)"),
+    "MQTT_TRUSTED_TOPICS": Key([], kinds.topic_filters, "topic filters whose publishers the broker authenticates: with UPLOAD_REQUIRES_AUTH, unsigned messages on them are accepted (others need a salted checksum)"),
     "MQTT_PROTOCOL": Key("5", kinds.one_of("5", "3.1.1"), "MQTT version: '5' (user properties carry headers) or '3.1.1'"),
     "MQTT_MAX_INFLIGHT": Key(1000, kinds.whole_number(1, 65535, "a whole number from 1 to 65535"), "unacknowledged messages the broker may send at once (MQTT 5 Receive Maximum); they wait for the database"),
     "MQTT_RECONNECT_MAX_SECONDS": Key(60, kinds.positive_number, "longest wait between attempts to reach the MQTT broker"),

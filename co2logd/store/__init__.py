@@ -17,6 +17,8 @@ from co2logd.store.interfaces import (
     ReplayRefused,
     StoreBusy,
     StoreError,
+    StoreUnavailable,
+    ValueRefused,
     WriteObserver,
     WriteRequest,
 )
@@ -39,6 +41,8 @@ __all__ = [
     "Store",
     "StoreBusy",
     "StoreError",
+    "StoreUnavailable",
+    "ValueRefused",
     "UPGRADES",
     "WriteObserver",
     "WriteRequest",

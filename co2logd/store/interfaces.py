@@ -32,6 +32,14 @@ class StoreError(Exception):
     """The database cannot be opened, upgraded or written, or the store is stopping."""
 
 
+class StoreUnavailable(StoreError):
+    """The database server cannot be reached (down, restarting, the network gone); nothing was written, try again."""
+
+
+class ValueRefused(StoreError, ValueError):
+    """A value does not fit its column's type (PostgreSQL columns hold one type); nothing was written."""
+
+
 class StoreBusy(StoreError):
     """The writer is behind: too many rows wait for the database; try again later."""
 

@@ -290,7 +290,7 @@ class MQTTService(Service):
         self.topics = list(topics if topics else settings.MQTT_TOPICS)
         self.qos = settings.MQTT_QOS
         self.client_id = settings.MQTT_CLIENT_ID or default_client_id(settings.DB)
-        self.trusted: List[str] = []  # topic filters the broker vouches for (with UPLOAD_REQUIRES_AUTH)
+        self.trusted = list(settings.MQTT_TRUSTED_TOPICS)  # the broker vouches for these publishers
         self.box_column = settings.OSEM_BOX_COL.lower()
         self.local_time = local_time_reader(settings.MQTT_TASMOTA_TIMEZONE)
         self.line_topics = list(settings.MQTT_LINE_PROTOCOL_TOPICS)
@@ -491,7 +491,17 @@ class MQTTService(Service):
         d.addErrback(lambda f: log.failure("Unexpected error settling an MQTT message", f))
 
     def _call_ingest(self, mapped, label: str, trusted: bool) -> defer.Deferred:
-        return self.ingest.ingest(Upload(mapped.body, mapped.content_type, mapped.headers, label, extra_columns=mapped.columns or {}))
+        upload = Upload(
+            mapped.body,
+            mapped.content_type,
+            mapped.headers,
+            label,
+            signed=None if mapped.signed is mapped.body else mapped.signed,
+            extra_columns=mapped.columns or {},
+            node=label,  # SEQUENCE_FIELD numbers count per topic
+            vouched_by="mqtt-broker" if trusted else None,
+        )
+        return self.ingest.ingest(upload)
 
     def _stored(self, receipt, delivery: Delivery) -> None:
         if delivery is self.probe:
@@ -499,7 +509,8 @@ class MQTTService(Service):
             self.busy_streak = 0
             self._retry_waiting()  # the database took the oldest again: the rest follow, in order
         self.sources.source(source_of(delivery.message.topic)).rows += receipt.rows
-        self._settle(delivery, DUPLICATE if getattr(receipt, "replayed", False) else STORED)
+        repeat = getattr(receipt, "replayed", False) or getattr(receipt, "duplicate", None)
+        self._settle(delivery, DUPLICATE if repeat else STORED)
 
     def _failed(self, failure, delivery: Delivery) -> None:
         error = failure.value

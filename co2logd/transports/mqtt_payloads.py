@@ -297,7 +297,7 @@ def esphome(message: Message, box_column: str) -> Mapped:
     else:
         value = text
     body = json.dumps({column: value, box_column: node}, allow_nan=False).encode("utf-8")
-    return Mapped(ESPHOME, body, "application/json", [], {}, message.payload)
+    return Mapped(ESPHOME, body, "application/json", list(message.user_properties), {}, message.payload)
 
 
 def line_protocol(message: Message, box_column: str, now: Optional[float], max_points: int) -> Mapped:
@@ -320,7 +320,7 @@ def line_protocol(message: Message, box_column: str, now: Optional[float], max_p
     if box_column not in table and "host" in table:
         table[box_column] = list(table["host"])
     body = json.dumps(table, allow_nan=False).encode("utf-8")
-    return Mapped(LINE_PROTOCOL, body, "application/json", [], {}, message.payload)
+    return Mapped(LINE_PROTOCOL, body, "application/json", list(message.user_properties), {}, message.payload)
 
 
 def number(text: str) -> Optional[Any]:
@@ -363,7 +363,7 @@ def tasmota(message: Message, box_column: str, local_time: Callable[[datetime.da
             row["time"] = seconds
     row[box_column] = device
     body = json.dumps(row, allow_nan=False).encode("utf-8")
-    return Mapped(TASMOTA, body, "application/json", [], {}, message.payload)
+    return Mapped(TASMOTA, body, "application/json", list(message.user_properties), {}, message.payload)
 
 
 def _no_constant(name: str) -> Any:

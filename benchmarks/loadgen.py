@@ -21,11 +21,11 @@ from array import array
 from typing import Any, Dict, List, Tuple
 
 
-def http_request(port: int, body: bytes, content_type: str, path: str = "/upload") -> bytes:
-    """The bytes of one POST, built once."""
+def http_request(port: int, body: bytes, content_type: str, path: str = "/upload", headers: str = "") -> bytes:
+    """The bytes of one POST, built once; ``headers``: more header lines, each ending in CRLF."""
     head = (
-        "POST {} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Type: {}\r\nContent-Length: {}\r\n\r\n".format(
-            path, port, content_type, len(body)
+        "POST {} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Type: {}\r\nContent-Length: {}\r\n{}\r\n".format(
+            path, port, content_type, len(body), headers
         )
     ).encode("ascii")
     return head + body
@@ -125,7 +125,10 @@ class Connection:
             self.buf = self.buf[size + 2:]
 
 
-def _http_worker(port, data, start_at, measure_from, stop_at, timeout, results) -> None:
+def _http_worker(port, data, start_at, measure_from, stop_at, timeout, results, index=0, clients=1, rows_per_204=0) -> None:
+    # ``data``: one request, or a list the clients take turns over (client i sends i, i + clients, ...)
+    requests = data if isinstance(data, list) else [data]
+    turn = index
     conn = Connection(port, timeout)
     latencies = array("d")
     counted = {"ok": 0, "busy": 0, "other": 0}
@@ -143,7 +146,8 @@ def _http_worker(port, data, start_at, measure_from, stop_at, timeout, results) 
             break
         t0 = perf()
         try:
-            status, body = conn.request(data)
+            status, body = conn.request(requests[turn % len(requests)])
+            turn += clients
         except (OSError, EOFError, ValueError) as e:
             errors.append(repr(e))
             conn.close()
@@ -158,12 +162,14 @@ def _http_worker(port, data, start_at, measure_from, stop_at, timeout, results) 
                 acknowledged += json.loads(body)["saved-in-db"]
             except (ValueError, KeyError) as e:
                 errors.append("bad receipt {!r}: {!r}".format(body[:100], e))
+        elif status == 204:  # InfluxDB's write answer: every row of the request stored
+            acknowledged += rows_per_204
         if now >= measure_from:
             # requests sent in the window count even when they end after it: a slow
             # server (seconds per request) is measured until its last answer
             last_answer = monotonic()
             latencies.append(t1 - t0)
-            if status == 200:
+            if status in (200, 204):
                 counted["ok"] += 1
             elif status == 503:
                 counted["busy"] += 1
@@ -184,7 +190,9 @@ def _http_worker(port, data, start_at, measure_from, stop_at, timeout, results) 
     )
 
 
-def run_http(port: int, data: bytes, clients: int, warmup: float, duration: float, timeout: float = 120.0) -> Dict[str, Any]:
+def run_http(
+    port: int, data, clients: int, warmup: float, duration: float, timeout: float = 120.0, rows_per_204: int = 0
+) -> Dict[str, Any]:
     """
     Drive ``clients`` connections for ``warmup + duration`` seconds; return
     requests/s and latency percentiles (ms) of the requests sent after the
@@ -197,8 +205,8 @@ def run_http(port: int, data: bytes, clients: int, warmup: float, duration: floa
     measure_from = start_at + warmup
     stop_at = measure_from + duration
     workers = [
-        ctx.Process(target=_http_worker, args=(port, data, start_at, measure_from, stop_at, timeout, results))
-        for _ in range(clients)
+        ctx.Process(target=_http_worker, args=(port, data, start_at, measure_from, stop_at, timeout, results, i, clients, rows_per_204))
+        for i in range(clients)
     ]
     for w in workers:
         w.start()

@@ -13,6 +13,8 @@ on fresh databases and drives it with the same load generator
   (c) 1000-row CSV
   (d) (a) again with one million rows already in the database
   (e) UDP datagrams at rising rates (co2logd only), reporting loss
+  (f) 1000-line InfluxDB line-protocol batches to /api/v2/write (co2logd only)
+  (g) single airrohr "own API" uploads, (h) single TTN webhook uplinks, to /upload (co2logd only)
 
 and measures the ceilings in the same run: a bare twisted.web POST resource
 under (a)'s load, and raw sqlite3 executemany (WAL, synchronous=FULL,
@@ -66,6 +68,47 @@ def csv_body(rows: int) -> bytes:
     """A header line and ``rows`` lines."""
     lines = [",".join(COLUMNS)] + [",".join(str(v) for v in sample(i)) for i in range(rows)]
     return ("\n".join(lines) + "\n").encode()
+
+
+def lineprotocol_body(rows: int) -> bytes:
+    """Telegraf-shaped line protocol: one point per line, a box tag, integer and float fields, second timestamps."""
+    return "".join(
+        "co2,box=lab-{},room=r{} ppm={}i,temperature={},humidity={} {}\n".format(i % 8, i % 3, *sample(i)[1:], 1_700_000_000 + i)
+        for i in range(rows)
+    ).encode()
+
+
+def airrohr_body(i: int) -> bytes:
+    """airrohr's "Send data to own API" body (firmware NRZ-2024-135), as the firmware builds it."""
+    values = [("SDS_P1", "12.30"), ("SDS_P2", "7.10"), ("BME280_temperature", "21.40"), ("BME280_pressure", "100520.25"),
+              ("BME280_humidity", "39.60"), ("SCD30_co2_ppm", str(400 + i % 600)), ("samples", "580590"), ("min_micro", "216"),
+              ("max_micro", "3503442"), ("interval", "145000"), ("signal", "-38")]
+    return ('{"esp8266id": "1234567", "software_version": "NRZ-2024-135", "sensordatavalues":['
+            + ",".join('{{"value_type":"{}","value":"{}"}}'.format(t, v) for t, v in values) + "]}").encode()
+
+
+def ttn_body(i: int) -> bytes:
+    """A The Things Stack v3 webhook uplink; ``i`` is its frame counter, so every one is a new uplink."""
+    return json.dumps({
+        "end_device_ids": {"device_id": "co2-node-7", "application_ids": {"application_id": "lab"}, "dev_eui": "70B3D57ED0000001",
+                           "join_eui": "0000000000000000", "dev_addr": "260B1234"},
+        "correlation_ids": ["as:up:01H0"], "received_at": "2024-05-06T07:08:09.123456789Z",
+        "uplink_message": {
+            "session_key_id": "AYZ1d2VLw3Y=", "f_port": 2, "f_cnt": i, "frm_payload": "AmQBLA==",
+            "decoded_payload": {"co2": 400 + i % 600, "temperature": 21.5, "battery": {"volts": 3.61}},
+            "rx_metadata": [{"gateway_ids": {"gateway_id": "gw-roof"}, "time": "2024-05-06T07:08:09.012345678Z", "rssi": -97, "snr": 7.25}],
+            "received_at": "2024-05-06T07:08:09.100000000Z",
+        },
+    }).encode()
+
+
+# dialect scenarios: title, request bodies (taken in turn), content type, path, rows per request
+DIALECT_BODIES = 40_000  # distinct uplinks: a repeated one would be de-duplicated, not stored
+DIALECTS = {
+    "f": ("1000-line line protocol", lambda: [lineprotocol_body(1000)], "text/plain; charset=utf-8", "/api/v2/write?org=o&bucket=b&precision=s", 1000),
+    "g": ("airrohr single upload", lambda: [airrohr_body(i) for i in range(100)], "application/json", "/upload", 1),
+    "h": ("TTN single uplink", lambda: [ttn_body(i) for i in range(DIALECT_BODIES)], "application/json", "/upload", 1),
+}
 
 
 SCENARIOS = {
@@ -252,11 +295,14 @@ class Bench:
         )
 
     # one measurement
-    def measure(self, key: str, server: Server, scenario: str, db: Optional[str], before: int = 0) -> Dict[str, Any]:
-        title, body, content_type, rows = SCENARIOS[scenario]
-        data = loadgen.http_request(server.port, body, content_type)
+    def measure(self, key: str, server: Server, scenario: str, db: Optional[str], before: int = 0, requests=None) -> Dict[str, Any]:
+        if requests is None:
+            title, body, content_type, rows = SCENARIOS[scenario]
+            data = loadgen.http_request(server.port, body, content_type)
+        else:
+            data, rows = requests
         try:
-            r = loadgen.run_http(server.port, data, self.args.clients, self.args.warmup, self.args.duration)
+            r = loadgen.run_http(server.port, data, self.args.clients, self.args.warmup, self.args.duration, rows_per_204=rows)
             r["rows_s"] = r["req_s"] * rows
             r["rss_mb"] = server.rss()
         finally:
@@ -297,6 +343,20 @@ class Bench:
         prefill(db, self.args.prefill)
         for attempt in range(self.args.repeat):
             self.measure("{} (d)".format(name), start(db), "a", db, before=count_rows(db))
+
+    # (f), (g), (h): the client dialects, with (a) measured alongside when the co2logd part did not run
+    def dialects(self) -> None:
+        if "co2logd (a)" not in self.results:
+            for attempt in range(self.args.repeat):
+                db = self.db("co2logd-a-dialects{}".format(attempt))
+                self.measure("co2logd (a)", self.start_co2logd(db), "a", db)
+        for scenario, (title, make, content_type, path, rows) in DIALECTS.items():
+            bodies = make()
+            for attempt in range(self.args.repeat):
+                db = self.db("co2logd-{}{}".format(scenario, attempt))
+                server = self.start_co2logd(db)
+                data = [loadgen.http_request(server.port, body, content_type, path) for body in bodies]
+                self.measure("co2logd ({})".format(scenario), server, scenario, db, requests=(data, rows))
 
     # ceilings
     def ceiling_twisted_web(self) -> None:
@@ -425,6 +485,12 @@ def report(bench: Bench) -> int:
                 fmt(vs_cls, ".1f") + ("x" if vs_cls is not None else ""),
                 fmt(vs_ceiling, ".0%") + (" web" if s in "ad" and vs_ceiling is not None else " sql" if vs_ceiling is not None else ""),
                 r.get("check", "-")))
+    for s in "fgh":
+        r = R.get("co2logd ({})".format(s))
+        if r:
+            lines.append("{:<22} {:>9} {:>10} {:>8} {:>8} {:>7} {:>9} {:>12} {:>7}".format(
+                "co2logd ({})".format(s), fmt(r["req_s"], ".0f"), fmt(r["rows_s"], ".0f"), fmt(r["p50_ms"], ".2f"),
+                fmt(r["p99_ms"], ".2f"), fmt(r["rss_mb"], ".0f"), "", "", r.get("check", "-")))
     udp = R.get("udp")
     if udp:
         lines.append("")
@@ -455,6 +521,11 @@ def report(bench: Bench) -> int:
     if udp:
         clean = [row["stored_s"] for row in udp["rates"] if row["lost"] == 0]
         target("(e) UDP datagrams/s stored with zero loss", max(clean) if clean else 0.0, (">= 10000", 10000), ".0f")
+    f, g, h = (R.get("co2logd ({})".format(s)) for s in "fgh")
+    if f or g or h:
+        target("(f) line protocol, 1000-line batches, rows/s", f and f["rows_s"], (">= 100000", 100_000), ".0f")
+        target("(g) airrohr single uploads / co2logd (a)", ratio(g and g["req_s"], a and a["req_s"]), (">= 80%", 0.8), ".0%")
+        target("(h) TTN single uplinks / co2logd (a)", ratio(h and h["req_s"], a and a["req_s"]), (">= 80%", 0.8), ".0%")
     target("co2logd RSS after (d), MB", d and d["rss_mb"], ("<= 80", 80), ".0f", higher=False)
     target("co2logd p99 latency of (a), ms", a and a["p99_ms"], ("<= 10", 10), ".2f", higher=False)
 
@@ -488,7 +559,7 @@ def main(argv=None) -> int:
     parser.add_argument("--venv", default=os.path.join(HERE, ".venv"), help="side environment for co2logserver (default benchmarks/.venv)")
     parser.add_argument("--workdir", default=None, help="where the databases go (default: the system's temp dir)")
     parser.add_argument("--skip-co2logserver", action="store_true", help="measure co2logd and the ceilings only")
-    parser.add_argument("--only", default="ceilings,co2logserver,co2logd,udp", help="comma-separated parts to run")
+    parser.add_argument("--only", default="ceilings,co2logserver,co2logd,udp,dialects", help="comma-separated parts to run (ceilings, co2logserver, co2logd, udp, dialects)")
     parser.add_argument("--keep", action="store_true", help="keep the databases and logs")
     args = parser.parse_args(argv)
     parts = set(args.only.split(","))
@@ -508,6 +579,8 @@ def main(argv=None) -> int:
             bench.run_server("co2logd", bench.start_co2logd)
         if "udp" in parts:
             bench.udp()
+        if "dialects" in parts:
+            bench.dialects()
         return report(bench)
     finally:
         if not args.keep:

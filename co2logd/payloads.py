@@ -427,6 +427,12 @@ def _check_unique(names: Iterable[str], what: str) -> None:
         seen.add(name)
 
 
+def check_values(table: Table, what: str) -> None:
+    """A 400 for a value SQLite cannot store as given: not a scalar, not finite, beyond 64 bits, unencodable text."""
+    _check_scalars(table.items(), what)
+    _check_encodable(table.items(), what)
+
+
 def _check_scalars(columns: Iterable[Tuple[str, List[Any]]], what: str) -> None:
     for name, values in columns:
         for value in values:

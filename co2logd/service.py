@@ -25,6 +25,7 @@ from co2logd.osem.checks import OsemMisconfigured, osem_problem
 from co2logd.osem.mapping import EntriesFunction, outbox_entries_for
 from co2logd.settings import Settings
 from co2logd.store import Store, StoreError
+from co2logd.transports.lineprotocol_udp import influx_udp_service
 from co2logd.transports.mqtt import mqtt_service
 from co2logd.transports.serial import parse_serial_spec, serial_service
 from co2logd.transports.udp import parse_udp_spec, udp_service
@@ -123,6 +124,7 @@ def build_service(
     reactor: Any,
     http: Sequence[str] = ("tcp:8080",),
     udp: Sequence[Union[str, Tuple[int, str]]] = (),
+    influx_udp: Sequence[Union[str, Tuple[int, str]]] = (),
     serial: Sequence[Union[str, Tuple[str, int]]] = (),
     serial_required: Sequence[Union[str, Tuple[str, int]]] = (),
     verbose: bool = False,
@@ -134,8 +136,9 @@ def build_service(
 
     The database schema is prepared here, synchronously, so a bad database
     stops start-up before the reactor runs.  ``http`` are Twisted server
-    endpoint strings; ``udp`` and ``serial`` the values of ``--udp``/``--serial``,
-    parsed (as the tap gives them) or as spec strings (as a ``.tac`` may).
+    endpoint strings; ``udp``, ``influx_udp`` and ``serial`` the values of
+    ``--udp``/``--influx-udp``/``--serial``, parsed (as the tap gives them) or
+    as spec strings (as a ``.tac`` may).
     Nothing listens yet: call the root's ``bind()`` (or start it).
     """
     set_verbose(verbose)
@@ -166,6 +169,8 @@ def build_service(
 
     for port, interface in (parse_udp_spec(s) if isinstance(s, str) else s for s in udp):
         udp_service((port, interface), ingest, reactor, settings).setServiceParent(root)
+    for spec in influx_udp:
+        influx_udp_service(spec, ingest, reactor, settings).setServiceParent(root)
     required = {parse_serial_spec(s) if isinstance(s, str) else tuple(s) for s in serial_required}
     for device, baud in (parse_serial_spec(s) if isinstance(s, str) else s for s in serial):
         must_exist = (device, baud) in required or settings.SERIAL_REQUIRED

@@ -38,7 +38,7 @@ class Options(usage.Options):
     """``twistd co2logd`` options; every one is optional."""
 
     synopsis = (
-        "[--http ENDPOINT]... [--udp PORT]... [--serial DEVICE[:BAUD]]... "
+        "[--http ENDPOINT]... [--udp PORT]... [--influx-udp PORT]... [--serial DEVICE[:BAUD]]... "
         "[--mqtt URL [--mqtt-topic FILTER]...] [--db PATH|URL] [--config FILE] [--version]"
     )
     longdesc = (
@@ -59,6 +59,8 @@ class Options(usage.Options):
         udp: List[Tuple[int, str]] = []  # (port, interface) per --udp
         serial: List[Tuple[str, int]] = []  # (device, baud) per --serial
         self["udp"] = udp
+        influx_udp: List[Tuple[int, str]] = []  # (port, interface) per --influx-udp
+        self["influx_udp"] = influx_udp
         self["serial"] = serial
         self["serial_required"] = []  # the (device, baud) of --serial-required, also in "serial"
         self["mqtt_topics"] = []
@@ -70,6 +72,10 @@ class Options(usage.Options):
     def opt_udp(self, spec: str) -> None:
         """UDP listener: PORT or udp:PORT[:interface=ADDR] (repeatable)."""
         self["udp"].append(_parsed(parse_udp_spec, spec, "--udp"))
+
+    def opt_influx_udp(self, spec: str) -> None:
+        """UDP listener for InfluxDB line-protocol datagrams: PORT or udp:PORT[:interface=ADDR] (repeatable)."""
+        self["influx_udp"].append(_parsed(parse_udp_spec, spec, "--influx-udp"))
 
     def opt_serial(self, spec: str) -> None:
         """Serial device to read lines from: DEVICE[:BAUD], default baud 9600 (repeatable)."""
@@ -214,6 +220,7 @@ def makeService(options: Mapping[str, Any], reactor: Any = None) -> Co2logdServi
             reactor,
             http=options["http"],
             udp=options["udp"],
+            influx_udp=options["influx_udp"],
             serial=options["serial"],
             serial_required=required,
             verbose=bool(options.get("verbose")),

@@ -44,6 +44,7 @@ from co2logd.web.site import make_site
 from tests import strategies as s
 
 SALT = "fuzz-salt"
+TOKEN = "fuzz-token"
 ACCEPTED_REFUSALS = {400, 403, 409, 413, 415}
 
 # small limits, so every one of them is reached often
@@ -57,6 +58,7 @@ FUZZ_SETTINGS = {
     "MAX_COLUMN_NAME_LENGTH": 12,
     "DB_SYNCHRONOUS": "OFF",  # the contract is about what is committed, not about fsync
     "REPLAY_PROTECTION": "optional",
+    "UPLOAD_TOKENS": {TOKEN: "fuzz"},
 }
 
 # -- the generator -------------------------------------------------------------
@@ -90,16 +92,50 @@ def _encode(encoder, table) -> Optional[bytes]:
         return None
 
 
+def _dialect_body(draw, kind: str) -> Tuple[bytes, Optional[str], str]:
+    """A client dialect's body (line protocol, airrohr, TTN, ChirpStack), maybe mutated, and its path."""
+    from tests import dialect_bodies
+
+    if kind == "lineprotocol":
+        body = "\n".join(draw(st.lists(s.line_protocol_lines, min_size=1, max_size=6))).encode("utf-8")
+        content_type = draw(st.sampled_from(["text/plain", "application/x-www-form-urlencoded", None]))
+        path = draw(st.sampled_from(["/write?db=x", "/api/v2/write?bucket=b&precision=s", "/write?precision=ms"]))
+    elif kind == "airrohr":
+        document = json.loads(dialect_bodies.AIRROHR)
+        document["sensordatavalues"] += draw(st.lists(st.fixed_dictionaries({"value_type": column_names, "value": values}), max_size=3))
+        body, content_type, path = json.dumps(document).encode(), "application/json", "/upload"
+    elif kind == "ttn":
+        document = dialect_bodies.ttn_uplink()
+        document["uplink_message"]["decoded_payload"] = draw(st.dictionaries(column_names, values, max_size=4))
+        document["uplink_message"]["f_cnt"] = draw(st.integers(0, 5))
+        if draw(st.booleans()):
+            document["simulated"] = True
+        body, content_type, path = json.dumps(document).encode(), "application/json", "/upload"
+    else:
+        document = dialect_bodies.chirpstack_up(deduplicationId=draw(st.sampled_from(["d1", "d2", "d3"])))
+        document["object"] = draw(st.dictionaries(column_names, values, max_size=4))
+        body = json.dumps(document).encode()
+        content_type = draw(st.sampled_from(["application/json", "application/json", "application/octet-stream"]))
+        path = "/upload?event=" + draw(st.sampled_from(["up", "up", "join", "status"]))
+    if draw(st.integers(0, 3)) == 0:
+        body = draw(s.mutated(body))
+    return body, content_type, path
+
+
 @st.composite
-def bodies(draw) -> Tuple[bytes, Optional[str]]:
-    """(body, the content type it was made for)."""
-    kind = draw(st.sampled_from(["encoded"] * 5 + ["mutated"] * 2 + ["binary", "nasty", "rows", "huge"]))
+def bodies(draw) -> Tuple[bytes, Optional[str], str]:
+    """(body, the content type it was made for, the path it goes to)."""
+    kind = draw(st.sampled_from(
+        ["encoded"] * 5 + ["mutated"] * 2 + ["binary", "nasty", "rows", "huge"] + ["lineprotocol", "airrohr", "ttn", "chirpstack"]
+    ))
+    if kind in ("lineprotocol", "airrohr", "ttn", "chirpstack"):
+        return _dialect_body(draw, kind)
     if kind == "binary":
-        return draw(st.binary(max_size=200)), draw(st.sampled_from(sorted(s.ENCODERS)))
+        return draw(st.binary(max_size=200)), draw(st.sampled_from(sorted(s.ENCODERS))), "/upload"
     if kind == "nasty":
-        return draw(s.nasty_fragments), draw(st.sampled_from(sorted(s.ENCODERS)))
+        return draw(s.nasty_fragments), draw(st.sampled_from(sorted(s.ENCODERS))), "/upload"
     if kind == "huge":
-        return b'{"co2": [' + b"1," * 9000 + b"1]}", "application/json"  # past MAX_BODY_SIZE
+        return b'{"co2": [' + b"1," * 9000 + b"1]}", "application/json", "/upload"  # past MAX_BODY_SIZE
     table = draw(raw_tables())
     if kind == "rows":
         nrows = max((len(v) for v in table.values()), default=0)
@@ -112,13 +148,13 @@ def bodies(draw) -> Tuple[bytes, Optional[str]]:
         body = b"{}"
     if kind == "mutated":
         body = draw(s.mutated(body))
-    return body, content_type
+    return body, content_type, "/upload"
 
 
 @st.composite
 def uploads(draw) -> Dict[str, Any]:
     """One call of ``ingest``: body, content type, headers, transport, extra columns."""
-    body, made_for = draw(bodies())
+    body, made_for, path = draw(bodies())
     content_type = draw(
         st.one_of(
             st.just(made_for), st.just(made_for), st.just(made_for), st.none(),
@@ -142,19 +178,21 @@ def uploads(draw) -> Dict[str, Any]:
         if all(32 < ord(c) < 127 for c in claim[1]):
             kind = b"counter:" if claim[0] == "Content-Counter" else b"timestamp:"
             signed = kind + claim[1].encode("ascii") + b"\n" + body
-    auth = draw(st.sampled_from(["good"] * 5 + ["wrong", "none"]))
+    auth = draw(st.sampled_from(["good"] * 8 + ["token"] * 2 + ["wrong", "none", "wrong-token"]))
     algorithm = draw(st.sampled_from(["md5", "sha256", "sha1"]))
     if auth == "good":
         headers.append(("Content-{}-Salted".format(algorithm.upper()), hashlib.new(algorithm, signed + SALT.encode()).hexdigest()))
     elif auth == "wrong":
         headers.append(("Content-{}-Salted".format(algorithm), hashlib.new(algorithm, body).hexdigest()))
+    elif auth in ("token", "wrong-token"):
+        headers.append(("Authorization", "Bearer " + (TOKEN if auth == "token" else "nope")))
     key = draw(st.sampled_from([None] * 6 + ["k1", "k2", "k3", "", "bad key"]))
     if key is not None:
         headers.append(("Idempotency-Key", key))
     headers.extend(draw(st.lists(st.tuples(s.header_names, s.header_values), max_size=3)))
     transport = draw(st.sampled_from(["http", "udp:127.0.0.1", "serial:/dev/ttyFUZZ"]))
     extra = draw(st.one_of(st.none(), st.fixed_dictionaries({"box": st.one_of(st.integers(0, 99), s.identifiers)})))
-    return {"body": body, "content_type": content_type, "headers": headers, "transport": transport, "extra": extra}
+    return {"body": body, "content_type": content_type, "headers": headers, "transport": transport, "extra": extra, "path": path}
 
 
 # -- the harness -----------------------------------------------------------------
@@ -224,13 +262,25 @@ class FuzzHarness:
 
         before = self.snapshot()
         self.stats["inputs"] += 1
+        path = upload.get("path", "/upload")
+        influx = not path.startswith("/upload")
+        if path != "/upload":  # dialect routes exist only over HTTP
+            via_http = True
         if via_http:
             self.stats["http"] += 1
             status, reply, replayed = self._post(upload)
             self.stats["statuses"][status] += 1
             if status >= 500:
                 raise ContractViolation("HTTP {} for {!r}: {!r}".format(status, upload, reply))
-            if status == 200:
+            if influx and status == 204:
+                rows = self._points(upload)
+            elif influx:
+                if not isinstance(reply, dict) or not isinstance(reply.get("code"), str) or not isinstance(reply.get("message"), str):
+                    raise ContractViolation("HTTP {} without InfluxDB's {{'code', 'message'}}: {!r}".format(status, reply))
+                if status not in ACCEPTED_REFUSALS | {401}:
+                    raise ContractViolation("HTTP {} for {!r}".format(status, upload))
+                rows = None
+            elif status == 200:
                 rows = reply.get("saved-in-db")
                 if not isinstance(rows, int):
                     raise ContractViolation("200 without a receipt: {!r}".format(reply))
@@ -284,13 +334,35 @@ class FuzzHarness:
         """Every name the input could have meant (parsed leniently), plus extra columns."""
         from co2logd import payloads
 
-        names: List[Any] = list(upload["extra"] or {})
+        names: List[Any] = list(upload["extra"] or {}) + [self.settings.TOKEN_LABEL_COL]
+        names.extend(self._dialect_names(upload))
         for content_type in (upload["content_type"], None) + tuple(sorted(payloads.MEDIA_TYPES)):
             try:
                 names.extend(payloads.parse(upload["body"], content_type))
             except Exception:
                 pass
         return names
+
+    def _points(self, upload: Dict[str, Any]) -> int:
+        """The rows a line-protocol body makes (duplicate points merged)."""
+        from co2logd.dialects import influx, lineprotocol
+
+        precision = "s" if "precision=s" in upload["path"] else "ms" if "precision=ms" in upload["path"] else "ns"
+        return influx.table_of(lineprotocol.parse(upload["body"], precision), 0)[1]
+
+    def _dialect_names(self, upload: Dict[str, Any]) -> List[Any]:
+        """The columns a dialect body could make."""
+        from co2logd.dialects import influx, lineprotocol
+        from co2logd.dialects.recognise import Recognised, recognise
+
+        try:
+            if not upload.get("path", "/upload").startswith("/upload"):
+                return list(influx.table_of(lineprotocol.parse(upload["body"]), 0)[0])
+            event = upload["path"].partition("event=")[2] or None
+            outcome = recognise(upload["body"], upload["content_type"], event, None, self.settings.OSEM_BOX_COL, "time")
+            return list(outcome.table) if isinstance(outcome, Recognised) else []
+        except Exception:
+            return []
 
     def _post(self, upload: Dict[str, Any]) -> Tuple[int, Any]:
         connection = http.client.HTTPConnection("127.0.0.1", self.port.getHost().port, timeout=30)
@@ -299,7 +371,7 @@ class FuzzHarness:
             content_type = upload["content_type"]
             if content_type is not None and re.fullmatch(r"[\x20-\x7e]*", content_type):
                 headers["Content-Type"] = content_type
-            connection.request("POST", "/upload", body=upload["body"], headers=headers)
+            connection.request("POST", upload.get("path", "/upload"), body=upload["body"], headers=headers)
             response = connection.getresponse()
             data = response.read()
         finally:

@@ -167,3 +167,31 @@ nasty_fragments = st.sampled_from(
         b"a\n1\n2,3",
     ]
 )
+
+
+# -- InfluxDB line protocol ----------------------------------------------------------
+
+
+@st.composite
+def _line_protocol_line(draw) -> str:
+    """A valid line (every field type, escapes in names), sometimes a comment or a blank line."""
+    from co2logd.dialects.lineprotocol import INT64_MAX, INT64_MIN, Unsigned, format_line
+
+    kind = draw(st.sampled_from(["point"] * 8 + ["comment", "blank"]))
+    if kind == "comment":
+        return "# " + draw(st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=20))
+    if kind == "blank":
+        return ""
+    keys = st.sampled_from(["co2", "temp", "hum", "box", "Time", "a b", "x,y", "k=v", "_x", "measurement", "transport", "CO2"])
+    names = st.text(st.characters(min_codepoint=32, max_codepoint=0x2FF, blacklist_characters="#\x7f"), min_size=1, max_size=8)
+    field_values = st.one_of(
+        st.floats(allow_nan=False, allow_infinity=False), st.integers(INT64_MIN, INT64_MAX),
+        st.integers(0, 2**64 - 1).map(Unsigned), st.booleans(), st.text(max_size=10),
+    )
+    tags = draw(st.dictionaries(keys, names, max_size=3))
+    fields = draw(st.dictionaries(keys, field_values, min_size=1, max_size=4))
+    time = draw(st.none() | st.integers(-(10**12), 2 * 10**12))
+    return format_line(draw(names), tags, fields, time)
+
+
+line_protocol_lines = _line_protocol_line()

@@ -281,7 +281,7 @@ class BrowserSessionTests(AccessMixin, unittest.TestCase):
 class EveryRouteDecidedTests(AccessMixin, unittest.TestCase):
     """A new route must say whether it shows data: guarded, or on the list of routes that show none."""
 
-    SHOW_NO_DATA = {b"upload", b"uploadhelp", b"static", b"openapi.yaml"}
+    SHOW_NO_DATA = {b"upload", b"write", b"api", b"uploadhelp", b"static", b"openapi.yaml"}  # /write, /api/v2/write: write-only
 
     def test_every_child_of_the_root_is_guarded_or_listed(self):
         """Every child of make_root is a GuardedResource, except the routes that show no stored data."""

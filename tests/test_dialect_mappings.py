@@ -212,3 +212,18 @@ class Tokens(unittest.TestCase):
             with self.assertRaises(ValueError) as caught:
                 check_tokens_setting(bad)
             self.assertNotIn("a\n", str(caught.exception))
+
+
+class StorableValues(unittest.TestCase):
+    """Webhook values SQLite cannot store are 400s, not store failures."""
+
+    def test_refused(self):
+        """Huge integers, non-finite floats, lone surrogates in a decoded payload; airrohr's huge integers stay text."""
+        from co2logd.dialects.recognise import recognise
+
+        for payload in [{"n": 2**64}, {"n": float("inf")}, {"s": "\ud800"}]:
+            body = json.dumps(bodies.chirpstack_up(object=payload)).encode()
+            with self.assertRaises(IngestError) as caught:
+                recognise(body, "application/json", "up", None, "box", "time")
+            self.assertEqual(caught.exception.status, 400)
+        self.assertEqual(airrohr.value_of("123456789012345678901234567890"), "123456789012345678901234567890")

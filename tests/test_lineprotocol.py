@@ -272,3 +272,42 @@ class RoundTrip(unittest.TestCase):
             parse(body)
         except LineProtocolError:
             pass
+
+
+class FastTable(unittest.TestCase):
+    """influx.table_of_body (the fast way for plain batches) gives what table_of(parse(...)) gives."""
+
+    def outcome(self, function):
+        """("stored", table, rows), or ("refused",)."""
+        from co2logd.errors import IngestError
+
+        try:
+            table, rows = function()
+        except (LineProtocolError, IngestError, lp.TooManyPoints):
+            return ("refused",)
+        return ("stored", table, list(table), rows)
+
+    def same(self, body: bytes, precision: str = "ns") -> None:
+        """Both ways agree on ``body``: the same table (columns in the same order), or both refuse it."""
+        from co2logd.dialects import influx
+
+        slow = self.outcome(lambda: influx.table_of(parse(body, precision, 50), 7.5))
+        fast = self.outcome(lambda: influx.table_of_body(body, precision, 7.5, 50))
+        self.assertEqual(fast, slow, body)
+
+    @given(st.lists(points(plain_keys), min_size=1, max_size=6), st.sampled_from(["ns", "s", "h"]), st.booleans())
+    def test_generated(self, generated, precision, repeat):
+        """Generated batches (plain keys, every type, merges when repeated, blank lines) agree."""
+        lines = [format_line(m, t, {k: v for k, v in f.items() if not isinstance(v, str)} or {"x": 1.0}, ts) for m, t, f, ts in generated]
+        if repeat:
+            lines = lines + ["", "  "] + lines
+        self.same("\n".join(lines).encode(), precision)
+
+    @given(st.lists(st.sampled_from([
+        "m f=1", "m,a=1 f=1i 5", "m,a=1 A=2", "m,t=1,T=2 f=1", "m F=1,f=2", "m f=1,f=2", "m time=1", "m,measurement=x f=1",
+        "m f=9223372036854775808u", "m f=18446744073709551616u", "m f=9223372036854775808i", "m f=1e400", "m f=1 9223372036854775807",
+        "m,a=1,a=2 f=1", "m f=", "m  f=1  2  ", " m f=t", "m f=1 -5", "m,b=2,a=1 g=2 5", "m,a=1,b=2 h=3u 5", "m f=-0",
+    ]), min_size=1, max_size=5))
+    def test_edges(self, lines):
+        """Collisions, ranges, duplicates, merges and spaces: the same answer both ways."""
+        self.same("\n".join(lines).encode())

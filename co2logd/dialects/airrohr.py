@@ -23,10 +23,9 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from co2logd.errors import bad_request
 
-_INTEGER = re.compile(r"[+-]?[0-9]{1,18}\Z")
-_DECIMAL = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?\Z")
-# a number with a trailing unit, as old firmware sent the WiFi signal ("-59 dBm")
-_WITH_UNIT = re.compile(r"([+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)) +[A-Za-z%°µ/]{1,8}\Z")
+# a number, maybe with a trailing unit as old firmware sent the WiFi signal ("-59 dBm"); group 2 marks a float
+_NUMBER = re.compile(r"\s*([+-]?[0-9]*(\.[0-9]*)?(?:[eE][+-]?[0-9]+)?)(?: +[A-Za-z%°µ/]{1,8})?\s*\Z")
+_DIGIT = re.compile(r"[0-9]")
 _SENSOR_NAME = re.compile(r"esp(?:8266|32)-[0-9A-Za-z]{1,32}\Z")
 _ID = re.compile(r"[0-9A-Za-z]{1,32}\Z")
 
@@ -46,17 +45,17 @@ def value_of(text: Any) -> Any:
         return text
     if not isinstance(text, str):
         raise bad_request("airrohr: a value must be a string, number, boolean or null")
-    stripped = text.strip()
-    with_unit = _WITH_UNIT.match(stripped)
-    if with_unit:
-        stripped = with_unit.group(1)
-    if _INTEGER.match(stripped):
-        return int(stripped)
-    if _DECIMAL.match(stripped):
-        number = float(stripped)
-        if not math.isinf(number):
-            return number
-    return text
+    match = _NUMBER.match(text)
+    if match is None:
+        return text
+    number = match.group(1)
+    if not _DIGIT.search(number.partition("e")[0].partition("E")[0]):  # "", ".", "e5": no digits before the exponent
+        return text
+    if match.group(2) is None and "e" not in number and "E" not in number:
+        integer = int(number)
+        return integer if -(2**63) <= integer < 2**63 else text  # beyond SQLite's integers: kept as sent
+    value = float(number)
+    return text if math.isinf(value) else value
 
 
 def source_of(document: Mapping[str, Any], x_sensor: Optional[str]) -> str:

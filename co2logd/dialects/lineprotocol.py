@@ -71,6 +71,8 @@ _FIELD = r"{k}={v}".format(k=_KEY, v=_VALUE)
 _POINT = r"({m})((?:,{k}={k})*+) +({f}(?:,{f})*)(?: +(-?[0-9]++))? *".format(m=_MEASUREMENT, k=_KEY, f=_FIELD)
 _COMMENT = r"#[^\x00-\x08\x0a-\x1f\x7f]*"
 
+#: a line without its end (for bodies known to hold no strings, escapes, comments or CR)
+SIMPLE_LINE = r" *(?:{})?".format(_POINT)
 #: one whole line, its end included; groups: measurement, tags, fields, timestamp
 LINE = re.compile(r" *(?:{}|{})?(?:\r?\n|\r?\Z)".format(_POINT, _COMMENT))
 _TAGS = re.compile(r",({k})=({k})".format(k=_KEY))

@@ -25,6 +25,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import datetime
+import hashlib
 from typing import Any, Callable, Dict, Hashable, List, Mapping, Optional, Sequence, Tuple, cast
 
 from twisted.application.service import Service
@@ -36,6 +37,7 @@ from twisted.python.failure import Failure
 from co2logd import payloads
 from co2logd.errors import IngestError, bad_request
 from co2logd.ingest.auth import Authenticator, Headers, header_items
+from co2logd.ingest.freshness import KEY as IDEMPOTENCY_KEY
 from co2logd.ingest.freshness import Claim, Idempotency, IdempotentUpload, ReplayPolicy, replay_error
 from co2logd.ingest.sequence import NEW, Clock, SequenceTracker, numbered_node
 from co2logd.store import (
@@ -50,6 +52,7 @@ from co2logd.store import (
 )
 from co2logd.store.names import is_reserved, is_safe_identifier
 from co2logd.store.watch import is_disk_error
+from co2logd.tokens import Presented, UploadTokens
 
 log = Logger()
 
@@ -82,6 +85,12 @@ class Upload:
     None: the upload is not checked for duplicates.  ``vouched_by`` names
     who authenticated the sender when a transport did (the MQTT broker, for
     MQTT_TRUSTED_TOPICS): ``UPLOAD_REQUIRES_AUTH`` then asks for no checksum.
+    ``table`` is set by a client dialect (:mod:`co2logd.dialects`) that
+    parsed the body itself; ``body`` is then only what checksums and
+    idempotency keys cover.  ``password`` is an upload token given outside
+    the headers (``p=`` on ``/write``).  ``dedup_key`` names a message the
+    sender may deliver twice (a TTN or ChirpStack uplink id): a repeat is
+    answered with the first one's receipt and stores nothing.
     """
 
     body: bytes
@@ -91,6 +100,9 @@ class Upload:
     signed: Optional[bytes] = None
     extra_columns: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     node: Optional[Hashable] = None
+    table: Optional[payloads.Table] = dataclasses.field(default=None, repr=False)
+    password: Optional[str] = dataclasses.field(default=None, repr=False)
+    dedup_key: Optional[str] = None
     vouched_by: Optional[str] = None
 
     def __post_init__(self) -> None:
@@ -181,6 +193,8 @@ class Checked:
     matched: Optional[str]
     failed: Optional[str]
     claim: Optional[Claim]
+    #: the label of the upload token the request presented (UPLOAD_TOKENS), if valid
+    token_label: Optional[str] = None
 
 
 @dataclasses.dataclass
@@ -195,6 +209,8 @@ class Freshness:
     advance: Optional[ReplayAdvance] = None
     idempotent: Optional[IdempotentUpload] = None
     refusal: Optional[IngestError] = None
+    #: a dialect's de-duplicated message went to the write once without asking for an earlier receipt
+    asked: bool = False
 
 
 class IngestService(Service):
@@ -229,6 +245,11 @@ class IngestService(Service):
         self.limits = payloads.Limits.from_settings(settings)
         # auth only matters when salts are set or it is required
         self.check_uploads = bool(settings.CHECKSUM_SALTS) or settings.UPLOAD_REQUIRES_AUTH
+        # upload tokens (UPLOAD_TOKENS): rows record the token's label, which an upload cannot set itself
+        self.tokens = UploadTokens.from_settings(settings)
+        self.token_label_column: str = settings.TOKEN_LABEL_COL
+        if self.tokens:
+            self.automatic.add(self.token_label_column)
         self.replay = ReplayPolicy.from_settings(settings)
         self.idempotency = Idempotency.from_settings(settings)
         self.reads_headers = self.replay.enabled or self.idempotency.enabled
@@ -245,6 +266,7 @@ class IngestService(Service):
             "rows": collections.Counter(),
             "rejects": collections.Counter(),
             "repeats": collections.Counter(),  # uploads answered with an earlier receipt (Idempotency-Key)
+            "skipped": collections.Counter(),  # (kind, reason): dialect messages acknowledged that store nothing
         }
 
     # -- the entry point ------------------------------------------------------
@@ -314,6 +336,10 @@ class IngestService(Service):
                 return failure
             return self._repeat_or_write(upload, prepared, idempotent, freshness)  # the same key was committed meanwhile: ask again
 
+        if upload.dedup_key is not None and not freshness.asked:
+            # a webhook's message id is nearly always new: write at once, and ask only when the key is taken
+            freshness.asked = True
+            return write_unless_repeated(None)
         d = self._earlier_receipt(upload, idempotent, freshness, len(prepared.rows))
         return d.addCallback(write_unless_repeated)
 
@@ -399,6 +425,10 @@ class IngestService(Service):
         error.retry_after = seconds
         return error
 
+    def refuse(self, kind: str, error: IngestError) -> "defer.Deferred[Any]":
+        """Count a refusal made before ingest (a client dialect's malformed body) and fail with it."""
+        return self._refuse(kind, error)
+
     def _refuse(self, kind: str, error: IngestError) -> "defer.Deferred[Any]":
         self.counters["rejects"][(kind, error.reason)] += 1
         return defer.fail(error)
@@ -446,19 +476,48 @@ class IngestService(Service):
         claim = self.replay.claim(headers) if self.reads_headers else None
         if claim is not None:
             signed = claim.signed(signed)
+        label = self._token_label(upload) if self.tokens else None
         if not self.check_uploads:
-            return Checked(headers, {}, None, None, claim)  # what columns() gives without salts
+            return Checked(headers, {}, None, None, claim, label)  # what columns() gives without salts
         matches = self.authenticator.matches(signed, headers)
         if claim is not None and matches and not any(matches.values()):
             self._refuse_renamed_claim(claim, upload.signed_bytes, headers)
-        if settings.UPLOAD_REQUIRES_AUTH and upload.vouched_by is None:
+        if settings.UPLOAD_REQUIRES_AUTH and label is None and upload.vouched_by is None:  # a valid token passes instead of a checksum
             self.authenticator.require(matches)
         matched, failed = self.authenticator.columns(matches)
-        return Checked(headers, matches, matched, failed, claim)
+        return Checked(headers, matches, matched, failed, claim, label)
+
+    def _token_label(self, upload: Upload) -> Optional[str]:
+        """The label of the upload token presented, None without one; a 403 for a token that is not configured."""
+        authorization = next((value for name, value in upload.headers if name.lower() == "authorization"), None)
+        presented, label = self.tokens.check(authorization, upload.password)
+        if presented is Presented.INVALID:
+            raise IngestError(403, "auth-token", "The upload token is not valid (UPLOAD_TOKENS); nothing was saved")
+        return label
+
+    def acknowledge(self, upload: Upload, reason: str) -> "defer.Deferred[Receipt]":
+        """
+        A dialect message that stores nothing (a TTN join, a simulated
+        uplink...): checked like an upload (size, checksums, tokens), then
+        counted under ``reason`` and answered with an empty receipt.
+        """
+        try:
+            self._check(upload)
+        except IngestError as e:
+            return self._refuse(upload.kind, e)
+        self.counters["skipped"][(upload.kind, reason)] += 1
+        return defer.succeed(Receipt(0, 0 if self.outbox_entries else None))
 
     def _freshness(self, upload: Upload, checked: Checked) -> Freshness:
         """The upload's replay guard and Idempotency-Key; a replay refusal waits while a key may excuse it."""
         freshness = Freshness(checked.claim)
+        if upload.dedup_key is not None and self.idempotency.enabled:
+            # the message id is the key and all the digest covers: a repeat gets the first receipt whatever its body
+            key = dedup_key_text(upload.dedup_key)
+            freshness.idempotent = self.idempotency.upload(
+                (("idempotency-key", key),), {}, "dedup", key.encode("ascii"), self.clock.seconds()
+            )
+            return freshness
         if not self.reads_headers:
             return freshness
         now = self.clock.seconds()
@@ -476,10 +535,14 @@ class IngestService(Service):
         """The rows and outbox entries of an upload; None when it holds no data columns (and that is allowed)."""
         settings = self.settings
         extra_columns = upload.extra_columns
+        if checked.token_label is not None:
+            extra_columns = dict(extra_columns)
+            extra_columns[self.token_label_column] = checked.token_label
         # the parser refuses more than MAX_ROWS_PER_UPLOAD rows or MAX_COLUMNS columns as it counts them
-        if parsed is None:
-            parsed = _Parsed(None, None)
-        table = parsed.result(upload, self.limits)
+        if upload.table is not None:
+            table = upload.table
+        else:
+            table = (parsed or _Parsed(None, None)).result(upload, self.limits)
         table = self.normalise(table, extra_columns)
         nrows = payloads.row_count(table)
         new_columns = self._new_columns(table)
@@ -543,7 +606,7 @@ class IngestService(Service):
             if times is None:
                 continue
             for i, value in enumerate(times):
-                if value is None:
+                if value is None or isinstance(value, datetime.datetime):  # None, or a time already (dialects)
                     continue
                 try:
                     times[i] = converter(value, name)
@@ -643,3 +706,10 @@ class _Parsed:
         if self.table is None:
             return payloads.parse(upload.body, upload.content_type, limits)
         return self.table
+
+
+def dedup_key_text(key: str) -> str:
+    """A dialect's message id as an idempotency key: itself when it fits the key rules, else its digest."""
+    if IDEMPOTENCY_KEY.match(key):
+        return key
+    return "sha256:" + hashlib.sha256(key.encode("utf-8", "replace")).hexdigest()

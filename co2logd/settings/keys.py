@@ -80,7 +80,9 @@ INGEST: Dict[str, Key] = {
 
 AUTH: Dict[str, Key] = {
     "CHECKSUM_SALTS": Key([], kinds.str_list, "pre-shared salts for the salted checksums"),
-    "UPLOAD_REQUIRES_AUTH": Key(False, kinds.flag, "uploads need a matching salted checksum"),
+    "UPLOAD_REQUIRES_AUTH": Key(False, kinds.flag, "uploads need a matching salted checksum or a valid upload token"),
+    "UPLOAD_TOKENS": Key({}, kinds.upload_tokens, "upload token → label, for clients that cannot sign (Authorization: Token/Bearer, Basic password, p= on /write); rows record the label (docs/security.md)"),
+    "TOKEN_LABEL_COL": Key("token_label", kinds.identifier, "column recording the label of the upload token a row came with"),
     "AUTH_CHECKER": Key(hooks.default_auth_checker, kinds.function, "matches → granted?"),
     "SALTED_CHECKSUM_HEADER_REGEX": Key(
         re.compile(r"Content-(?P<algorithm>\w+)-Salted", re.IGNORECASE),

@@ -261,3 +261,13 @@ def timezone(value: Any) -> Optional[str]:
         return check_timezone(value)
     except ValueError as e:
         raise TypeError(str(e))
+
+
+def upload_tokens(value: Any) -> Dict[str, str]:
+    """A mapping of upload tokens to labels (its errors never show a token)."""
+    from co2logd.tokens import check_tokens_setting
+
+    try:
+        return check_tokens_setting(value)
+    except ValueError as e:
+        raise TypeError(str(e)) from None

@@ -65,6 +65,14 @@ class _Collector:
         for transport, n in sorted(counters["repeats"].items()):
             repeats.add_metric([transport], n)
         yield repeats
+        skipped = CounterMetricFamily(
+            "co2logd_dialect_skipped",
+            "Webhook messages acknowledged that store nothing (TTN joins, simulated or undecoded uplinks, ChirpStack non-up events), by transport and reason",
+            labels=["transport", "reason"],
+        )
+        for (transport, reason), n in sorted(counters.get("skipped", {}).items()):
+            skipped.add_metric([transport, reason], n)
+        yield skipped
         rejects = CounterMetricFamily("co2logd_rejects", "Uploads refused, by transport and reason", labels=["transport", "reason"])
         auth = CounterMetricFamily("co2logd_auth_failures", "Uploads refused for missing or wrong checksums", labels=["transport"])
         auth_totals: Dict[str, int] = {}

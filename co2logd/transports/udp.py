@@ -110,12 +110,17 @@ class UDPIngestProtocol(DatagramProtocol):
                 IngestError(503, "busy", "Too many uploads are waiting for the database; try again"), host, addr
             )
         try:
-            frame = split_message(datagram)
+            upload = self.frame(datagram, host)
         except IngestError as e:
             return listener.refuse(e, host, addr)
-        label = "udp:" + host
-        listener.submit(Upload(frame.body, frame.content_type, frame.headers, label, node=label), host, addr)
+        listener.submit(upload, host, addr)
         return None
+
+    def frame(self, datagram: bytes, host: str) -> Upload:
+        """The datagram as an Upload (header block and body); a 400 IngestError when it cannot be framed."""
+        frame = split_message(datagram)
+        label = "udp:" + host
+        return Upload(frame.body, frame.content_type, frame.headers, label, node=label)
 
     def _ack(self, addr: Any, reply: Dict[str, Any]) -> None:
         if not self.settings.UDP_ACK or self.transport is None:
@@ -174,12 +179,12 @@ class UDPService(Service):
 
     kind = "udp"
 
-    def __init__(self, port: int, interface: str, ingest: IngestService, reactor: Any, settings: Settings):  # reactor: IReactorUDP and IReactorTime
+    def __init__(self, port: int, interface: str, ingest: IngestService, reactor: Any, settings: Settings, protocol_class: type = UDPIngestProtocol):  # reactor: IReactorUDP and IReactorTime
         self.port_number = port
         self.interface = interface
         self.reactor = reactor
         self.settings = settings
-        self.protocol = UDPIngestProtocol(ingest, settings, reactor)
+        self.protocol = protocol_class(ingest, settings, reactor)
         self.listening: Optional[Any] = None  # the listening UDP port while bound
         self.setName("udp {}{}".format(port, ":" + interface if interface else ""))
 

@@ -26,6 +26,7 @@ from co2logd.web.plot import PlotResource
 from co2logd.web.public import PublicHealthResource, PublicIndexResource
 from co2logd.web.status import HealthResource, MetricsResource
 from co2logd.web.upload import UploadResource
+from co2logd.web.influx import children as influx_children
 from co2logd.web.uploadhelp import UploadHelpResource
 
 if TYPE_CHECKING:  # for annotations only: no import at run time
@@ -104,6 +105,9 @@ def make_root(settings: Settings, ingest: IngestService, store: IStore, clock: I
     root.putChild(b"", index)
     root.putChild(b"index", index)
     root.putChild(b"upload", UploadResource(ingest))
+    # InfluxDB's write endpoints, for line-protocol clients (co2logd.web.influx)
+    for name, child in influx_children(ingest, clock).items():
+        root.putChild(name, child)
     root.putChild(b"download", GuardedResource(DownloadResource(settings, store, ingest, clock), access))
     root.putChild(b"uploadhelp", UploadHelpResource(settings))
     root.putChild(b"plot", GuardedResource(PacedResource(PlotResource(settings, store, clock), pacer), access))

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import TYPE_CHECKING
 
 from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
+from co2logd.dialects.recognise import Skipped, recognise
 from co2logd.errors import IngestError
 from co2logd.ingest import MISSING_CONTENT_TYPE, Upload
 from co2logd.logs import gate
@@ -42,7 +44,10 @@ class UploadResource(Resource):
             header_pairs(request),
             "http",
         )
-        d = self.ingest.ingest(upload)
+        try:
+            d = self.dialect_or_upload(request, upload)
+        except IngestError as e:
+            d = self.ingest.refuse(upload.kind, e)
 
         def stored(receipt):
             if receipt.replayed:  # Idempotency-Key seen before: the original receipt
@@ -70,3 +75,29 @@ class UploadResource(Resource):
 
         d.addCallbacks(stored, refused)
         return NOT_DONE_YET
+
+    def dialect_or_upload(self, request, upload: Upload):
+        """
+        The ingest of an airrohr, TTN or ChirpStack body (recognised by its
+        keys, parsed here), or of co2logd's own formats (parsed by ingest).
+        """
+        if len(upload.body) > self.ingest.settings.MAX_BODY_SIZE:
+            return self.ingest.ingest(upload)  # its 413, before any parsing
+        event = request.args.get(b"event")
+        x_sensor = request.getHeader(b"x-sensor")
+        outcome = recognise(
+            upload.body, upload.content_type,
+            event[0].decode("utf-8", "replace") if event else None,
+            x_sensor.decode("latin-1") if x_sensor is not None else None,
+            self.ingest.box_column, self.time_column,
+        )
+        if outcome is None:
+            return self.ingest.ingest(upload)
+        if isinstance(outcome, Skipped):
+            return self.ingest.acknowledge(upload, outcome.reason)
+        return self.ingest.ingest(dataclasses.replace(upload, table=outcome.table, dedup_key=outcome.dedup_key))
+
+    @property
+    def time_column(self) -> str:
+        """Where a webhook's uplink time goes: the first of TIME_COLS."""
+        return next(iter(self.ingest.time_columns), "time")

@@ -173,49 +173,52 @@ def table_of_body(body: bytes, precision: str, now: float, max_points: Optional[
                 times[row] = arrival
             else:
                 times[row] = EPOCH + datetime.timedelta(microseconds=time_ns // 1000)
-        for name, value in tags:
-            column = columns.get(name)
+        for tag, tag_value in tags:
+            column = columns.get(tag)
             if column is None:
-                column = columns[name] = [None] * size
-            column[row] = value
+                column = columns[tag] = [None] * size
+            column[row] = tag_value
         seen: Dict[str, str] = {}
         for pair in parts[1].split(","):
-            key, _, raw = pair.partition("=")
-            name = key_cache.get(key)
-            if name is None:
-                name = key_cache[key] = key.lower()
-                if name in RESERVED:
-                    raise _line_refusal(number, "the field {!r} would overwrite the {!r} column".format(key, name))
-            if name in seen:
-                if seen[name] != key:
-                    raise _line_refusal(number, "the fields {!r} collide once lower-cased".format(name))
-            elif tags and any(name == tag for tag, _ in tags):
-                raise _line_refusal(number, "the tag and the field {!r} would share one column".format(name))
-            seen[name] = key
+            field_key, _, raw = pair.partition("=")
+            known = key_cache.get(field_key)
+            if known is not None:
+                column_name = known
+            else:
+                column_name = key_cache[field_key] = field_key.lower()
+                if column_name in RESERVED:
+                    raise _line_refusal(number, "the field {!r} would overwrite the {!r} column".format(field_key, column_name))
+            if column_name in seen:
+                if seen[column_name] != field_key:
+                    raise _line_refusal(number, "the fields {!r} collide once lower-cased".format(column_name))
+            elif tags and any(column_name == tag for tag, _ in tags):
+                raise _line_refusal(number, "the tag and the field {!r} would share one column".format(column_name))
+            seen[column_name] = field_key
             first = raw[0]
+            value: Any
             if first in "tTfF":
-                value: Any = bools[raw]
+                value = bools[raw]
             else:
                 last = raw[-1]
                 if last == "i":
                     value = int(raw[:-1])
                     if len(raw) > 19 and not lineprotocol.INT64_MIN <= value <= lineprotocol.INT64_MAX:
-                        raise _error_at(line, number, "integer value of field {!r} is out of range (int64)".format(key))
+                        raise _error_at(line, number, "integer value of field {!r} is out of range (int64)".format(field_key))
                 elif last == "u":
                     value = int(raw[:-1])
                     if value > INT64_MAX:
                         if value > lineprotocol.UINT64_MAX:
-                            raise _error_at(line, number, "unsigned value of field {!r} is out of range (uint64)".format(key))
+                            raise _error_at(line, number, "unsigned value of field {!r} is out of range (uint64)".format(field_key))
                         raise _line_refusal(
-                            number, "the unsigned value of field {!r} is above {} (64-bit signed integers are stored)".format(key, INT64_MAX)
+                            number, "the unsigned value of field {!r} is above {} (64-bit signed integers are stored)".format(field_key, INT64_MAX)
                         )
                 else:
                     value = float(raw)
                     if value in _INFINITIES:
-                        raise _error_at(line, number, "float value of field {!r} is out of range".format(key))
-            column = columns.get(name)
+                        raise _error_at(line, number, "float value of field {!r} is out of range".format(field_key))
+            column = columns.get(column_name)
             if column is None:
-                column = columns[name] = [None] * size
+                column = columns[column_name] = [None] * size
             column[row] = value
     if nrows < size:
         for name, column in columns.items():

@@ -339,7 +339,8 @@ class IngestService(Service):
         if upload.dedup_key is not None and not freshness.asked:
             # a webhook's message id is nearly always new: write at once, and ask only when the key is taken
             freshness.asked = True
-            return write_unless_repeated(None)
+            written: "defer.Deferred[Receipt]" = write_unless_repeated(None)
+            return written
         d = self._earlier_receipt(upload, idempotent, freshness, len(prepared.rows))
         return d.addCallback(write_unless_repeated)
 

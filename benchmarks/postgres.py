@@ -27,7 +27,6 @@ import sqlite3
 import sys
 import tempfile
 import threading
-import time
 from typing import Any, Dict, List
 
 HERE = os.path.dirname(os.path.abspath(__file__))

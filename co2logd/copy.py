@@ -353,7 +353,7 @@ def _copy(
         dst.commit()
         done_rowid, resumed = 0, False
     else:
-        done_rowid, base, finished = int(found[0]), int(found[1]), found[2]
+        done_rowid, base = int(found[0]), int(found[1])
         resumed = True
     # columns: every source column the destination lacks, with its type
     names = [n for n in src_columns if n != "rowid"]

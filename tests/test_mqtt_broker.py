@@ -287,7 +287,6 @@ class TrustedTopicTests(BrokerMixin, unittest.TestCase):
         self.setup_store(UPLOAD_REQUIRES_AUTH=True, CHECKSUM_SALTS=[README_SALT], MQTT_TRUSTED_TOPICS=["tele/+/SENSOR"])
         service = self.start_mqtt(topics=["tele/#", "+/sensor/+/state"])
         yield wait_until(lambda: service.is_subscribed, what="the subscription")
-        signed = b'{"X":{"Y":3}}'
         yield self.publish([
             ("tele/trusted/SENSOR", b'{"X":{"Y":1}}'),
             ("node/sensor/co2/state", b"700"),

@@ -29,7 +29,7 @@ import types
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence
 from urllib.parse import urlencode
 
-from co2logd.settings.legacy_hooks import utc_datetime_from_unix_timestamp
+from co2logd.settings.legacy_hooks import utc_datetime_from_unix_timestamp  # noqa: F401  (co2logserver.utils offers it to config files)
 
 # the module name a config file imports these helpers under
 LEGACY_MODULE = "co2logserver.utils"

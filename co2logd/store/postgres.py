@@ -33,11 +33,9 @@ Values are bound parameters, identifiers come from
 
 from __future__ import annotations
 
-import bisect
 import itertools
 import socket
 import threading
-import time
 import uuid
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 

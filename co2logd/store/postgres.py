@@ -50,6 +50,7 @@ from zope.interface import implementer
 
 from co2logd.dburl import PostgresUrl
 from co2logd.store.names import quote_identifier
+from co2logd.store.observers import observed
 from co2logd.store.interfaces import (
     DuplicateUpload,
     IRowStream,
@@ -366,20 +367,7 @@ class PostgresStore(Service):
         return self._observed(started, d)
 
     def _observed(self, started: float, d: "Deferred[Any]") -> "Deferred[Any]":
-        if not self._observers:
-            return d
-
-        def answered(result: Any) -> Any:
-            seconds = self.clock.seconds() - started
-            rows = None if isinstance(result, Failure) else result
-            for observer in self._observers:
-                try:
-                    observer(seconds, rows)
-                except Exception:
-                    log.failure("A write observer failed")
-            return result
-
-        return d.addBoth(answered)
+        return observed(d, self._observers, self.clock.seconds, started)
 
     def _write_one(
         self, connection: Any, request: WriteRequest, columns: Mapping[str, str], missing: Mapping[str, Optional[type]]

@@ -30,6 +30,7 @@ from twisted.python.failure import Failure
 
 from co2logd.store.names import quote_identifier
 from co2logd.store import freshness, outbox, staging
+from co2logd.store.observers import observed
 from co2logd.store.interfaces import DatabaseLost, StoreBusy, StoreError, WriteObserver, WriteRequest
 from co2logd.store.sqlite import declared_type, sql_value
 
@@ -264,20 +265,7 @@ class GroupWriter:
     # -- on the reactor ----------------------------------------------------------
 
     def _observed(self, started: float, d: "Deferred[int]") -> "Deferred[int]":
-        if not self._observers:
-            return d
-
-        def answered(result: Any) -> Any:
-            seconds = self.timer() - started
-            rows = None if isinstance(result, Failure) else result
-            for observer in self._observers:
-                try:
-                    observer(seconds, rows)
-                except Exception:
-                    log.failure("A write observer failed")
-            return result
-
-        return d.addBoth(answered)
+        return observed(d, self._observers, self.timer, started)
 
     def _flush(self) -> None:
         group, self._queue = self._queue, []

@@ -55,36 +55,36 @@ class PacedViewsOverHTTPTests(SiteMixin, unittest.TestCase):
     @defer.inlineCallbacks
     def test_a_burst_of_views_waits_its_turn_and_the_rest_is_busy(self):
         """
-        With 4 views/s and 0.5 s of waiting allowed, 6 views sent together:
-        3 are served (the last after about 0.5 s), 3 are refused at once
-        with 503 ``busy`` and Retry-After; an upload sent behind the burst
-        is stored without waiting for the views.
+        With 1 view/s and 1 s of waiting allowed, 6 views sent together: 2
+        are served (the second in the next slot), 4 are refused at once with
+        503 ``busy`` and Retry-After; an upload sent behind the burst is
+        stored before the waiting view is answered.  (Slots of a whole
+        second keep the burst "together" on a busy machine; the slot
+        arithmetic itself is checked on a task.Clock above.)
         """
-        self.start_site(make_settings(VIEWS_PER_SECOND=4, VIEWS_MAX_WAIT_SECONDS=0.5))
+        self.start_site(make_settings(VIEWS_PER_SECOND=1, VIEWS_MAX_WAIT_SECONDS=1))
         code, _ = yield self.post(b'{"co2": [500]}', "application/json")
         self.assertEqual(code, 200)
 
-        started = reactor.seconds()
-        finished = {}
+        finished = {}  # name -> (order of the answer, result)
 
-        def timed(d, name):
-            return d.addCallback(lambda result: finished.setdefault(name, (reactor.seconds() - started, result)))
+        def noted(d, name):
+            return d.addCallback(lambda result: finished.setdefault(name, (len(finished), result)))
 
         paths = ["/", "/plot", "/", "/plot", "/", "/plot"]
-        views = [timed(self.get(path), i) for i, path in enumerate(paths)]
-        upload = timed(self.post(b'{"co2": [600]}', "application/json"), "upload")
+        views = [noted(self.get(path), i) for i, path in enumerate(paths)]
+        upload = noted(self.post(b'{"co2": [600]}', "application/json"), "upload")
         yield defer.gatherResults(views + [upload])
 
         codes = sorted(finished[i][1][0] for i in range(len(paths)))
-        self.assertEqual(codes, [200, 200, 200, 503, 503, 503])
+        self.assertEqual(codes, [200, 200, 503, 503, 503, 503])
         busy = [finished[i][1] for i in range(len(paths)) if finished[i][1][0] == 503]
         for _, headers, body in busy:
             self.assertEqual(json.loads(body)["reason"], "busy")
             self.assertEqual(headers.getRawHeaders("retry-after"), ["1"])
-        slowest_view = max(finished[i][0] for i in range(len(paths)) if finished[i][1][0] == 200)
-        self.assertGreaterEqual(slowest_view, 0.45)
+        last_view = max(finished[i][0] for i in range(len(paths)) if finished[i][1][0] == 200)
         self.assertEqual(finished["upload"][1], (200, {"saved-in-db": 1}))
-        self.assertLess(finished["upload"][0], slowest_view)
+        self.assertLess(finished["upload"][0], last_view)
 
     @defer.inlineCallbacks
     def test_a_client_gone_while_waiting_leaves_no_error(self):

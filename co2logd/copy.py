@@ -32,6 +32,7 @@ import os
 import sqlite3
 import sys
 import time
+from abc import ABC, abstractmethod
 from typing import IO, Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from co2logd.dburl import DatabaseUrlError, PostgresUrl, parse_db
@@ -58,8 +59,8 @@ class CopyError(Exception):
 # -- the two kinds of store, as the copy sees them ------------------------------
 
 
-class _Side:
-    """One end of the copy: a DB-API connection and the SQL that differs between engines."""
+class _Side(ABC):
+    """One end of the copy: a DB-API connection and the SQL that differs between engines (one subclass per engine)."""
 
     placeholder = "?"
     rowid = "rowid"
@@ -78,30 +79,38 @@ class _Side:
         cursor.execute("SELECT count(*) FROM {} {}".format(table, where), params)
         return int(cursor.fetchone()[0])
 
+    @abstractmethod
     def has_table(self, table: str) -> bool:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def open(self, write: bool) -> Dict[str, str]:
         """Connect (the destination prepared for co2logd); the data table's columns."""
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def begin(self) -> None:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def commit(self) -> None:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def add_column(self, name: str, declared: str) -> None:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def insert(self, table: str, names: Sequence[str], rows: Sequence[Sequence[Any]], conflict_keys: Sequence[str] = ()) -> None:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def converter(self, declared: str) -> Callable[[Any], Any]:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def close(self) -> None:
-        raise NotImplementedError
+        ...
 
     def sql(self, text: str) -> str:
         return text.replace("?", self.placeholder)

@@ -51,6 +51,7 @@ from zope.interface import implementer
 from co2logd.dburl import PostgresUrl
 from co2logd.store.names import quote_identifier
 from co2logd.store.observers import observed
+from co2logd.store.reads import select_sql
 from co2logd.store.interfaces import (
     DuplicateUpload,
     IRowStream,
@@ -484,23 +485,7 @@ class PostgresStore(Service):
 
     def select_sql(self, query: Query) -> Tuple[str, List[Any]]:
         """The SELECT of a :class:`Query`: its columns, or every data column (``rowid`` never shows)."""
-        query.check()
-        names = list(query.columns) or list(self.columns)
-        sql = "SELECT {} FROM {}".format(", ".join(quote_identifier(c) for c in names), self.table)
-        params: List[Any] = []
-        if query.bounds:
-            clauses = []
-            for column, op, value in query.bounds:
-                clauses.append("{} {} %s".format(quote_identifier(column), op))
-                params.append(self._bound_value(column, value))
-            sql += " WHERE " + " AND ".join(clauses)
-        if query.order_by:
-            column, direction = query.order_by
-            sql += " ORDER BY {} {}".format(quote_identifier(column), direction.upper())
-        if query.limit is not None:
-            sql += " LIMIT %s"
-            params.append(int(query.limit))
-        return sql, params
+        return select_sql(query, self.table, list(self.columns), "%s", self._bound_value)
 
     def _bound_value(self, column: str, value: Any) -> Any:
         """A bound of a download query in the column's type (a time column compared with the text SQLite holds)."""

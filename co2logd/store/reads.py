@@ -7,7 +7,7 @@ rollups are in :mod:`co2logd.store.rollups`.)
 from __future__ import annotations
 
 import sqlite3
-from typing import Any, List, Optional, Tuple
+from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 from twisted.enterprise import adbapi
 from twisted.internet.defer import Deferred
@@ -19,23 +19,36 @@ from co2logd.store.interfaces import IRowStream, Query
 Row = Tuple[Any, ...]
 
 
-def select_sql(query: Query, table: str) -> Tuple[str, List[Any]]:
-    """The SELECT statement of a download query and its parameters (names quoted from the checked set, values bound)."""
+def select_sql(
+    query: Query,
+    table: str,
+    columns: Sequence[str] = (),
+    placeholder: str = "?",
+    bind: Callable[[str, Any], Any] = lambda column, value: value,
+) -> Tuple[str, List[Any]]:
+    """
+    The SELECT statement of a download query and its parameters (names
+    quoted from the checked set, values bound).  Without the query's own
+    columns it selects ``columns``, or ``*`` when none are given;
+    ``placeholder`` and ``bind`` are the engine's parameter mark and value
+    conversion.
+    """
     query.check()
-    cols = ", ".join(quote_identifier(c) for c in query.columns) if query.columns else "*"
+    names = list(query.columns) or list(columns)
+    cols = ", ".join(quote_identifier(c) for c in names) if names else "*"
     sql = "SELECT {} FROM {}".format(cols, table)
     params: List[Any] = []
     if query.bounds:
         clauses = []
         for column, op, value in query.bounds:
-            clauses.append("{} {} ?".format(quote_identifier(column), op))
-            params.append(value)
+            clauses.append("{} {} {}".format(quote_identifier(column), op, placeholder))
+            params.append(bind(column, value))
         sql += " WHERE " + " AND ".join(clauses)
     if query.order_by:
         column, direction = query.order_by
         sql += " ORDER BY {} {}".format(quote_identifier(column), direction.upper())
     if query.limit is not None:
-        sql += " LIMIT ?"
+        sql += " LIMIT " + placeholder
         params.append(int(query.limit))
     return sql, params
 
